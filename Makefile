@@ -1,0 +1,155 @@
+# demux - multiplexed MessagePack-RPC transactions over one connection.
+#
+#   make            build demuxd, libmux (.so/.a), the example plugins, tests
+#   make run        build and run demuxd in the foreground on conf/demux.yaml
+#   make test       build and run the TAP suite under prove
+#   make asan       the suite under AddressSanitizer + UBSan (build-asan/)
+#   make tsan       the suite under ThreadSanitizer (build-tsan/)
+#   make valgrind   the end-to-end tests under valgrind's leak checker
+#
+# On a Debian machine, missing build/test packages are installed first
+# (apt-get, as root); elsewhere the missing ones are named.
+
+BUILD	?= build
+CC	?= cc
+CFLAGS	?= -O2 -g
+SAN	?=
+PROVE	?= prove
+PROVE_FLAGS ?= --timer
+
+WARN	= -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
+	  -Wshadow -Wformat=2 -Wno-format-nonliteral
+PKGS	= msgpack yaml-0.1
+DEP_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+MSGPACK_LIBS := $(shell pkg-config --libs msgpack 2>/dev/null || echo -lmsgpackc)
+YAML_LIBS := $(shell pkg-config --libs yaml-0.1 2>/dev/null || echo -lyaml)
+
+ALL_CFLAGS = -std=gnu11 $(WARN) $(CFLAGS) $(SAN) -Iinclude -pthread \
+	     -MMD -MP $(DEP_CFLAGS)
+ALL_LDFLAGS = $(LDFLAGS) $(SAN) -pthread
+
+# plugins: only the entry point is exported, nothing is left undefined
+PLUGIN_CFLAGS = -fPIC -fvisibility=hidden
+PLUGIN_LDFLAGS = -shared -Wl,--no-undefined -Wl,-z,defs
+
+LIBMUX_SOVERSION = 0
+LIBMUX_VERSION = 0.1.0
+
+COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c
+SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
+	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
+	     src/server/call.c src/server/conn.c src/server/server.c
+CLIENT_SRC = src/client/mux.c src/client/pack.c
+
+PLUGINS	= echo sleep kv
+TEST_PLUGINS = badabi badmagic nosym initfail faulty
+C_TESTS	= $(patsubst t/%.c,%,$(wildcard t/[0-9]*.c))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+pic = $(patsubst %.c,$(BUILD)/pic/%.o,$(1))
+
+DEMUXD	= $(BUILD)/demuxd
+LIBMUX_SO = $(BUILD)/libmux.so.$(LIBMUX_VERSION)
+LIBMUX_A = $(BUILD)/libmux.a
+PLUGIN_SO = $(patsubst %,$(BUILD)/plugins/%.so,$(PLUGINS))
+TPLUGIN_SO = $(patsubst %,$(BUILD)/t/plugins/%.so,$(TEST_PLUGINS))
+TEST_BIN = $(patsubst %,$(BUILD)/t/%,$(C_TESTS))
+
+all: $(DEMUXD) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) $(TEST_BIN)
+
+# ---- dependencies (Debian) ----
+DEB_PKGS = pkg-config libyaml-dev libmsgpack-dev python3-msgpack perl
+
+$(BUILD)/.deps:
+	@mkdir -p $(BUILD)
+	@if command -v dpkg-query >/dev/null 2>&1; then \
+	  missing=""; \
+	  for p in $(DEB_PKGS) $(EXTRA_DEB_PKGS); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	      grep -q 'ok installed' || missing="$$missing $$p"; \
+	  done; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then \
+	      echo "installing:$$missing"; \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	        apt-get install -y -qq --no-install-recommends $$missing \
+	        >/dev/null || exit 1; \
+	    else \
+	      echo "missing Debian packages:$$missing"; \
+	      echo "install them with: sudo apt-get install$$missing"; exit 1; \
+	    fi; \
+	  fi; \
+	fi
+	@touch $@
+
+deps: $(BUILD)/.deps
+
+# ---- objects ----
+$(BUILD)/obj/%.o: %.c | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/pic/%.o: %.c | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -c -o $@ $<
+
+# ---- demuxd ----
+$(DEMUXD): $(call obj,$(SERVER_SRC) $(COMMON_SRC))
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS) -ldl
+
+# ---- libmux ----
+$(LIBMUX_SO): $(call pic,$(CLIENT_SRC) $(COMMON_SRC))
+	$(CC) $(ALL_LDFLAGS) -shared -Wl,--no-undefined \
+	  -Wl,-soname,libmux.so.$(LIBMUX_SOVERSION) -o $@ $^ $(MSGPACK_LIBS)
+	ln -sf libmux.so.$(LIBMUX_VERSION) $(BUILD)/libmux.so.$(LIBMUX_SOVERSION)
+	ln -sf libmux.so.$(LIBMUX_VERSION) $(BUILD)/libmux.so
+
+$(LIBMUX_A): $(call pic,$(CLIENT_SRC) $(COMMON_SRC))
+	rm -f $@
+	$(AR) rcs $@ $^
+
+# ---- plugins ----
+$(BUILD)/plugins/%.so: plugins/%/*.c include/demux/plugin.h | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ \
+	  $(filter %.c,$^) $(MSGPACK_LIBS)
+
+$(BUILD)/t/plugins/%.so: t/plugins/%.c include/demux/plugin.h | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ \
+	  $(filter %.c,$^) $(MSGPACK_LIBS)
+
+# ---- tests ----
+# Unit tests link the sources they test directly; the rest use libmux.a.
+$(BUILD)/t/000-wire: $(call obj,t/000-wire.c $(COMMON_SRC))
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^
+
+$(BUILD)/t/%: $(BUILD)/obj/t/%.o $(BUILD)/obj/t/helper.o $(LIBMUX_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
+
+test: all
+	BUILD=$(BUILD) $(PROVE) $(PROVE_FLAGS) t/
+
+run: $(DEMUXD) $(PLUGIN_SO)
+	$(DEMUXD) -c conf/demux.yaml
+
+asan:
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test
+
+tsan:
+	$(MAKE) BUILD=build-tsan CFLAGS="-O1 -g" \
+	  SAN="-fsanitize=thread -fno-omit-frame-pointer" test
+
+valgrind: all
+	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t
+
+clean:
+	rm -rf build build-asan build-tsan
+
+.PHONY: all deps test run asan tsan valgrind clean
+.SECONDARY:
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,221 @@
+/*
+ * demux/plugin.h - the interface between demuxd and a handler plugin.
+ *
+ * A plugin is a shared object that exports exactly one symbol,
+ * DEMUX_PLUGIN_ENTRY (demux_plugin_entry), returning a pointer to a constant
+ * descriptor (struct demux_plugin). demuxd loads it with
+ * dlopen(RTLD_NOW | RTLD_LOCAL), checks `magic` and `abi_major`/`abi_minor`
+ * before it reads anything else, then calls `init` once with a host table
+ * (struct demux_host) and routes every method "<plugin>.<method>" listed in
+ * `methods` to `process_transaction`, on pooled worker threads.
+ *
+ * Rules that keep old plugins loading in new hosts and the other way round:
+ *   - Both structs begin with a size field and only ever grow at the end.
+ *     A host reads a descriptor field only if the plugin's `size` covers it;
+ *     a plugin calls a host function only if DEMUX_HOST_HAS() says it exists.
+ *   - abi_major changes only when an existing field changes meaning; the host
+ *     refuses any other major. abi_minor grows with appended fields; the host
+ *     refuses a plugin built against a newer minor than it provides.
+ *   - A plugin never resolves symbols from the executable: everything the host
+ *     offers comes through the table, so plugins link with -Wl,--no-undefined
+ *     and build with -fvisibility=hidden (see DEMUX_EXPORT).
+ *
+ * Threads: process_transaction runs concurrently on many workers with the
+ * same `state`; the plugin protects shared state itself. init and fini run
+ * alone, on the main thread, before the first and after the last transaction.
+ *
+ * Params and result are MessagePack (msgpack-c 4.x, Debian libmsgpack-dev).
+ */
+#ifndef DEMUX_PLUGIN_H
+#define DEMUX_PLUGIN_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DEMUX_PLUGIN_MAGIC	0x444d5850u	/* "DMXP" */
+#define DEMUX_ABI_MAJOR		1
+#define DEMUX_ABI_MINOR		0
+
+#define DEMUX_PLUGIN_ENTRY	demux_plugin_entry
+#define DEMUX_PLUGIN_ENTRY_NAME	"demux_plugin_entry"
+
+#define DEMUX_EXPORT		__attribute__((visibility("default")))
+
+#if defined(__GNUC__)
+#define DEMUX_PRINTF(f, a)	__attribute__((format(printf, f, a)))
+#else
+#define DEMUX_PRINTF(f, a)
+#endif
+
+/* Log levels for demux_host.log. */
+enum demux_log_level {
+	DEMUX_LOG_ERROR = 0,
+	DEMUX_LOG_WARN  = 1,
+	DEMUX_LOG_INFO  = 2,
+	DEMUX_LOG_DEBUG = 3,
+};
+
+/* Protocol error codes a plugin may answer with besides its own (>= 1). */
+#define DEMUX_E_INVALID_PARAMS	(-32602)
+#define DEMUX_E_INTERNAL	(-32603)
+
+/* One transaction in progress. Opaque; valid only during process_transaction. */
+typedef struct demux_call demux_call;
+
+/* One transaction's request, read-only, valid during process_transaction. */
+typedef struct demux_request {
+	uint32_t	size;		/* sizeof(demux_request) in the host */
+	uint32_t	msgid;		/* the client's xid (0 for notifications) */
+	int		notification;	/* nonzero: no response will be sent */
+	int		method_index;	/* index into demux_plugin.methods */
+	const char     *method;		/* full name, "echo.echo", NUL-terminated */
+	const msgpack_object *params;	/* decoded params; always an array */
+	const char     *raw;		/* params as msgpack bytes */
+	size_t		raw_len;
+} demux_request;
+
+/*
+ * The host table: handed to init, valid until fini returns. One per plugin
+ * instance. Every function may be called from any thread.
+ */
+typedef struct demux_host {
+	uint32_t	size;		/* sizeof(demux_host) in the host */
+	uint16_t	abi_major;
+	uint16_t	abi_minor;
+	const char     *name;		/* this plugin's name (routing prefix) */
+	const char     *path;		/* the .so as configured */
+
+	/* The plugin's `config:` subtree from the YAML, converted to msgpack:
+	 * mappings become maps, sequences arrays, plain scalars nil, booleans,
+	 * integers, floats or strings by their YAML 1.1 form, quoted scalars
+	 * strings. NULL / 0 when the YAML has no config for the plugin. Owned by
+	 * the host. */
+	const msgpack_object *config;
+	const char     *config_raw;
+	size_t		config_len;
+
+	/* Write one line to demuxd's log, tagged with the plugin's name. */
+	void (*log)(const struct demux_host *h, int level, const char *fmt, ...)
+	    DEMUX_PRINTF(3, 4);
+	void (*vlog)(const struct demux_host *h, int level, const char *fmt,
+	    va_list ap);
+
+	/*
+	 * The result packer: pack exactly ONE msgpack object (use an array or map
+	 * for several values). The host validates that exactly one complete object
+	 * was packed and answers -32603 otherwise. Not calling it, nor setting an
+	 * error, answers nil. Valid until process_transaction returns.
+	 */
+	msgpack_packer *(*result)(demux_call *c);
+
+	/* Answer with an error instead of the result (discarding anything packed).
+	 * code: >= 1 for the plugin's own errors, or DEMUX_E_INVALID_PARAMS /
+	 * DEMUX_E_INTERNAL. `trace` (may be NULL) is sent as the third element. */
+	void (*error)(demux_call *c, int64_t code, const char *trace,
+	    const char *fmt, va_list ap);
+	/* Like error, with the backtrace of the calling thread as trace. */
+	void (*error_bt)(demux_call *c, int64_t code, const char *fmt,
+	    va_list ap);
+} demux_host;
+
+/* True if the host provides function `fn` (a field of demux_host). */
+#define DEMUX_HOST_HAS(h, fn)						\
+	((h)->size >= offsetof(demux_host, fn) + sizeof((h)->fn) &&	\
+	 (h)->fn != NULL)
+
+/*
+ * The descriptor a plugin returns from DEMUX_PLUGIN_ENTRY. Static, constant,
+ * owned by the plugin. Append-only.
+ */
+typedef struct demux_plugin {
+	uint32_t	magic;		/* DEMUX_PLUGIN_MAGIC */
+	uint16_t	abi_major;	/* DEMUX_ABI_MAJOR the plugin was built for */
+	uint16_t	abi_minor;	/* DEMUX_ABI_MINOR the plugin was built for */
+	uint32_t	size;		/* sizeof(demux_plugin) */
+	const char     *name;		/* default routing prefix, e.g. "echo" */
+	const char     *version;	/* the plugin's own version, e.g. "1.0.0" */
+	const char *const *methods;	/* NULL-terminated; names after the dot */
+
+	/*
+	 * Optional. Called once before any transaction. Set *state to whatever
+	 * process_transaction and fini should receive. On failure return nonzero
+	 * and write a reason into err (errlen bytes); demuxd then reports it and
+	 * does not start. The host table stays valid until fini returns.
+	 */
+	int  (*init)(const demux_host *host, void **state, char *err,
+	    size_t errlen);
+	/* Optional. Called once after the last transaction has finished. */
+	void (*fini)(void *state);
+	/* Required. Handle one request or notification; see demux_host.result
+	 * and demux_host.error for how to answer. */
+	void (*process_transaction)(void *state, const demux_request *req,
+	    demux_call *call);
+} demux_plugin;
+
+/* Initialise a descriptor's header fields. */
+#define DEMUX_PLUGIN_HEADER						\
+	.magic = DEMUX_PLUGIN_MAGIC, .abi_major = DEMUX_ABI_MAJOR,	\
+	.abi_minor = DEMUX_ABI_MINOR, .size = sizeof(demux_plugin)
+
+/* The entry point every plugin defines (declared here so that the compiler
+ * checks each plugin's definition against it). */
+typedef const demux_plugin *(*demux_plugin_entry_fn)(void);
+DEMUX_EXPORT const demux_plugin *DEMUX_PLUGIN_ENTRY(void);
+
+/*
+ * Convenience wrappers for the plugin side. A call handle begins with the host
+ * table pointer, so these reach the host without resolving host symbols.
+ */
+struct demux_call_head {
+	const demux_host *host;
+};
+
+static inline msgpack_packer *
+demux_result(demux_call *c)
+{
+	return ((struct demux_call_head *)c)->host->result(c);
+}
+
+static inline void DEMUX_PRINTF(3, 4)
+demux_error(demux_call *c, int64_t code, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	((struct demux_call_head *)c)->host->error(c, code, NULL, fmt, ap);
+	va_end(ap);
+}
+
+static inline void DEMUX_PRINTF(4, 5)
+demux_error_trace(demux_call *c, int64_t code, const char *trace,
+    const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	((struct demux_call_head *)c)->host->error(c, code, trace, fmt, ap);
+	va_end(ap);
+}
+
+static inline void DEMUX_PRINTF(3, 4)
+demux_error_bt(demux_call *c, int64_t code, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	((struct demux_call_head *)c)->host->error_bt(c, code, fmt, ap);
+	va_end(ap);
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

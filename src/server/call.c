@@ -1,0 +1,199 @@
+/*
+ * call.c - one transaction on a worker: decode params, run the plugin, check
+ * what it answered, and the host functions behind demux_result() and
+ * demux_error().
+ *
+ * The response is built in place in job->out: the header [1, msgid, nil, is
+ * packed before the plugin runs, and the plugin's packer appends the result
+ * after it. A plugin that packs nothing answers nil; one that packs more or
+ * less than one whole object gets -32603 instead, because a stray byte would
+ * corrupt the stream for every other caller on the connection.
+ */
+#define _GNU_SOURCE
+#include <execinfo.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "server.h"
+
+/* A packer sink that drops everything: used once an error is set. */
+static int
+discard_write(void *data, const char *p, size_t n)
+{
+	(void)data; (void)p; (void)n;
+	return 0;
+}
+
+static void
+pack_cstr(msgpack_packer *pk, const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	msgpack_pack_str(pk, n);
+	msgpack_pack_str_body(pk, s ? s : "", n);
+}
+
+void
+dmx_job_set_error(dmx_job *j, int64_t code, const char *msg, const char *trace)
+{
+	msgpack_packer pk;
+
+	j->out.len = 0;
+	j->errored = 1;
+	msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
+	msgpack_pack_array(&pk, 4);
+	msgpack_pack_uint8(&pk, DMX_MSG_RESPONSE);
+	msgpack_pack_uint32(&pk, j->msgid);
+	msgpack_pack_array(&pk, trace ? 3 : 2);
+	msgpack_pack_int64(&pk, code);
+	pack_cstr(&pk, msg ? msg : dmx_wire_strerror(code));
+	if (trace)
+		pack_cstr(&pk, trace);
+	msgpack_pack_nil(&pk);
+	/* a plugin still holding the packer must not append to the error */
+	j->pk.callback = discard_write;
+}
+
+/* ---- host functions (demux_host) ---- */
+
+static msgpack_packer *
+host_result(demux_call *c)
+{
+	return &((dmx_job *)c)->pk;
+}
+
+static int
+code_allowed(int64_t code)
+{
+	return code >= 1 || code == DMX_E_INVALID_PARAMS ||
+	    code == DMX_E_INTERNAL;
+}
+
+static void
+set_plugin_error(dmx_job *j, int64_t code, const char *trace,
+    const char *fmt, va_list ap)
+{
+	char *msg = NULL, *m2 = NULL;
+
+	if (vasprintf(&msg, fmt ? fmt : "", ap) < 0)
+		msg = NULL;
+	if (!code_allowed(code)) {
+		/* the reserved range belongs to the host: keep the protocol's
+		 * meaning of each code intact for clients */
+		if (asprintf(&m2, "plugin %s used reserved error code %lld: %s",
+		    j->route->plugin->name, (long long)code,
+		    msg ? msg : "") < 0)
+			m2 = NULL;
+		dmx_job_set_error(j, DMX_E_INTERNAL, m2 ? m2 : msg, trace);
+	} else {
+		dmx_job_set_error(j, code, msg ? msg : "error", trace);
+	}
+	free(msg);
+	free(m2);
+}
+
+static void
+host_error(demux_call *c, int64_t code, const char *trace, const char *fmt,
+    va_list ap)
+{
+	set_plugin_error((dmx_job *)c, code, trace, fmt, ap);
+}
+
+static void
+host_error_bt(demux_call *c, int64_t code, const char *fmt, va_list ap)
+{
+	void *frames[64];
+	char **syms;
+	dmx_buf t = DMX_BUF_INIT;
+	int n, i;
+
+	n = backtrace(frames, 64);
+	syms = backtrace_symbols(frames, n);
+	/* frame 0 is this function: start with the caller */
+	for (i = 1; syms != NULL && i < n; i++) {
+		dmx_buf_append(&t, syms[i], strlen(syms[i]));
+		dmx_buf_append(&t, "\n", i + 1 < n ? 1 : 0);
+	}
+	dmx_buf_append(&t, "", 1);
+	free(syms);
+	set_plugin_error((dmx_job *)c, code, t.data, fmt, ap);
+	dmx_buf_release(&t);
+}
+
+void
+dmx_host_fill(demux_host *h)
+{
+	h->result = host_result;
+	h->error = host_error;
+	h->error_bt = host_error_bt;
+}
+
+/* ---- running a job ---- */
+
+void
+dmx_job_run(dmx_job *j, msgpack_zone *zone)
+{
+	const dmx_route *rt = j->route;
+	const dmx_plugin *pl = rt->plugin;
+	msgpack_object params;
+	demux_request req;
+	size_t off = 0, rlen;
+	int rc;
+
+	j->head.host = &pl->host;
+	j->errored = 0;
+	j->out.len = 0;
+	msgpack_packer_init(&j->pk, &j->out, dmx_buf_pack_write);
+
+	rc = msgpack_unpack(j->in.data + j->params_off, j->params_len, &off,
+	    zone, &params);
+	if (rc != MSGPACK_UNPACK_SUCCESS || params.type != MSGPACK_OBJECT_ARRAY) {
+		/* framing already proved it whole; this is nesting beyond
+		 * what msgpack-c decodes (32 levels) */
+		dmx_job_set_error(j, DMX_E_INVALID_PARAMS,
+		    "params could not be decoded (nested too deeply?)", NULL);
+		goto send;
+	}
+
+	msgpack_pack_array(&j->pk, 4);
+	msgpack_pack_uint8(&j->pk, DMX_MSG_RESPONSE);
+	msgpack_pack_uint32(&j->pk, j->msgid);
+	msgpack_pack_nil(&j->pk);
+	j->result_off = j->out.len;
+
+	memset(&req, 0, sizeof(req));
+	req.size = sizeof(req);
+	req.msgid = j->msgid;
+	req.notification = j->notify;
+	req.method_index = rt->index;
+	req.method = rt->name;
+	req.params = &params;
+	req.raw = j->in.data + j->params_off;
+	req.raw_len = j->params_len;
+
+	pl->desc->process_transaction(pl->state, &req, (demux_call *)j);
+
+	if (!j->errored) {
+		rlen = j->out.len - j->result_off;
+		if (j->out.data == NULL && j->out.len > 0) {
+			dmx_job_set_error(j, DMX_E_INTERNAL, "out of memory "
+			    "while packing the result", NULL);
+		} else if (rlen == 0) {
+			msgpack_pack_nil(&j->pk);
+		} else if (dmx_wire_one_object(j->out.data + j->result_off,
+		    rlen) != rlen) {
+			dmx_warn("plugin %s: %s packed a result that is not "
+			    "exactly one msgpack object (%zu bytes)", pl->name,
+			    rt->name, rlen);
+			dmx_job_set_error(j, DMX_E_INTERNAL, "the handler's result "
+			    "is not exactly one msgpack object", NULL);
+		}
+	}
+send:
+	if (j->notify)
+		j->out.len = 0;
+	dmx_conn_send(j);
+}

@@ -1,0 +1,605 @@
+/*
+ * config.c - load demux.yaml with libyaml's document API; see config.h.
+ *
+ * libyaml gives every node its start mark, so each check below can name the
+ * exact line and column of the value it rejects. Errors are collected into the
+ * caller's buffer by cfg_fail(), which returns -1 so checks read as
+ * `return cfg_fail(...)`.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+#include <yaml.h>
+
+#include "../common/buf.h"
+#include "config.h"
+#include "demux/plugin.h"
+
+typedef struct cfg_ctx {
+	const char	*file;
+	char		*dir;		/* folder of file, "" for cwd */
+	yaml_document_t	 doc;
+	char		*err;
+	size_t		 errlen;
+} cfg_ctx;
+
+static int DEMUX_PRINTF(3, 4)
+cfg_fail(cfg_ctx *c, const yaml_node_t *n, const char *fmt, ...)
+{
+	va_list ap;
+	int k;
+
+	if (c->err == NULL || c->errlen == 0)
+		return -1;
+	k = snprintf(c->err, c->errlen, "%s:%zu:%zu: ", c->file,
+	    n ? n->start_mark.line + 1 : 1, n ? n->start_mark.column + 1 : 1);
+	if (k < 0 || (size_t)k >= c->errlen)
+		return -1;
+	va_start(ap, fmt);
+	vsnprintf(c->err + k, c->errlen - (size_t)k, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static const char *
+scalar(const yaml_node_t *n)
+{
+	return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value
+	    : NULL;
+}
+
+static const char *
+node_kind(const yaml_node_t *n)
+{
+	switch (n->type) {
+	case YAML_SCALAR_NODE: return "a scalar";
+	case YAML_SEQUENCE_NODE: return "a list";
+	case YAML_MAPPING_NODE: return "a mapping";
+	default: return "nothing";
+	}
+}
+
+/* Join a relative path to the config file's folder. */
+static char *
+resolve(const cfg_ctx *c, const char *p)
+{
+	char *out;
+	size_t n;
+
+	if (p[0] == '/' || c->dir[0] == '\0')
+		return strdup(p);
+	n = strlen(c->dir) + 1 + strlen(p) + 1;
+	out = malloc(n);
+	if (out != NULL)
+		snprintf(out, n, "%s/%s", c->dir, p);
+	return out;
+}
+
+/* A non-negative integer, with an optional K/M/G (x1024) suffix for sizes. */
+static int
+get_uint(cfg_ctx *c, const yaml_node_t *n, const char *key, int sizes,
+    unsigned long long maxv, unsigned long long *out)
+{
+	const char *s = scalar(n);
+	unsigned long long v, mul = 1;
+	char *end;
+
+	if (s == NULL || *s == '\0' || *s == '-' || *s == '+')
+		goto bad;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno != 0 || end == s)
+		goto bad;
+	if (*end != '\0') {
+		if (!sizes)
+			goto bad;
+		if (strcasecmp(end, "k") == 0 || strcasecmp(end, "kib") == 0 ||
+		    strcasecmp(end, "kb") == 0)
+			mul = 1ull << 10;
+		else if (strcasecmp(end, "m") == 0 ||
+		    strcasecmp(end, "mib") == 0 || strcasecmp(end, "mb") == 0)
+			mul = 1ull << 20;
+		else if (strcasecmp(end, "g") == 0 ||
+		    strcasecmp(end, "gib") == 0 || strcasecmp(end, "gb") == 0)
+			mul = 1ull << 30;
+		else
+			goto bad;
+	}
+	if (v > maxv / mul)
+		return cfg_fail(c, n, "%s: %s is too large (at most %llu)",
+		    key, s, maxv);
+	*out = v * mul;
+	return 0;
+bad:
+	return cfg_fail(c, n, "%s: expected %s, got %s%s%s", key,
+	    sizes ? "a size in bytes (e.g. 65536 or 64MiB)" :
+	    "a non-negative integer", s ? "'" : "", s ? s : node_kind(n),
+	    s ? "'" : "");
+}
+
+/* ---- YAML subtree -> msgpack (a plugin's config:) ---- */
+
+static int
+is_plain(const yaml_node_t *n)
+{
+	return n->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+}
+
+static void
+pack_scalar(msgpack_packer *pk, const yaml_node_t *n)
+{
+	const char *s = (const char *)n->data.scalar.value;
+	size_t len = n->data.scalar.length;
+	char *end;
+
+	if (is_plain(n)) {
+		if (len == 0 || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 ||
+		    strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0) {
+			msgpack_pack_nil(pk);
+			return;
+		}
+		if (!strcmp(s, "true") || !strcmp(s, "True") ||
+		    !strcmp(s, "TRUE") || !strcmp(s, "yes") ||
+		    !strcmp(s, "Yes") || !strcmp(s, "on") || !strcmp(s, "On")) {
+			msgpack_pack_true(pk);
+			return;
+		}
+		if (!strcmp(s, "false") || !strcmp(s, "False") ||
+		    !strcmp(s, "FALSE") || !strcmp(s, "no") ||
+		    !strcmp(s, "No") || !strcmp(s, "off") || !strcmp(s, "Off")) {
+			msgpack_pack_false(pk);
+			return;
+		}
+		errno = 0;
+		if (s[0] == '-') {
+			long long v = strtoll(s, &end, 0);
+
+			if (errno == 0 && *end == '\0') {
+				msgpack_pack_int64(pk, v);
+				return;
+			}
+		} else {
+			unsigned long long v = strtoull(s, &end, 0);
+
+			if (errno == 0 && *end == '\0' && s[0] != '+') {
+				msgpack_pack_uint64(pk, v);
+				return;
+			}
+		}
+		if (strpbrk(s, ".eE") != NULL || strstr(s, "inf") ||
+		    strstr(s, "nan")) {
+			double d;
+
+			errno = 0;
+			d = strtod(strcmp(s, ".inf") == 0 ? "inf" :
+			    strcmp(s, "-.inf") == 0 ? "-inf" :
+			    strcmp(s, ".nan") == 0 ? "nan" : s, &end);
+			if (errno == 0 && *end == '\0') {
+				msgpack_pack_double(pk, d);
+				return;
+			}
+		}
+	}
+	msgpack_pack_str(pk, len);
+	msgpack_pack_str_body(pk, s, len);
+}
+
+static int
+pack_node(cfg_ctx *c, msgpack_packer *pk, yaml_node_t *n, int depth)
+{
+	yaml_node_item_t *it;
+	yaml_node_pair_t *pr;
+
+	if (depth > 32)
+		return cfg_fail(c, n, "config: nested deeper than 32 levels");
+	switch (n->type) {
+	case YAML_SCALAR_NODE:
+		pack_scalar(pk, n);
+		return 0;
+	case YAML_SEQUENCE_NODE:
+		msgpack_pack_array(pk, (size_t)(n->data.sequence.items.top -
+		    n->data.sequence.items.start));
+		for (it = n->data.sequence.items.start;
+		    it < n->data.sequence.items.top; it++)
+			if (pack_node(c, pk, yaml_document_get_node(&c->doc, *it),
+			    depth + 1) != 0)
+				return -1;
+		return 0;
+	case YAML_MAPPING_NODE:
+		msgpack_pack_map(pk, (size_t)(n->data.mapping.pairs.top -
+		    n->data.mapping.pairs.start));
+		for (pr = n->data.mapping.pairs.start;
+		    pr < n->data.mapping.pairs.top; pr++) {
+			if (pack_node(c, pk, yaml_document_get_node(&c->doc,
+			    pr->key), depth + 1) != 0 ||
+			    pack_node(c, pk, yaml_document_get_node(&c->doc,
+			    pr->value), depth + 1) != 0)
+				return -1;
+		}
+		return 0;
+	default:
+		return cfg_fail(c, n, "config: unsupported YAML node");
+	}
+}
+
+/* ---- sections ---- */
+
+/* Reject duplicate keys in a mapping: YAML says they are an error and libyaml
+ * does not check. */
+static int
+check_dup_keys(cfg_ctx *c, yaml_node_t *map)
+{
+	yaml_node_pair_t *a, *b;
+
+	for (a = map->data.mapping.pairs.start; a < map->data.mapping.pairs.top;
+	    a++) {
+		yaml_node_t *ka = yaml_document_get_node(&c->doc, a->key);
+
+		if (scalar(ka) == NULL)
+			return cfg_fail(c, ka, "keys must be plain scalars");
+		for (b = a + 1; b < map->data.mapping.pairs.top; b++) {
+			yaml_node_t *kb = yaml_document_get_node(&c->doc, b->key);
+
+			if (scalar(kb) && strcmp(scalar(ka), scalar(kb)) == 0)
+				return cfg_fail(c, kb,
+				    "duplicate key '%s' (first at line %zu)",
+				    scalar(kb), ka->start_mark.line + 1);
+		}
+	}
+	return 0;
+}
+
+static int
+load_listen(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
+{
+	yaml_node_item_t *it;
+	yaml_node_t *one[1];
+	yaml_node_t **items;
+	size_t n, i;
+
+	if (v->type == YAML_SCALAR_NODE) {
+		one[0] = v;
+		items = one;
+		n = 1;
+	} else if (v->type == YAML_SEQUENCE_NODE) {
+		n = (size_t)(v->data.sequence.items.top -
+		    v->data.sequence.items.start);
+		items = calloc(n ? n : 1, sizeof(*items));
+		if (items == NULL)
+			return cfg_fail(c, v, "out of memory");
+		for (i = 0, it = v->data.sequence.items.start;
+		    it < v->data.sequence.items.top; it++, i++)
+			items[i] = yaml_document_get_node(&c->doc, *it);
+	} else {
+		return cfg_fail(c, v, "listen: expected an address or a list of "
+		    "addresses, got %s", node_kind(v));
+	}
+	cfg->listen = calloc(n ? n : 1, sizeof(*cfg->listen));
+	if (cfg->listen == NULL)
+		goto oom;
+	for (i = 0; i < n; i++) {
+		const char *s = scalar(items[i]);
+		dmx_conf_listen *l = &cfg->listen[cfg->nlisten];
+
+		l->line = (int)items[i]->start_mark.line + 1;
+		l->col = (int)items[i]->start_mark.column + 1;
+		if (s == NULL) {
+			cfg_fail(c, items[i], "listen: expected an address, got "
+			    "%s", node_kind(items[i]));
+			goto fail;
+		}
+		if (strncmp(s, "unix:", 5) == 0 && s[5] != '\0' && s[5] != '/') {
+			char *p = resolve(c, s + 5);
+			size_t len = p ? strlen(p) + 6 : 0;
+
+			l->uri = p ? malloc(len) : NULL;
+			if (l->uri)
+				snprintf(l->uri, len, "unix:%s", p);
+			free(p);
+		} else if (strncmp(s, "unix:", 5) == 0 ||
+		    strncmp(s, "tcp:", 4) == 0) {
+			l->uri = strdup(s);
+		} else {
+			cfg_fail(c, items[i], "listen: '%s': address must start "
+			    "with unix: or tcp:", s);
+			goto fail;
+		}
+		if (l->uri == NULL)
+			goto oom;
+		cfg->nlisten++;
+	}
+	if (items != one)
+		free(items);
+	return 0;
+oom:
+	cfg_fail(c, v, "out of memory");
+fail:
+	if (items != one)
+		free(items);
+	return -1;
+}
+
+static int
+load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
+{
+	dmx_conf_plugin *p = &cfg->plugins[cfg->nplugins];
+	yaml_node_pair_t *pr;
+	yaml_node_t *pathnode = NULL;
+	struct stat st;
+	size_t i;
+
+	p->line = (int)e->start_mark.line + 1;
+	p->col = (int)e->start_mark.column + 1;
+	if (e->type != YAML_MAPPING_NODE)
+		return cfg_fail(c, e, "plugins: each entry must be a mapping "
+		    "with name and path, got %s", node_kind(e));
+	if (check_dup_keys(c, e) != 0)
+		return -1;
+	cfg->nplugins++;	/* from here on, dmx_config_free owns p */
+	for (pr = e->data.mapping.pairs.start; pr < e->data.mapping.pairs.top;
+	    pr++) {
+		yaml_node_t *k = yaml_document_get_node(&c->doc, pr->key);
+		yaml_node_t *v = yaml_document_get_node(&c->doc, pr->value);
+		const char *key = scalar(k), *s = scalar(v);
+
+		if (strcmp(key, "name") == 0) {
+			if (s == NULL || *s == '\0' || strchr(s, '.') ||
+			    s[0] == '$')
+				return cfg_fail(c, v, "plugins: name must be a "
+				    "non-empty string without '.' and not "
+				    "starting with '$'");
+			p->name = strdup(s);
+		} else if (strcmp(key, "path") == 0) {
+			if (s == NULL || *s == '\0')
+				return cfg_fail(c, v, "plugins: path must be a "
+				    "file name, got %s", node_kind(v));
+			pathnode = v;
+			p->path = resolve(c, s);
+		} else if (strcmp(key, "config") == 0) {
+			dmx_buf b = DMX_BUF_INIT;
+			msgpack_packer pk;
+
+			msgpack_packer_init(&pk, &b, dmx_buf_pack_write);
+			if (pack_node(c, &pk, v, 0) != 0) {
+				dmx_buf_release(&b);
+				return -1;
+			}
+			p->config = b.data;
+			p->config_len = b.len;
+		} else {
+			return cfg_fail(c, k, "plugins: unknown key '%s' (expected "
+			    "name, path or config)", key);
+		}
+	}
+	if (pathnode == NULL)
+		return cfg_fail(c, e, "plugins: entry%s%s has no path",
+		    p->name ? " " : "", p->name ? p->name : "");
+	if (p->path == NULL)
+		return cfg_fail(c, e, "out of memory");
+	if (stat(p->path, &st) != 0)
+		return cfg_fail(c, pathnode, "plugin%s%s: %s: %s", p->name ? " " :
+		    "", p->name ? p->name : "", p->path, strerror(errno));
+	if (!S_ISREG(st.st_mode))
+		return cfg_fail(c, pathnode, "plugin%s%s: %s: not a regular file",
+		    p->name ? " " : "", p->name ? p->name : "", p->path);
+	for (i = 0; p->name && i + 1 < cfg->nplugins; i++)
+		if (cfg->plugins[i].name &&
+		    strcmp(cfg->plugins[i].name, p->name) == 0)
+			return cfg_fail(c, e, "duplicate plugin '%s' (first at "
+			    "line %d)", p->name, cfg->plugins[i].line);
+	return 0;
+}
+
+static int
+load_plugins(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
+{
+	yaml_node_item_t *it;
+	size_t n;
+
+	if (v->type != YAML_SEQUENCE_NODE)
+		return cfg_fail(c, v, "plugins: expected a list, got %s",
+		    node_kind(v));
+	n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+	cfg->plugins = calloc(n ? n : 1, sizeof(*cfg->plugins));
+	if (cfg->plugins == NULL)
+		return cfg_fail(c, v, "out of memory");
+	for (it = v->data.sequence.items.start; it < v->data.sequence.items.top;
+	    it++)
+		if (load_plugin(c, cfg,
+		    yaml_document_get_node(&c->doc, *it)) != 0)
+			return -1;
+	return 0;
+}
+
+static int
+load_root(cfg_ctx *c, dmx_config *cfg)
+{
+	yaml_node_t *root = yaml_document_get_root_node(&c->doc);
+	yaml_node_pair_t *pr;
+	unsigned long long u;
+
+	if (root == NULL)
+		return cfg_fail(c, NULL, "empty configuration");
+	if (root->type != YAML_MAPPING_NODE)
+		return cfg_fail(c, root, "expected a mapping at the top level, "
+		    "got %s", node_kind(root));
+	if (check_dup_keys(c, root) != 0)
+		return -1;
+	for (pr = root->data.mapping.pairs.start;
+	    pr < root->data.mapping.pairs.top; pr++) {
+		yaml_node_t *k = yaml_document_get_node(&c->doc, pr->key);
+		yaml_node_t *v = yaml_document_get_node(&c->doc, pr->value);
+		const char *key = scalar(k), *s = scalar(v);
+
+		if (strcmp(key, "listen") == 0) {
+			if (load_listen(c, cfg, v) != 0)
+				return -1;
+		} else if (strcmp(key, "workers") == 0) {
+			if (s && strcmp(s, "on-demand") == 0) {
+				cfg->workers = 0;
+				continue;
+			}
+			if (s == NULL || get_uint(c, v, key, 0, 4096, &u) != 0 ||
+			    u == 0)
+				return cfg_fail(c, v, "workers: expected a pool "
+				    "size from 1 to 4096 or \"on-demand\", got "
+				    "%s%s%s", s ? "'" : "", s ? s : node_kind(v),
+				    s ? "'" : "");
+			cfg->workers = (int)u;
+		} else if (strcmp(key, "max_threads") == 0) {
+			if (get_uint(c, v, key, 0, 65536, &u) != 0)
+				return -1;
+			if (u == 0)
+				return cfg_fail(c, v, "max_threads: must be at "
+				    "least 1");
+			cfg->max_threads = (int)u;
+		} else if (strcmp(key, "max_frame") == 0) {
+			if (get_uint(c, v, key, 1, 1ull << 31, &u) != 0)
+				return -1;
+			if (u < 64)
+				return cfg_fail(c, v, "max_frame: must be at "
+				    "least 64 bytes");
+			cfg->max_frame = (size_t)u;
+		} else if (strcmp(key, "max_inflight") == 0) {
+			if (get_uint(c, v, key, 0, 1u << 20, &u) != 0)
+				return -1;
+			if (u == 0)
+				return cfg_fail(c, v, "max_inflight: must be at "
+				    "least 1");
+			cfg->max_inflight = (unsigned)u;
+		} else if (strcmp(key, "max_connections") == 0) {
+			if (get_uint(c, v, key, 0, 1u << 20, &u) != 0)
+				return -1;
+			if (u == 0)
+				return cfg_fail(c, v, "max_connections: must be "
+				    "at least 1");
+			cfg->max_connections = (unsigned)u;
+		} else if (strcmp(key, "log_level") == 0) {
+			static const char *const lv[] = { "error", "warn",
+			    "info", "debug" };
+			int i;
+
+			for (i = 0; i < 4; i++)
+				if (s && strcmp(s, lv[i]) == 0)
+					break;
+			if (i == 4)
+				return cfg_fail(c, v, "log_level: expected error, "
+				    "warn, info or debug");
+			cfg->log_level = i;
+		} else if (strcmp(key, "plugins") == 0) {
+			if (load_plugins(c, cfg, v) != 0)
+				return -1;
+		} else {
+			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
+			    "workers, max_threads, max_frame, max_inflight, "
+			    "max_connections, log_level or plugins)", key);
+		}
+	}
+	return 0;
+}
+
+void
+dmx_config_defaults(dmx_config *cfg)
+{
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->workers = ncpu > 0 ? (int)ncpu : 1;
+	cfg->max_threads = DMX_DEFAULT_MAX_THREADS;
+	cfg->max_frame = DMX_DEFAULT_MAX_FRAME;
+	cfg->max_inflight = DMX_DEFAULT_MAX_INFLIGHT;
+	cfg->max_connections = DMX_DEFAULT_MAX_CONNECTIONS;
+	cfg->log_level = -1;
+}
+
+int
+dmx_config_load(const char *file, dmx_config *cfg, char *err, size_t errlen)
+{
+	cfg_ctx c;
+	yaml_parser_t parser;
+	FILE *fp;
+	char *slash;
+	int rc;
+
+	dmx_config_defaults(cfg);
+	memset(&c, 0, sizeof(c));
+	c.file = file;
+	c.err = err;
+	c.errlen = errlen;
+	fp = fopen(file, "rb");
+	if (fp == NULL) {
+		snprintf(err, errlen, "%s: %s", file, strerror(errno));
+		return -1;
+	}
+	cfg->file = strdup(file);
+	c.dir = strdup(file);
+	if (cfg->file == NULL || c.dir == NULL) {
+		fclose(fp);
+		free(c.dir);
+		snprintf(err, errlen, "%s: out of memory", file);
+		return -1;
+	}
+	slash = strrchr(c.dir, '/');
+	if (slash == NULL)
+		c.dir[0] = '\0';
+	else if (slash == c.dir)
+		slash[1] = '\0';
+	else
+		*slash = '\0';
+
+	yaml_parser_initialize(&parser);
+	yaml_parser_set_input_file(&parser, fp);
+	if (!yaml_parser_load(&parser, &c.doc)) {
+		yaml_mark_t m = parser.problem_mark;
+
+		if (parser.context_mark.line < m.line && parser.context)
+			snprintf(err, errlen, "%s:%zu:%zu: %s (%s at line %zu)",
+			    file, m.line + 1, m.column + 1,
+			    parser.problem ? parser.problem : "syntax error",
+			    parser.context, parser.context_mark.line + 1);
+		else
+			snprintf(err, errlen, "%s:%zu:%zu: %s", file,
+			    m.line + 1, m.column + 1,
+			    parser.problem ? parser.problem : "syntax error");
+		yaml_parser_delete(&parser);
+		fclose(fp);
+		free(c.dir);
+		dmx_config_free(cfg);
+		return -1;
+	}
+	rc = load_root(&c, cfg);
+	yaml_document_delete(&c.doc);
+	yaml_parser_delete(&parser);
+	fclose(fp);
+	free(c.dir);
+	if (rc != 0)
+		dmx_config_free(cfg);
+	return rc;
+}
+
+void
+dmx_config_free(dmx_config *cfg)
+{
+	size_t i;
+
+	for (i = 0; i < cfg->nlisten; i++)
+		free(cfg->listen[i].uri);
+	free(cfg->listen);
+	for (i = 0; i < cfg->nplugins; i++) {
+		free(cfg->plugins[i].name);
+		free(cfg->plugins[i].path);
+		free(cfg->plugins[i].config);
+	}
+	free(cfg->plugins);
+	free(cfg->file);
+	memset(cfg, 0, sizeof(*cfg));
+}

@@ -1,0 +1,59 @@
+/*
+ * config.h - demuxd's configuration: the YAML file, parsed with libyaml into a
+ * plain struct.
+ *
+ * The parser is strict: an unknown key, a wrong type, a duplicate key, a
+ * duplicate plugin or a missing plugin file is an error, reported as
+ * "FILE:LINE:COL: what" (1-based), because a typo that is silently ignored
+ * becomes an outage later. Relative paths (unix sockets, plugin files) are
+ * resolved against the folder of the YAML file, so a deployment can be moved
+ * as a whole.
+ */
+#ifndef DMX_CONFIG_H
+#define DMX_CONFIG_H
+
+#include <stddef.h>
+
+typedef struct dmx_conf_listen {
+	char   *uri;		/* "unix:PATH" (resolved) or "tcp:HOST:PORT" */
+	int	line, col;
+} dmx_conf_listen;
+
+typedef struct dmx_conf_plugin {
+	char   *name;		/* routing prefix; NULL: the plugin's own name */
+	char   *path;		/* resolved against the YAML file's folder */
+	char   *config;		/* `config:` as msgpack bytes, or NULL */
+	size_t	config_len;
+	int	line, col;	/* of the list entry */
+} dmx_conf_plugin;
+
+typedef struct dmx_config {
+	char		*file;		/* as given */
+	dmx_conf_listen	*listen;
+	size_t		 nlisten;
+	int		 workers;	/* pool size; 0 = on-demand */
+	int		 max_threads;	/* on-demand cap */
+	size_t		 max_frame;	/* largest message accepted, bytes */
+	unsigned	 max_inflight;	/* per connection */
+	unsigned	 max_connections;
+	int		 log_level;	/* -1: not set in the file */
+	dmx_conf_plugin	*plugins;
+	size_t		 nplugins;
+} dmx_config;
+
+#define DMX_DEFAULT_MAX_FRAME		(64u << 20)
+#define DMX_DEFAULT_MAX_INFLIGHT	4096u
+#define DMX_DEFAULT_MAX_CONNECTIONS	10000u
+#define DMX_DEFAULT_MAX_THREADS		1024
+
+/*
+ * Read and validate FILE. On success fill *cfg (free with dmx_config_free)
+ * and return 0. On failure return -1 with "FILE:LINE:COL: what" in err.
+ */
+int  dmx_config_load(const char *file, dmx_config *cfg, char *err,
+    size_t errlen);
+/* Defaults, as used for --stdio without -c. */
+void dmx_config_defaults(dmx_config *cfg);
+void dmx_config_free(dmx_config *cfg);
+
+#endif

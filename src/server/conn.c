@@ -1,0 +1,662 @@
+/*
+ * conn.c - one client connection: read and frame requests, dispatch them,
+ * write responses. See server.h for the threading design.
+ *
+ * Reads go into the server's scratch buffer; only a partial frame left at the
+ * end of a read is copied into the connection's own buffer, so an idle
+ * connection holds no buffer at all.
+ *
+ * Bad input never costs anyone else anything: a frame that is valid msgpack
+ * but not a valid request is answered (with its msgid when one can be read,
+ * else with the notification $/error) and the connection goes on; bytes that
+ * are not msgpack, or a frame over max_frame, end this connection only, after
+ * the error has been sent and every accepted request answered.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "server.h"
+
+#define READ_CHUNK	(256u << 10)	/* scratch size: one read */
+#define READ_BUDGET	(4u << 20)	/* bytes per readable event, fairness */
+#define WRITE_IOV	64		/* responses per writev */
+#define JOB_KEEP	(64u << 10)	/* buffer kept by a recycled job */
+
+/* ---- jobs ---- */
+
+static dmx_job *
+job_get(dmx_conn *c)
+{
+	dmx_job *j;
+
+	pthread_mutex_lock(&c->mu);
+	j = c->free_jobs;
+	if (j != NULL)
+		c->free_jobs = j->next;
+	c->inflight++;
+	pthread_mutex_unlock(&c->mu);
+	if (j == NULL) {
+		j = calloc(1, sizeof(*j));
+		if (j == NULL) {
+			pthread_mutex_lock(&c->mu);
+			c->inflight--;
+			pthread_mutex_unlock(&c->mu);
+			return NULL;
+		}
+		j->conn = c;
+	}
+	j->next = NULL;
+	j->route = NULL;
+	j->notify = 0;
+	j->errored = 0;
+	j->in.len = 0;
+	j->out.len = 0;
+	return j;
+}
+
+static void
+job_free(dmx_job *j)
+{
+	dmx_buf_release(&j->in);
+	dmx_buf_release(&j->out);
+	free(j);
+}
+
+static void conn_free(dmx_conn *c);
+
+/*
+ * Return a job to its connection's free list. Called with c->mu held.
+ * Reports what the I/O thread must now do; returns 1 if the caller must free
+ * the connection after unlocking (it was the last claim).
+ */
+static int
+job_recycle_locked(dmx_conn *c, dmx_job *j)
+{
+	const dmx_config *cfg = dmx_server_config(c->srv);
+
+	dmx_buf_shrink(&j->in, JOB_KEEP);
+	dmx_buf_shrink(&j->out, JOB_KEEP);
+	j->next = c->free_jobs;
+	c->free_jobs = j;
+	c->inflight--;
+	if (c->released)
+		return c->inflight == 0;
+	if ((c->paused && c->inflight <= cfg->max_inflight / 2) ||
+	    c->inflight == 0)
+		dmx_server_attn(c->srv, c);
+	return 0;
+}
+
+/* ---- writing ---- */
+
+static ssize_t
+conn_writev(dmx_conn *c, struct iovec *iov, int n)
+{
+	if (c->is_sock) {
+		struct msghdr mh;
+
+		memset(&mh, 0, sizeof(mh));
+		mh.msg_iov = iov;
+		mh.msg_iovlen = (size_t)n;
+		return sendmsg(c->wfd, &mh, MSG_NOSIGNAL);
+	}
+	return writev(c->wfd, iov, n);
+}
+
+/*
+ * Write the output queue until it is empty or the socket is full. Called with
+ * c->mu held; drops it around the syscall so that workers can keep queueing.
+ * Returns 1 if the caller must free the connection after unlocking.
+ */
+static int
+flush_locked(dmx_conn *c)
+{
+	struct iovec iov[WRITE_IOV];
+	dmx_job *j, *next;
+	ssize_t n;
+	size_t left, off;
+	int cnt, last = 0;
+
+	c->writing = 1;
+	while (c->oq_head != NULL && !c->broken) {
+		cnt = 0;
+		off = c->oq_off;
+		for (j = c->oq_head; j != NULL && cnt < WRITE_IOV; j = j->next) {
+			iov[cnt].iov_base = j->out.data + off;
+			iov[cnt].iov_len = j->out.len - off;
+			cnt++;
+			off = 0;
+		}
+		pthread_mutex_unlock(&c->mu);
+		do
+			n = conn_writev(c, iov, cnt);
+		while (n < 0 && errno == EINTR);
+		pthread_mutex_lock(&c->mu);
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				c->want_out = 1;
+				dmx_server_attn(c->srv, c);
+			} else {
+				dmx_debug("conn %u: write: %s", c->id,
+				    strerror(errno));
+				c->broken = 1;
+				dmx_server_attn(c->srv, c);
+			}
+			break;
+		}
+		left = (size_t)n;
+		while (c->oq_head != NULL) {
+			j = c->oq_head;
+			if (j->out.len - c->oq_off > left) {
+				c->oq_off += left;
+				break;
+			}
+			left -= j->out.len - c->oq_off;
+			c->oq_off = 0;
+			c->oq_head = j->next;
+			if (c->oq_head == NULL)
+				c->oq_tail = NULL;
+			last |= job_recycle_locked(c, j);
+		}
+	}
+	if (c->broken) {
+		/* nobody will read these: recycle them */
+		for (j = c->oq_head; j != NULL; j = next) {
+			next = j->next;
+			last |= job_recycle_locked(c, j);
+		}
+		c->oq_head = c->oq_tail = NULL;
+		c->oq_off = 0;
+	}
+	c->writing = 0;
+	return last;
+}
+
+void
+dmx_conn_send(dmx_job *j)
+{
+	dmx_conn *c = j->conn;
+	int last;
+
+	pthread_mutex_lock(&c->mu);
+	if (j->out.len == 0 || c->broken) {
+		last = job_recycle_locked(c, j);
+	} else {
+		j->next = NULL;
+		if (c->oq_tail)
+			c->oq_tail->next = j;
+		else
+			c->oq_head = j;
+		c->oq_tail = j;
+		/* an active writer, or the I/O thread after EPOLLOUT, takes it */
+		last = c->writing || c->want_out ? 0 : flush_locked(c);
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (last)
+		conn_free(c);
+}
+
+void
+dmx_conn_on_writable(dmx_conn *c)
+{
+	pthread_mutex_lock(&c->mu);
+	c->want_out = 0;
+	/* the I/O thread still holds the connection, so flush can never drop
+	 * the last claim here */
+	if (!c->writing)
+		(void)flush_locked(c);
+	dmx_server_attn(c->srv, c);	/* EPOLLOUT on or off, or close */
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* ---- host-made replies (I/O thread) ---- */
+
+static void
+send_error(dmx_conn *c, uint32_t msgid, int64_t code, const char *fmt, ...)
+    DEMUX_PRINTF(4, 5);
+
+static void
+send_error(dmx_conn *c, uint32_t msgid, int64_t code, const char *fmt, ...)
+{
+	char msg[512];
+	dmx_job *j;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	j = job_get(c);
+	if (j == NULL)
+		return;
+	j->msgid = msgid;
+	dmx_job_set_error(j, code, msg, NULL);
+	dmx_conn_send(j);
+}
+
+/* The notification [2, "$/error", [code, message]]: for errors that have no
+ * msgid to answer to. */
+static void
+send_error_notice(dmx_conn *c, int64_t code, const char *fmt, ...)
+    DEMUX_PRINTF(3, 4);
+
+static void
+send_error_notice(dmx_conn *c, int64_t code, const char *fmt, ...)
+{
+	char msg[512];
+	msgpack_packer pk;
+	dmx_job *j;
+	va_list ap;
+	size_t n;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	dmx_debug("conn %u: $/error %lld: %s", c->id, (long long)code, msg);
+	j = job_get(c);
+	if (j == NULL)
+		return;
+	n = strlen(msg);
+	msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
+	msgpack_pack_array(&pk, 3);
+	msgpack_pack_uint8(&pk, DMX_MSG_NOTIFY);
+	msgpack_pack_str(&pk, 7);
+	msgpack_pack_str_body(&pk, "$/error", 7);
+	msgpack_pack_array(&pk, 2);
+	msgpack_pack_int64(&pk, code);
+	msgpack_pack_str(&pk, n);
+	msgpack_pack_str_body(&pk, msg, n);
+	dmx_conn_send(j);
+}
+
+static void
+send_result(dmx_conn *c, uint32_t msgid, const void *result, size_t len)
+{
+	msgpack_packer pk;
+	dmx_job *j;
+
+	j = job_get(c);
+	if (j == NULL)
+		return;
+	msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
+	msgpack_pack_array(&pk, 4);
+	msgpack_pack_uint8(&pk, DMX_MSG_RESPONSE);
+	msgpack_pack_uint32(&pk, msgid);
+	msgpack_pack_nil(&pk);
+	dmx_buf_append(&j->out, result, len);
+	dmx_conn_send(j);
+}
+
+/* ---- dispatch (I/O thread) ---- */
+
+typedef struct batch {
+	dmx_job	*head, *tail;
+	unsigned n;
+} batch;
+
+static void
+builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m, uint32_t ml)
+{
+	const dmx_router *r = dmx_server_router(c->srv);
+	const dmx_buf *b;
+
+	if (notify)
+		return;		/* $/ notifications the server does not know
+				 * are ignored, as LSP specifies */
+	if (ml == 6 && memcmp(m, "$/ping", 6) == 0) {
+		send_result(c, msgid, "\xa4pong", 5);
+		return;
+	}
+	if (ml == 9 && memcmp(m, "$/methods", 9) == 0) {
+		b = dmx_router_methods(r);
+		send_result(c, msgid, b->data, b->len);
+		return;
+	}
+	if (ml == 9 && memcmp(m, "$/plugins", 9) == 0) {
+		b = dmx_router_plugins(r);
+		send_result(c, msgid, b->data, b->len);
+		return;
+	}
+	send_error(c, msgid, DMX_E_NO_METHOD, "method '%.*s' not found",
+	    (int)(ml > 200 ? 200 : ml), m);
+}
+
+/* One complete frame. */
+static void
+dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
+{
+	const dmx_route *rt;
+	const char *m;
+	uint32_t n, ml;
+	uint64_t type, msgid = 0;
+	int notify;
+	dmx_rd r;
+	dmx_job *j;
+
+	dmx_rd_init(&r, p, len);
+	if (dmx_rd_array(&r, &n) != 0 || n < 3 || n > 4 ||
+	    dmx_rd_uint(&r, &type) != 0) {
+		send_error_notice(c, DMX_E_INVALID_REQUEST, "invalid request: "
+		    "expected [0, msgid, method, params] or [2, method, params]");
+		return;
+	}
+	if (type == DMX_MSG_REQUEST && n == 4) {
+		if (dmx_rd_uint(&r, &msgid) != 0 || msgid > UINT32_MAX) {
+			send_error_notice(c, DMX_E_INVALID_REQUEST,
+			    "invalid request: msgid must be a uint32");
+			return;
+		}
+		notify = 0;
+	} else if (type == DMX_MSG_NOTIFY && n == 3) {
+		notify = 1;
+	} else {
+		send_error_notice(c, DMX_E_INVALID_REQUEST, "invalid request: "
+		    "type %llu with %u elements", (unsigned long long)type, n);
+		return;
+	}
+	if (dmx_rd_str(&r, &m, &ml) != 0) {
+		if (notify)
+			send_error_notice(c, DMX_E_INVALID_REQUEST,
+			    "invalid notification: method must be a string");
+		else
+			send_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
+			    "invalid request: method must be a string");
+		return;
+	}
+	if (!dmx_rd_is_array(&r)) {
+		if (notify)
+			send_error_notice(c, DMX_E_INVALID_REQUEST,
+			    "invalid notification: params must be an array");
+		else
+			send_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
+			    "invalid request: params must be an array");
+		return;
+	}
+	if (ml >= 2 && m[0] == '$' && m[1] == '/') {
+		builtin(c, notify, (uint32_t)msgid, m, ml);
+		return;
+	}
+	rt = dmx_router_find(dmx_server_router(c->srv), m, ml);
+	if (rt == NULL) {
+		if (notify)
+			dmx_debug("conn %u: notification for unknown method "
+			    "'%.*s' dropped", c->id, (int)(ml > 200 ? 200 : ml),
+			    m);
+		else
+			send_error(c, (uint32_t)msgid, DMX_E_NO_METHOD,
+			    "method '%.*s' not found",
+			    (int)(ml > 200 ? 200 : ml), m);
+		return;
+	}
+	j = job_get(c);
+	if (j == NULL || dmx_buf_append(&j->in, p, len) != 0) {
+		if (j != NULL) {
+			j->msgid = (uint32_t)msgid;
+			j->notify = (uint8_t)notify;
+			dmx_job_set_error(j, DMX_E_INTERNAL, "out of memory", NULL);
+			if (notify)
+				j->out.len = 0;
+			dmx_conn_send(j);
+		}
+		return;
+	}
+	j->route = rt;
+	j->msgid = (uint32_t)msgid;
+	j->notify = (uint8_t)notify;
+	j->params_off = (uint32_t)(r.p - p);
+	j->params_len = (uint32_t)(len - j->params_off);
+	if (bt->tail)
+		bt->tail->next = j;
+	else
+		bt->head = j;
+	bt->tail = j;
+	bt->n++;
+}
+
+static void
+submit(dmx_conn *c, batch *bt)
+{
+	dmx_job *rej, *next;
+
+	dmx_pool_submit(dmx_server_pool(c->srv), bt->head, bt->tail, bt->n, &rej);
+	for (; rej != NULL; rej = next) {
+		next = rej->next;
+		dmx_job_set_error(rej, DMX_E_OVERLOADED, "overloaded: "
+		    "max_threads reached, not executed", NULL);
+		if (rej->notify)
+			rej->out.len = 0;
+		dmx_conn_send(rej);
+	}
+	bt->head = bt->tail = NULL;
+	bt->n = 0;
+}
+
+/* A frame too large or not msgpack: answer, stop reading, close once the
+ * answers are out. */
+static void
+fatal_frame(dmx_conn *c, const uint8_t *p, size_t n, int why)
+{
+	const dmx_config *cfg = dmx_server_config(c->srv);
+	uint64_t type, msgid;
+	uint32_t cnt;
+	dmx_rd r;
+
+	if (why == DMX_SCAN_TOOBIG) {
+		dmx_rd_init(&r, p, n);
+		if (dmx_rd_array(&r, &cnt) == 0 && cnt == 4 &&
+		    dmx_rd_uint(&r, &type) == 0 && type == DMX_MSG_REQUEST &&
+		    dmx_rd_uint(&r, &msgid) == 0 && msgid <= UINT32_MAX)
+			send_error(c, (uint32_t)msgid, DMX_E_TOO_LARGE,
+			    "message too large: over max_frame (%zu bytes)",
+			    cfg->max_frame);
+		else
+			send_error_notice(c, DMX_E_TOO_LARGE, "message too large:"
+			    " over max_frame (%zu bytes)", cfg->max_frame);
+		dmx_info("conn %u: frame over max_frame (%zu bytes): closing",
+		    c->id, cfg->max_frame);
+	} else {
+		send_error_notice(c, DMX_E_PARSE, "parse error: not valid "
+		    "MessagePack; closing the connection");
+		dmx_info("conn %u: not MessagePack: closing", c->id);
+	}
+	dmx_conn_stop_reading(c);
+}
+
+/* Frame and dispatch p[0..n); returns bytes consumed (complete frames). */
+static size_t
+parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
+{
+	const dmx_config *cfg = dmx_server_config(c->srv);
+	size_t off = 0, flen;
+	int rc;
+
+	while (off < n && !c->rd_closed) {
+		rc = dmx_scan_frame(&c->scan, p + off, n - off, cfg->max_frame,
+		    &flen);
+		if (rc == DMX_SCAN_MORE)
+			break;
+		if (rc != DMX_SCAN_FRAME) {
+			fatal_frame(c, p + off, n - off, rc);
+			return n;
+		}
+		dispatch(c, p + off, flen, bt);
+		off += flen;
+	}
+	return off;
+}
+
+void
+dmx_conn_stop_reading(dmx_conn *c)
+{
+	if (c->rd_closed)
+		return;
+	c->rd_closed = 1;
+	dmx_buf_release(&c->rbuf);
+	dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLIN);
+	pthread_mutex_lock(&c->mu);
+	dmx_server_attn(c->srv, c);	/* maybe closable now */
+	pthread_mutex_unlock(&c->mu);
+}
+
+void
+dmx_conn_on_readable(dmx_conn *c)
+{
+	const dmx_config *cfg = dmx_server_config(c->srv);
+	dmx_buf *scratch = dmx_server_scratch(c->srv);
+	batch bt = { NULL, NULL, 0 };
+	size_t total = 0, used, room;
+	ssize_t n;
+	int paused;
+
+	while (!c->rd_closed && total < READ_BUDGET) {
+		if (c->rbuf.len > 0) {
+			/* continuing a partial frame: read into its buffer */
+			size_t need = dmx_scan_need(&c->scan);
+
+			room = READ_CHUNK;
+			if (need > c->rbuf.len && need - c->rbuf.len > room)
+				room = need - c->rbuf.len;
+			if (dmx_buf_reserve(&c->rbuf, room) != 0) {
+				dmx_warn("conn %u: out of memory for a %zu-byte "
+				    "frame: closing", c->id, need);
+				dmx_conn_stop_reading(c);
+				break;
+			}
+			room = c->rbuf.cap - c->rbuf.len;
+			n = read(c->rfd, c->rbuf.data + c->rbuf.len, room);
+		} else {
+			room = scratch->cap;
+			n = read(c->rfd, scratch->data, room);
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (n <= 0) {
+			if (n < 0)
+				dmx_debug("conn %u: read: %s", c->id,
+				    strerror(errno));
+			/* EOF: answer what was accepted, then close */
+			dmx_conn_stop_reading(c);
+			break;
+		}
+		total += (size_t)n;
+		if (c->rbuf.len > 0) {
+			c->rbuf.len += (size_t)n;
+			used = parse(c, (uint8_t *)c->rbuf.data, c->rbuf.len, &bt);
+			if (c->rd_closed)
+				break;
+			dmx_buf_consume(&c->rbuf, used);
+			if (c->rbuf.len == 0)
+				dmx_buf_shrink(&c->rbuf, 0);
+		} else {
+			used = parse(c, (uint8_t *)scratch->data, (size_t)n, &bt);
+			if (c->rd_closed)
+				break;
+			if (used < (size_t)n &&
+			    dmx_buf_append(&c->rbuf, scratch->data + used,
+			    (size_t)n - used) != 0) {
+				dmx_warn("conn %u: out of memory: closing", c->id);
+				dmx_conn_stop_reading(c);
+				break;
+			}
+		}
+		/* back pressure: stop reading while too much is in flight */
+		pthread_mutex_lock(&c->mu);
+		paused = c->inflight >= cfg->max_inflight;
+		if (paused)
+			c->paused = 1;
+		pthread_mutex_unlock(&c->mu);
+		if (paused) {
+			dmx_server_epoll_mod(c->srv, c,
+			    c->events & ~(uint32_t)EPOLLIN);
+			break;
+		}
+		if ((size_t)n < room)
+			break;		/* drained the socket */
+	}
+	submit(c, &bt);
+}
+
+/* ---- attention (I/O thread) ---- */
+
+void
+dmx_conn_attend(dmx_conn *c)
+{
+	const dmx_config *cfg = dmx_server_config(c->srv);
+	int want_out, broken, resume, idle, flushing;
+
+	pthread_mutex_lock(&c->mu);
+	c->attn = 0;
+	want_out = c->want_out;
+	broken = c->broken;
+	resume = c->paused && c->inflight <= cfg->max_inflight / 2;
+	if (resume)
+		c->paused = 0;
+	idle = c->inflight == 0;
+	flushing = c->writing || c->oq_head != NULL;
+	pthread_mutex_unlock(&c->mu);
+
+	if (broken) {
+		dmx_conn_release(c);
+		return;
+	}
+	if (c->rd_closed && idle && !flushing) {
+		dmx_conn_release(c);
+		return;
+	}
+	if (resume && !c->rd_closed) {
+		dmx_server_epoll_mod(c->srv, c, c->events | EPOLLIN);
+		/* data may already be waiting: level-triggered epoll reports it */
+	}
+	if (want_out && !(c->events & EPOLLOUT))
+		dmx_server_epoll_mod(c->srv, c, c->events | EPOLLOUT);
+	else if (!want_out && (c->events & EPOLLOUT))
+		dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLOUT);
+}
+
+/* ---- lifetime ---- */
+
+static void
+conn_free(dmx_conn *c)
+{
+	dmx_job *j, *next;
+
+	for (j = c->free_jobs; j != NULL; j = next) {
+		next = j->next;
+		job_free(j);
+	}
+	dmx_buf_release(&c->rbuf);
+	if (c->wfd != c->rfd && c->wfd >= 0)
+		close(c->wfd);
+	if (c->rfd >= 0)
+		close(c->rfd);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+void
+dmx_conn_release(dmx_conn *c)
+{
+	int last;
+
+	dmx_server_forget(c->srv, c);
+	if (c->is_sock)
+		shutdown(c->rfd, SHUT_RDWR);	/* the peer sees EOF now */
+	pthread_mutex_lock(&c->mu);
+	c->released = 1;
+	c->broken = 1;
+	last = c->inflight == 0 && !c->writing;
+	if (!last && !c->writing && c->oq_head != NULL)
+		last = flush_locked(c);		/* recycles queued replies */
+	pthread_mutex_unlock(&c->mu);
+	if (last)
+		conn_free(c);
+}

@@ -1,0 +1,73 @@
+/*
+ * log.c - see log.h.
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+
+static atomic_int log_level = DEMUX_LOG_INFO;
+static const char *const level_names[] = { "error", "warn", "info", "debug" };
+
+void
+dmx_log_set_level(int level)
+{
+	if (level < DEMUX_LOG_ERROR)
+		level = DEMUX_LOG_ERROR;
+	if (level > DEMUX_LOG_DEBUG)
+		level = DEMUX_LOG_DEBUG;
+	atomic_store(&log_level, level);
+}
+
+int
+dmx_log_get_level(void)
+{
+	return atomic_load(&log_level);
+}
+
+void
+dmx_vlog(int level, const char *tag, const char *fmt, va_list ap)
+{
+	char line[2048];
+	struct timespec ts;
+	struct tm tm;
+	size_t n;
+	int r;
+
+	if (level > atomic_load(&log_level))
+		return;
+	if (level < DEMUX_LOG_ERROR)
+		level = DEMUX_LOG_ERROR;
+	if (level > DEMUX_LOG_DEBUG)
+		level = DEMUX_LOG_DEBUG;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+	r = snprintf(line + n, sizeof(line) - n, ".%03ldZ demuxd[%d] %s: %s%s%s",
+	    ts.tv_nsec / 1000000, (int)getpid(), level_names[level],
+	    tag ? "<" : "", tag ? tag : "", tag ? "> " : "");
+	if (r > 0)
+		n += (size_t)r < sizeof(line) - n ? (size_t)r : sizeof(line) - n - 1;
+	r = vsnprintf(line + n, sizeof(line) - n, fmt, ap);
+	if (r > 0)
+		n += (size_t)r < sizeof(line) - n ? (size_t)r : sizeof(line) - n - 1;
+	if (n > sizeof(line) - 2)
+		n = sizeof(line) - 2;
+	line[n++] = '\n';
+	/* one write per line; a failing stderr is not worth dying for */
+	if (write(STDERR_FILENO, line, n) < 0)
+		return;
+}
+
+void
+dmx_log(int level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	dmx_vlog(level, NULL, fmt, ap);
+	va_end(ap);
+}

@@ -1,0 +1,170 @@
+/*
+ * main.c - demuxd: flags, start-up order, signals, exit codes.
+ *
+ * Start-up is all-or-nothing: the configuration is validated and every plugin
+ * loaded and initialised before the first socket is opened, so a deployment
+ * with a bad file never half-starts. Exit codes: 0 clean stop (or --check
+ * passed), 1 runtime failure (e.g. cannot listen), 2 bad usage, configuration
+ * or plugin.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "plugin_host.h"
+#include "router.h"
+#include "server.h"
+
+#define DEMUXD_VERSION "0.1.0"
+
+static void
+usage(FILE *fp)
+{
+	fprintf(fp,
+	    "usage: demuxd -c FILE [-v|-q]...   serve the configuration in FILE\n"
+	    "       demuxd --check -c FILE      validate FILE and load every "
+	    "plugin, then exit\n"
+	    "       demuxd --stdio [-c FILE]    serve one connection on "
+	    "stdin/stdout\n"
+	    "\n"
+	    "  -c, --config FILE  YAML configuration (see demux.yaml(5))\n"
+	    "  -v, --verbose      log more (repeatable)\n"
+	    "  -q, --quiet        log less (repeatable)\n"
+	    "      --check        exit 0 if FILE is valid and its plugins load, "
+	    "else 2\n"
+	    "      --stdio        serve stdin/stdout instead of listening\n"
+	    "  -h, --help         this text\n"
+	    "  -V, --version      print the version\n");
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "quiet", no_argument, NULL, 'q' },
+		{ "check", no_argument, NULL, 'C' },
+		{ "stdio", no_argument, NULL, 'S' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *file = NULL;
+	int verbosity = 0, check = 0, stdio = 0, ch, rc = 0;
+	dmx_config cfg;
+	dmx_plugin **plugins = NULL;
+	dmx_router *router = NULL;
+	dmx_server *srv = NULL;
+	char err[1024];
+	sigset_t set;
+	size_t i, nloaded = 0, nmethods = 0;
+
+	while ((ch = getopt_long(argc, argv, "c:vqhV", opts, NULL)) != -1) {
+		switch (ch) {
+		case 'c': file = optarg; break;
+		case 'v': verbosity++; break;
+		case 'q': verbosity--; break;
+		case 'C': check = 1; break;
+		case 'S': stdio = 1; break;
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("demuxd %s (plugin ABI %d.%d)\n",
+		    DEMUXD_VERSION, DEMUX_ABI_MAJOR, DEMUX_ABI_MINOR); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind != argc || (file == NULL && !stdio)) {
+		usage(stderr);
+		return 2;
+	}
+
+	/* Signals: SIGINT/SIGTERM are read from a signalfd by the I/O thread,
+	 * so block them before any thread exists (threads inherit the mask).
+	 * A write to a closed peer must be an error, not a death. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	if (file != NULL) {
+		if (dmx_config_load(file, &cfg, err, sizeof(err)) != 0) {
+			fprintf(stderr, "demuxd: %s\n", err);
+			return 2;
+		}
+	} else {
+		dmx_config_defaults(&cfg);
+	}
+	dmx_log_set_level((cfg.log_level >= 0 ? cfg.log_level :
+	    DEMUX_LOG_INFO) + verbosity);
+
+	plugins = calloc(cfg.nplugins ? cfg.nplugins : 1, sizeof(*plugins));
+	if (plugins == NULL) {
+		fprintf(stderr, "demuxd: out of memory\n");
+		rc = 1;
+		goto out;
+	}
+	for (i = 0; i < cfg.nplugins; i++) {
+		plugins[i] = dmx_plugin_load(&cfg.plugins[i], cfg.file, err,
+		    sizeof(err));
+		if (plugins[i] == NULL) {
+			fprintf(stderr, "demuxd: %s\n", err);
+			rc = 2;
+			goto out;
+		}
+		nloaded++;
+		nmethods += plugins[i]->nmethods;
+	}
+	router = dmx_router_new(plugins, nloaded, err, sizeof(err));
+	if (router == NULL) {
+		fprintf(stderr, "demuxd: %s: %s\n", cfg.file ? cfg.file :
+		    "(defaults)", err);
+		rc = 2;
+		goto out;
+	}
+	if (check) {
+		printf("%s: ok (%zu plugins, %zu methods)\n", cfg.file, nloaded,
+		    nmethods);
+		goto out;
+	}
+
+	srv = dmx_server_new(&cfg, router, err, sizeof(err));
+	if (srv == NULL) {
+		fprintf(stderr, "demuxd: %s\n", err);
+		rc = 1;
+		goto out;
+	}
+	if (stdio) {
+		if (dmx_server_add_stdio(srv, err, sizeof(err)) != 0) {
+			fprintf(stderr, "demuxd: %s\n", err);
+			rc = 1;
+			goto out;
+		}
+	} else if (dmx_server_listen(srv, err, sizeof(err)) != 0) {
+		fprintf(stderr, "demuxd: %s\n", err);
+		rc = 1;
+		goto out;
+	}
+	if (!stdio && cfg.nlisten == 0)
+		dmx_warn("no listen addresses configured: nothing to serve");
+	dmx_info("READY: %zu plugin(s), %zu method(s), %s%d worker(s)",
+	    nloaded, nmethods, cfg.workers == 0 ? "on-demand, at most " : "",
+	    cfg.workers == 0 ? cfg.max_threads : cfg.workers);
+	if (dmx_server_run(srv) != 0)
+		rc = 1;
+out:
+	/* workers first (they run plugin code), then the plugins' fini */
+	dmx_server_free(srv);
+	dmx_router_free(router);
+	for (i = nloaded; i-- > 0;)
+		dmx_plugin_unload(plugins[i]);
+	free(plugins);
+	if (rc == 0 && !check)
+		dmx_info("stopped");
+	dmx_config_free(&cfg);
+	return rc;
+}

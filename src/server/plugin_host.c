@@ -1,0 +1,241 @@
+/*
+ * plugin_host.c - dlopen a plugin, check its descriptor, run init; see
+ * plugin_host.h.
+ *
+ * The descriptor is read in a fixed order: magic first (so garbage such as a
+ * random library exporting the same symbol name is refused before any other
+ * field is trusted), then the ABI version, then `size` (so that a field the
+ * plugin's build does not have is never read), then the rest.
+ */
+#include <dlfcn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "plugin_host.h"
+
+#define MAX_METHODS 4096
+
+/* Smallest descriptor that has every field ABI 1.0 requires. */
+#define DESC_MIN_SIZE \
+	(offsetof(demux_plugin, process_transaction) + sizeof(void (*)(void)))
+
+static int DEMUX_PRINTF(5, 6)
+load_fail(char *err, size_t errlen, const char *file, const dmx_conf_plugin *cp,
+    const char *fmt, ...)
+{
+	va_list ap;
+	int k;
+
+	k = snprintf(err, errlen, "%s:%d:%d: plugin%s%s%s %s: ", file, cp->line,
+	    cp->col, cp->name ? " '" : "", cp->name ? cp->name : "",
+	    cp->name ? "'" : "", cp->path);
+	if (k < 0 || (size_t)k >= errlen)
+		return -1;
+	va_start(ap, fmt);
+	vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static void
+host_vlog(const demux_host *h, int level, const char *fmt, va_list ap)
+{
+	dmx_vlog(level, h->name, fmt, ap);
+}
+
+static void
+host_log(const demux_host *h, int level, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	dmx_vlog(level, h->name, fmt, ap);
+	va_end(ap);
+}
+
+/* Check the method list and build the full names. */
+static int
+load_methods(dmx_plugin *p, const dmx_conf_plugin *cp, const char *file,
+    char *err, size_t errlen)
+{
+	const char *const *m = p->desc->methods;
+	size_t n = 0, i, j, len;
+
+	if (m == NULL)
+		return load_fail(err, errlen, file, cp,
+		    "descriptor has no method list");
+	while (m[n] != NULL && n <= MAX_METHODS)
+		n++;
+	if (n == 0 || n > MAX_METHODS)
+		return load_fail(err, errlen, file, cp,
+		    "descriptor must list 1 to %d methods", MAX_METHODS);
+	p->methods = calloc(n, sizeof(*p->methods));
+	if (p->methods == NULL)
+		return load_fail(err, errlen, file, cp, "out of memory");
+	for (i = 0; i < n; i++) {
+		if (m[i][0] == '\0' || strchr(m[i], '.') != NULL)
+			return load_fail(err, errlen, file, cp, "method name "
+			    "'%s' must be non-empty and contain no '.'", m[i]);
+		for (j = 0; j < i; j++)
+			if (strcmp(m[i], m[j]) == 0)
+				return load_fail(err, errlen, file, cp,
+				    "duplicate method '%s.%s'", p->name, m[i]);
+		len = strlen(p->name) + 1 + strlen(m[i]) + 1;
+		p->methods[i] = malloc(len);
+		if (p->methods[i] == NULL)
+			return load_fail(err, errlen, file, cp, "out of memory");
+		snprintf(p->methods[i], len, "%s.%s", p->name, m[i]);
+		p->nmethods++;
+	}
+	return 0;
+}
+
+dmx_plugin *
+dmx_plugin_load(const dmx_conf_plugin *cp, const char *file, char *err,
+    size_t errlen)
+{
+	demux_plugin_entry_fn entry;
+	const demux_plugin *d;
+	dmx_plugin *p;
+	char ierr[512];
+	const char *e;
+	void *sym;
+
+	p = calloc(1, sizeof(*p));
+	if (p == NULL) {
+		load_fail(err, errlen, file, cp, "out of memory");
+		return NULL;
+	}
+	msgpack_zone_init(&p->cfg_zone, 1024);
+	p->path = strdup(cp->path);
+	if (p->path == NULL) {
+		load_fail(err, errlen, file, cp, "out of memory");
+		goto fail;
+	}
+	dlerror();
+	p->handle = dlopen(cp->path, RTLD_NOW | RTLD_LOCAL);
+	if (p->handle == NULL) {
+		e = dlerror();
+		load_fail(err, errlen, file, cp, "cannot load: %s",
+		    e ? e : "unknown dlopen error");
+		goto fail;
+	}
+	dlerror();
+	sym = dlsym(p->handle, DEMUX_PLUGIN_ENTRY_NAME);
+	e = dlerror();
+	if (sym == NULL || e != NULL) {
+		load_fail(err, errlen, file, cp, "does not export %s(): %s",
+		    DEMUX_PLUGIN_ENTRY_NAME, e ? e : "symbol is NULL");
+		goto fail;
+	}
+	/* ISO C forbids object-to-function pointer casts; POSIX requires this
+	 * one to work. */
+	memcpy(&entry, &sym, sizeof(entry));
+	d = entry();
+	if (d == NULL) {
+		load_fail(err, errlen, file, cp, "%s() returned NULL",
+		    DEMUX_PLUGIN_ENTRY_NAME);
+		goto fail;
+	}
+	if (d->magic != DEMUX_PLUGIN_MAGIC) {
+		load_fail(err, errlen, file, cp, "bad magic 0x%08x (expected "
+		    "0x%08x): not a demux plugin", d->magic, DEMUX_PLUGIN_MAGIC);
+		goto fail;
+	}
+	if (d->abi_major != DEMUX_ABI_MAJOR || d->abi_minor > DEMUX_ABI_MINOR) {
+		load_fail(err, errlen, file, cp, "built for plugin ABI %u.%u, "
+		    "this demuxd provides ABI %u.%u (major must match, minor "
+		    "must be at most %u)", d->abi_major, d->abi_minor,
+		    DEMUX_ABI_MAJOR, DEMUX_ABI_MINOR, DEMUX_ABI_MINOR);
+		goto fail;
+	}
+	if (d->size < DESC_MIN_SIZE) {
+		load_fail(err, errlen, file, cp, "descriptor size %u is smaller "
+		    "than ABI %u.%u requires (%zu)", d->size, d->abi_major,
+		    d->abi_minor, DESC_MIN_SIZE);
+		goto fail;
+	}
+	if (d->process_transaction == NULL) {
+		load_fail(err, errlen, file, cp, "descriptor has no "
+		    "process_transaction");
+		goto fail;
+	}
+	if (d->name == NULL || d->name[0] == '\0' || strchr(d->name, '.')) {
+		load_fail(err, errlen, file, cp, "descriptor has no valid name");
+		goto fail;
+	}
+	p->desc = d;
+	p->name = strdup(cp->name ? cp->name : d->name);
+	if (p->name == NULL) {
+		load_fail(err, errlen, file, cp, "out of memory");
+		goto fail;
+	}
+	if (load_methods(p, cp, file, err, errlen) != 0)
+		goto fail;
+
+	/* the host table */
+	p->host.size = sizeof(demux_host);
+	p->host.abi_major = DEMUX_ABI_MAJOR;
+	p->host.abi_minor = DEMUX_ABI_MINOR;
+	p->host.name = p->name;
+	p->host.path = p->path;
+	p->host.log = host_log;
+	p->host.vlog = host_vlog;
+	dmx_host_fill(&p->host);
+	if (cp->config != NULL) {
+		p->cfg_raw = malloc(cp->config_len);
+		if (p->cfg_raw == NULL) {
+			load_fail(err, errlen, file, cp, "out of memory");
+			goto fail;
+		}
+		memcpy(p->cfg_raw, cp->config, cp->config_len);
+		if (msgpack_unpack(p->cfg_raw, cp->config_len, NULL,
+		    &p->cfg_zone, &p->cfg_obj) != MSGPACK_UNPACK_SUCCESS) {
+			load_fail(err, errlen, file, cp, "config could not be "
+			    "converted");
+			goto fail;
+		}
+		p->host.config = &p->cfg_obj;
+		p->host.config_raw = p->cfg_raw;
+		p->host.config_len = cp->config_len;
+	}
+	if (d->init != NULL) {
+		ierr[0] = '\0';
+		if (d->init(&p->host, &p->state, ierr, sizeof(ierr)) != 0) {
+			load_fail(err, errlen, file, cp, "init failed: %s",
+			    ierr[0] ? ierr : "(the plugin gave no reason)");
+			goto fail;
+		}
+	}
+	p->inited = 1;
+	dmx_debug("plugin '%s' %s loaded from %s (%zu methods)", p->name,
+	    d->version ? d->version : "", p->path, p->nmethods);
+	return p;
+fail:
+	dmx_plugin_unload(p);
+	return NULL;
+}
+
+void
+dmx_plugin_unload(dmx_plugin *p)
+{
+	size_t i;
+
+	if (p == NULL)
+		return;
+	if (p->inited && p->desc->fini != NULL)
+		p->desc->fini(p->state);
+	if (p->handle != NULL)
+		dlclose(p->handle);
+	for (i = 0; i < p->nmethods; i++)
+		free(p->methods[i]);
+	free(p->methods);
+	msgpack_zone_destroy(&p->cfg_zone);
+	free(p->cfg_raw);
+	free(p->name);
+	free(p->path);
+	free(p);
+}

@@ -1,0 +1,45 @@
+/*
+ * plugin_host.h - loading handler plugins: dlopen, ABI checks, init/fini.
+ *
+ * Each stage that can fail (open, entry symbol, magic, ABI, descriptor, init)
+ * is reported separately with the configuration position, the plugin's name
+ * and path, and the copied dlerror() text or the plugin's own message.
+ */
+#ifndef DMX_PLUGIN_HOST_H
+#define DMX_PLUGIN_HOST_H
+
+#include <msgpack.h>
+
+#include "config.h"
+#include "demux/plugin.h"
+
+typedef struct dmx_plugin {
+	char		   *name;	/* routing prefix */
+	char		   *path;
+	void		   *handle;	/* from dlopen */
+	const demux_plugin *desc;	/* owned by the plugin */
+	void		   *state;	/* from desc->init */
+	int		    inited;
+	demux_host	    host;	/* handed to init and every call */
+	msgpack_zone	    cfg_zone;	/* holds cfg_obj */
+	msgpack_object	    cfg_obj;
+	char		   *cfg_raw;	/* copy of the YAML config as msgpack */
+	size_t		    nmethods;
+	char		  **methods;	/* full names, "name.method" */
+} dmx_plugin;
+
+/*
+ * Load the plugin described by `cp` (from config file `file`) and run its
+ * init. Returns the instance, or NULL with "FILE:LINE:COL: plugin 'x': ..." in
+ * err. The caller owns the instance and releases it with dmx_plugin_unload().
+ */
+dmx_plugin *dmx_plugin_load(const dmx_conf_plugin *cp, const char *file,
+    char *err, size_t errlen);
+
+/* Call fini (if init succeeded), dlclose and free. NULL is a no-op. */
+void dmx_plugin_unload(dmx_plugin *p);
+
+/* Fill the call-related entries of a host table (defined in call.c). */
+void dmx_host_fill(demux_host *h);
+
+#endif

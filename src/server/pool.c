@@ -1,0 +1,233 @@
+/*
+ * pool.c - the worker pool that runs plugins' process_transaction.
+ *
+ * Fixed mode: N threads share one FIFO queue under one mutex. A worker loop
+ * starts with the lock held: wait, pop one job, unlock, run it, lock again.
+ * The submitter adds a whole batch under one lock and signals at most as many
+ * workers as are idle, so a busy pool costs no wake-ups at all.
+ *
+ * On-demand mode (the recipe's "thread per request"): each job gets a new
+ * detached thread, up to max_threads at once. Past the cap the job is handed
+ * back for a -32010 answer rather than failing to spawn later.
+ *
+ * Every thread keeps its own msgpack zone for decoding params, cleared after
+ * each job, so decoding does not allocate in the steady state.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "server.h"
+
+struct dmx_pool {
+	pthread_mutex_t	 mu;
+	pthread_cond_t	 cv;		/* workers wait for jobs */
+	pthread_cond_t	 done_cv;	/* on-demand: last thread left */
+	dmx_job		*head, *tail;	/* protected by mu */
+	int		 idle;		/* protected by mu */
+	int		 stop;		/* protected by mu */
+	int		 nthreads;	/* fixed: started; on-demand: running */
+	int		 max_threads;
+	int		 on_demand;
+	pthread_t	*threads;
+	size_t		 stack_size;
+};
+
+/* Plugins run on these threads: give them room like a main thread would have
+ * (the default is inherited from RLIMIT_STACK). */
+#define DMX_WORKER_STACK (2u << 20)
+
+static void *
+worker_main(void *arg)
+{
+	dmx_pool *p = arg;
+	msgpack_zone zone;
+	dmx_job *j;
+
+	msgpack_zone_init(&zone, 4096);
+	pthread_mutex_lock(&p->mu);
+	for (;;) {
+		while (p->head == NULL && !p->stop) {
+			p->idle++;
+			pthread_cond_wait(&p->cv, &p->mu);
+			p->idle--;
+		}
+		if (p->head == NULL)
+			break;		/* stopping and nothing left */
+		j = p->head;
+		p->head = j->next;
+		if (p->head == NULL)
+			p->tail = NULL;
+		pthread_mutex_unlock(&p->mu);
+		j->next = NULL;
+		dmx_job_run(j, &zone);
+		msgpack_zone_clear(&zone);
+		pthread_mutex_lock(&p->mu);
+	}
+	pthread_mutex_unlock(&p->mu);
+	msgpack_zone_destroy(&zone);
+	return NULL;
+}
+
+typedef struct ondemand_arg {
+	dmx_pool *pool;
+	dmx_job  *job;
+} ondemand_arg;
+
+static void *
+ondemand_thread(void *arg)
+{
+	ondemand_arg a = *(ondemand_arg *)arg;
+	msgpack_zone zone;
+
+	free(arg);
+	msgpack_zone_init(&zone, 4096);
+	dmx_job_run(a.job, &zone);
+	msgpack_zone_destroy(&zone);
+	/* dmx_pool_free waits for nthreads to reach 0, so a.pool is alive */
+	pthread_mutex_lock(&a.pool->mu);
+	if (--a.pool->nthreads == 0)
+		pthread_cond_broadcast(&a.pool->done_cv);
+	pthread_mutex_unlock(&a.pool->mu);
+	return NULL;
+}
+
+dmx_pool *
+dmx_pool_new(int nworkers, int max_threads, char *err, size_t errlen)
+{
+	pthread_attr_t attr;
+	dmx_pool *p;
+	int i, rc;
+
+	p = calloc(1, sizeof(*p));
+	if (p == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&p->mu, NULL);
+	pthread_cond_init(&p->cv, NULL);
+	pthread_cond_init(&p->done_cv, NULL);
+	p->stack_size = DMX_WORKER_STACK;
+	if (nworkers == 0) {
+		p->on_demand = 1;
+		p->max_threads = max_threads;
+		return p;
+	}
+	p->threads = calloc((size_t)nworkers, sizeof(*p->threads));
+	if (p->threads == NULL) {
+		snprintf(err, errlen, "out of memory");
+		dmx_pool_free(p);
+		return NULL;
+	}
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, p->stack_size);
+	for (i = 0; i < nworkers; i++) {
+		rc = pthread_create(&p->threads[i], &attr, worker_main, p);
+		if (rc != 0) {
+			snprintf(err, errlen, "cannot start worker %d of %d: %s",
+			    i + 1, nworkers, strerror(rc));
+			pthread_attr_destroy(&attr);
+			dmx_pool_free(p);
+			return NULL;
+		}
+		p->nthreads++;
+	}
+	pthread_attr_destroy(&attr);
+	return p;
+}
+
+void
+dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
+    dmx_job **rejected)
+{
+	pthread_attr_t attr;
+	pthread_t tid;
+	ondemand_arg *a;
+	dmx_job *j, *next, *rej_tail = NULL;
+	unsigned wake;
+	int rc;
+
+	*rejected = NULL;
+	if (head == NULL)
+		return;
+	if (!p->on_demand) {
+		tail->next = NULL;
+		pthread_mutex_lock(&p->mu);
+		if (p->tail)
+			p->tail->next = head;
+		else
+			p->head = head;
+		p->tail = tail;
+		wake = n < (unsigned)p->idle ? n : (unsigned)p->idle;
+		pthread_mutex_unlock(&p->mu);
+		while (wake--)
+			pthread_cond_signal(&p->cv);
+		return;
+	}
+
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, p->stack_size);
+	for (j = head; j != NULL; j = next) {
+		next = j->next;
+		j->next = NULL;
+		pthread_mutex_lock(&p->mu);
+		rc = p->nthreads < p->max_threads ? 0 : EAGAIN;
+		if (rc == 0)
+			p->nthreads++;
+		pthread_mutex_unlock(&p->mu);
+		a = rc == 0 ? malloc(sizeof(*a)) : NULL;
+		if (rc == 0 && a == NULL)
+			rc = ENOMEM;
+		if (rc == 0) {
+			a->pool = p;
+			a->job = j;
+			rc = pthread_create(&tid, &attr, ondemand_thread, a);
+			if (rc != 0) {
+				free(a);
+				dmx_warn("on-demand: cannot start a thread: %s",
+				    strerror(rc));
+				pthread_mutex_lock(&p->mu);
+				if (--p->nthreads == 0)
+					pthread_cond_broadcast(&p->done_cv);
+				pthread_mutex_unlock(&p->mu);
+			}
+		}
+		if (rc != 0) {
+			if (rej_tail)
+				rej_tail->next = j;
+			else
+				*rejected = j;
+			rej_tail = j;
+		}
+		if (j == tail)
+			break;
+	}
+	pthread_attr_destroy(&attr);
+}
+
+void
+dmx_pool_free(dmx_pool *p)
+{
+	int i;
+
+	if (p == NULL)
+		return;
+	pthread_mutex_lock(&p->mu);
+	p->stop = 1;
+	pthread_cond_broadcast(&p->cv);
+	if (p->on_demand)
+		while (p->nthreads > 0)
+			pthread_cond_wait(&p->done_cv, &p->mu);
+	pthread_mutex_unlock(&p->mu);
+	if (!p->on_demand)
+		for (i = 0; i < p->nthreads; i++)
+			pthread_join(p->threads[i], NULL);
+	free(p->threads);
+	pthread_cond_destroy(&p->cv);
+	pthread_cond_destroy(&p->done_cv);
+	pthread_mutex_destroy(&p->mu);
+	free(p);
+}

@@ -1,0 +1,167 @@
+/*
+ * router.c - open-addressing hash table of method names; see router.h.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "router.h"
+
+struct dmx_router {
+	dmx_route	*routes;	/* nroutes entries, sorted by name */
+	size_t		 nroutes;
+	const dmx_route **slots;	/* nslots, power of two, NULL = empty */
+	size_t		 mask;
+	dmx_buf		 methods;	/* $/methods result */
+	dmx_buf		 plugins;	/* $/plugins result */
+};
+
+static uint64_t
+hash(const char *s, size_t n)
+{
+	uint64_t h = 1469598103934665603ull;	/* FNV-1a */
+
+	while (n--)
+		h = (h ^ (unsigned char)*s++) * 1099511628211ull;
+	return h;
+}
+
+static int
+route_cmp(const void *a, const void *b)
+{
+	return strcmp(((const dmx_route *)a)->name,
+	    ((const dmx_route *)b)->name);
+}
+
+static void
+pack_str(msgpack_packer *pk, const char *s)
+{
+	size_t n = strlen(s);
+
+	msgpack_pack_str(pk, n);
+	msgpack_pack_str_body(pk, s, n);
+}
+
+static void
+pack_descriptions(dmx_router *r, dmx_plugin *const *plugins, size_t n)
+{
+	msgpack_packer pk;
+	size_t i, j;
+
+	msgpack_packer_init(&pk, &r->methods, dmx_buf_pack_write);
+	msgpack_pack_array(&pk, r->nroutes + 3);
+	pack_str(&pk, "$/methods");
+	pack_str(&pk, "$/ping");
+	pack_str(&pk, "$/plugins");
+	for (i = 0; i < r->nroutes; i++)
+		pack_str(&pk, r->routes[i].name);
+
+	msgpack_packer_init(&pk, &r->plugins, dmx_buf_pack_write);
+	msgpack_pack_array(&pk, n);
+	for (i = 0; i < n; i++) {
+		const dmx_plugin *p = plugins[i];
+
+		msgpack_pack_map(&pk, 4);
+		pack_str(&pk, "name");
+		pack_str(&pk, p->name);
+		pack_str(&pk, "path");
+		pack_str(&pk, p->path);
+		pack_str(&pk, "version");
+		pack_str(&pk, p->desc->version ? p->desc->version : "");
+		pack_str(&pk, "methods");
+		msgpack_pack_array(&pk, p->nmethods);
+		for (j = 0; j < p->nmethods; j++)
+			pack_str(&pk, p->methods[j]);
+	}
+}
+
+dmx_router *
+dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err, size_t errlen)
+{
+	dmx_router *r;
+	size_t i, j, k, total = 0, nslots;
+
+	for (i = 0; i < n; i++)
+		total += plugins[i]->nmethods;
+	r = calloc(1, sizeof(*r));
+	if (r == NULL)
+		goto oom;
+	r->routes = calloc(total ? total : 1, sizeof(*r->routes));
+	for (nslots = 16; nslots < total * 2; nslots *= 2)
+		;
+	r->slots = calloc(nslots, sizeof(*r->slots));
+	if (r->routes == NULL || r->slots == NULL)
+		goto oom;
+	r->mask = nslots - 1;
+	for (i = 0, k = 0; i < n; i++)
+		for (j = 0; j < plugins[i]->nmethods; j++, k++) {
+			r->routes[k].name = plugins[i]->methods[j];
+			r->routes[k].len = strlen(r->routes[k].name);
+			r->routes[k].plugin = plugins[i];
+			r->routes[k].index = (int)j;
+		}
+	r->nroutes = total;
+	qsort(r->routes, total, sizeof(*r->routes), route_cmp);
+	for (k = 0; k < total; k++) {
+		const dmx_route *rt = &r->routes[k];
+
+		if (k > 0 && strcmp(rt->name, r->routes[k - 1].name) == 0) {
+			snprintf(err, errlen, "method '%s' is served by both "
+			    "plugin '%s' (%s) and plugin '%s' (%s)", rt->name,
+			    r->routes[k - 1].plugin->name,
+			    r->routes[k - 1].plugin->path, rt->plugin->name,
+			    rt->plugin->path);
+			dmx_router_free(r);
+			return NULL;
+		}
+		for (i = hash(rt->name, rt->len) & r->mask; r->slots[i];
+		    i = (i + 1) & r->mask)
+			;
+		r->slots[i] = rt;
+	}
+	pack_descriptions(r, plugins, n);
+	return r;
+oom:
+	snprintf(err, errlen, "out of memory");
+	dmx_router_free(r);
+	return NULL;
+}
+
+void
+dmx_router_free(dmx_router *r)
+{
+	if (r == NULL)
+		return;
+	free(r->routes);
+	free(r->slots);
+	dmx_buf_release(&r->methods);
+	dmx_buf_release(&r->plugins);
+	free(r);
+}
+
+const dmx_route *
+dmx_router_find(const dmx_router *r, const char *name, size_t len)
+{
+	size_t i;
+
+	for (i = hash(name, len) & r->mask; r->slots[i] != NULL;
+	    i = (i + 1) & r->mask)
+		if (r->slots[i]->len == len &&
+		    memcmp(r->slots[i]->name, name, len) == 0)
+			return r->slots[i];
+	return NULL;
+}
+
+const dmx_buf *
+dmx_router_methods(const dmx_router *r)
+{
+	return &r->methods;
+}
+
+const dmx_buf *
+dmx_router_plugins(const dmx_router *r)
+{
+	return &r->plugins;
+}

@@ -1,0 +1,41 @@
+/*
+ * router.h - the method table: "<plugin>.<method>" -> plugin and method index.
+ *
+ * Built once from the loaded plugins and never changed afterwards, so lookups
+ * from the I/O thread take no lock. It also holds the pre-packed answers of
+ * the built-ins that describe it ($/methods, $/plugins), since they only
+ * change when the table does.
+ */
+#ifndef DMX_ROUTER_H
+#define DMX_ROUTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/buf.h"
+#include "plugin_host.h"
+
+typedef struct dmx_route {
+	const char	*name;		/* "echo.echo", owned by the plugin */
+	size_t		 len;
+	dmx_plugin	*plugin;
+	int		 index;		/* into plugin->desc->methods */
+} dmx_route;
+
+typedef struct dmx_router dmx_router;
+
+/* Build from n plugins (not owned). Returns NULL with a reason in err when
+ * two plugins serve the same full method name. */
+dmx_router *dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err,
+    size_t errlen);
+void dmx_router_free(dmx_router *r);
+
+/* Find a method by its full name (not NUL-terminated); NULL if unknown. */
+const dmx_route *dmx_router_find(const dmx_router *r, const char *name,
+    size_t len);
+
+/* Packed msgpack results of $/methods and $/plugins. */
+const dmx_buf *dmx_router_methods(const dmx_router *r);
+const dmx_buf *dmx_router_plugins(const dmx_router *r);
+
+#endif

@@ -1,0 +1,526 @@
+/*
+ * server.c - demuxd's I/O thread: epoll loop, listeners, accepting, signals,
+ * the attention list, and the orderly stop. See server.h for the design.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include "../common/uri.h"
+#include "log.h"
+#include "server.h"
+
+typedef struct dmx_listener {
+	dmx_ev		ev;		/* first */
+	int		fd;
+	dmx_uri		uri;
+	const char     *text;		/* as configured */
+} dmx_listener;
+
+struct dmx_server {
+	const dmx_config *cfg;
+	const dmx_router *router;
+	dmx_pool	*pool;
+	int		 epfd;
+	dmx_ev		 wake_ev;
+	int		 wakefd;	/* eventfd: attention list non-empty */
+	dmx_ev		 sig_ev;
+	int		 sigfd;
+	dmx_listener	*listeners;
+	size_t		 nlisteners;
+	dmx_conn	*conns;		/* I/O thread only */
+	unsigned	 nconns;
+	unsigned	 next_id;
+	int		 stdio;		/* serving one stdio connection */
+	int		 stopping;
+	dmx_buf		 scratch;
+
+	pthread_mutex_t	 attn_mu;
+	dmx_conn	*attn_head;	/* protected by attn_mu */
+};
+
+const dmx_config *
+dmx_server_config(const dmx_server *s)
+{
+	return s->cfg;
+}
+
+const dmx_router *
+dmx_server_router(const dmx_server *s)
+{
+	return s->router;
+}
+
+dmx_pool *
+dmx_server_pool(const dmx_server *s)
+{
+	return s->pool;
+}
+
+dmx_buf *
+dmx_server_scratch(dmx_server *s)
+{
+	return &s->scratch;
+}
+
+int
+dmx_server_stopping(const dmx_server *s)
+{
+	return s->stopping;
+}
+
+/*
+ * Make the epoll registration of c match `events` (EPOLLIN/EPOLLOUT). A
+ * connection with neither is removed from epoll altogether: otherwise a hang-up
+ * would be reported again and again while reading is paused.
+ */
+static int
+reg_fd(dmx_server *s, int fd, uint32_t old, uint32_t want, void *ptr)
+{
+	struct epoll_event ev;
+	int op;
+
+	if (old == want)
+		return 0;
+	memset(&ev, 0, sizeof(ev));
+	ev.events = want;
+	ev.data.ptr = ptr;
+	op = old == 0 ? EPOLL_CTL_ADD : want == 0 ? EPOLL_CTL_DEL :
+	    EPOLL_CTL_MOD;
+	return epoll_ctl(s->epfd, op, fd, &ev);
+}
+
+int
+dmx_server_epoll_mod(dmx_server *s, dmx_conn *c, uint32_t events)
+{
+	int rc;
+
+	if (c->rfd == c->wfd) {
+		rc = reg_fd(s, c->rfd, c->events, events, c);
+	} else {
+		rc = reg_fd(s, c->rfd, c->events & EPOLLIN, events & EPOLLIN, c);
+		if (rc == 0)
+			rc = reg_fd(s, c->wfd, c->events & EPOLLOUT,
+			    events & EPOLLOUT, c);
+	}
+	if (rc != 0)
+		dmx_warn("conn %u: epoll_ctl: %s", c->id, strerror(errno));
+	else
+		c->events = events;
+	return rc;
+}
+
+void
+dmx_server_attn(dmx_server *s, dmx_conn *c)
+{
+	uint64_t one = 1;
+	int first;
+
+	if (c->attn || c->released)
+		return;
+	c->attn = 1;
+	pthread_mutex_lock(&s->attn_mu);
+	first = s->attn_head == NULL;
+	c->attn_next = s->attn_head;
+	s->attn_head = c;
+	pthread_mutex_unlock(&s->attn_mu);
+	if (first && write(s->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		dmx_warn("eventfd write: %s", strerror(errno));
+}
+
+void
+dmx_server_forget(dmx_server *s, dmx_conn *c)
+{
+	dmx_conn **pp;
+
+	dmx_server_epoll_mod(s, c, 0);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	s->nconns--;
+	pthread_mutex_lock(&c->mu);
+	if (c->attn) {
+		pthread_mutex_lock(&s->attn_mu);
+		for (pp = &s->attn_head; *pp != NULL; pp = &(*pp)->attn_next)
+			if (*pp == c) {
+				*pp = c->attn_next;
+				break;
+			}
+		pthread_mutex_unlock(&s->attn_mu);
+		c->attn = 0;
+	}
+	pthread_mutex_unlock(&c->mu);
+	dmx_debug("conn %u: closed", c->id);
+}
+
+static dmx_conn *
+conn_new(dmx_server *s, int rfd, int wfd, int is_sock)
+{
+	dmx_conn *c = calloc(1, sizeof(*c));
+
+	if (c == NULL)
+		return NULL;
+	c->ev.kind = DMX_EV_CONN;
+	c->srv = s;
+	c->rfd = rfd;
+	c->wfd = wfd;
+	c->is_sock = is_sock;
+	c->id = ++s->next_id;
+	pthread_mutex_init(&c->mu, NULL);
+	if (dmx_server_epoll_mod(s, c, EPOLLIN) != 0) {
+		pthread_mutex_destroy(&c->mu);
+		free(c);
+		return NULL;
+	}
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	s->nconns++;
+	return c;
+}
+
+dmx_server *
+dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
+    size_t errlen)
+{
+	dmx_server *s;
+	struct epoll_event ev;
+	sigset_t set;
+
+	s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	s->cfg = cfg;
+	s->router = router;
+	s->epfd = s->wakefd = s->sigfd = -1;
+	pthread_mutex_init(&s->attn_mu, NULL);
+	if (dmx_buf_reserve(&s->scratch, 256u << 10) != 0) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	s->epfd = epoll_create1(EPOLL_CLOEXEC);
+	s->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (s->epfd < 0 || s->wakefd < 0) {
+		snprintf(err, errlen, "epoll/eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	s->wake_ev.kind = DMX_EV_WAKE;
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN;
+	ev.data.ptr = &s->wake_ev;
+	epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->wakefd, &ev);
+
+	/* SIGINT/SIGTERM arrive as readable data; main() blocked them in every
+	 * thread before any was started */
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	s->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (s->sigfd < 0) {
+		snprintf(err, errlen, "signalfd: %s", strerror(errno));
+		goto fail;
+	}
+	s->sig_ev.kind = DMX_EV_SIGNAL;
+	ev.data.ptr = &s->sig_ev;
+	epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->sigfd, &ev);
+
+	s->pool = dmx_pool_new(cfg->workers, cfg->max_threads, err, errlen);
+	if (s->pool == NULL)
+		goto fail;
+	return s;
+fail:
+	dmx_server_free(s);
+	return NULL;
+}
+
+int
+dmx_server_listen(dmx_server *s, char *err, size_t errlen)
+{
+	const dmx_config *cfg = s->cfg;
+	struct epoll_event ev;
+	char e[512];
+	size_t i;
+
+	s->listeners = calloc(cfg->nlisten ? cfg->nlisten : 1,
+	    sizeof(*s->listeners));
+	if (s->listeners == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	for (i = 0; i < cfg->nlisten; i++) {
+		dmx_listener *l = &s->listeners[i];
+
+		l->ev.kind = DMX_EV_LISTEN;
+		l->text = cfg->listen[i].uri;
+		if (dmx_uri_parse(l->text, &l->uri, e, sizeof(e)) != 0 ||
+		    (l->fd = dmx_uri_listen(&l->uri, 1024, e, sizeof(e))) < 0) {
+			snprintf(err, errlen, "%s:%d:%d: listen: %s", cfg->file,
+			    cfg->listen[i].line, cfg->listen[i].col, e);
+			return -1;
+		}
+		s->nlisteners++;
+		memset(&ev, 0, sizeof(ev));
+		ev.events = EPOLLIN;
+		ev.data.ptr = l;
+		epoll_ctl(s->epfd, EPOLL_CTL_ADD, l->fd, &ev);
+		dmx_info("listening on %s", l->text);
+	}
+	return 0;
+}
+
+int
+dmx_server_add_stdio(dmx_server *s, char *err, size_t errlen)
+{
+	int fl;
+
+	/* both ends non-blocking: a worker must never block on a slow reader */
+	fl = fcntl(STDIN_FILENO, F_GETFL);
+	fcntl(STDIN_FILENO, F_SETFL, fl | O_NONBLOCK);
+	fl = fcntl(STDOUT_FILENO, F_GETFL);
+	fcntl(STDOUT_FILENO, F_SETFL, fl | O_NONBLOCK);
+	if (conn_new(s, STDIN_FILENO, STDOUT_FILENO, 0) == NULL) {
+		snprintf(err, errlen, "stdio: cannot poll stdin/stdout (%s); "
+		    "they must be pipes or sockets", strerror(errno));
+		return -1;
+	}
+	s->stdio = 1;
+	return 0;
+}
+
+/* Too many connections: say why, best effort, and close. */
+static void
+refuse(int fd, unsigned max)
+{
+	char msg[96];
+	uint8_t buf[128];
+	size_t n, ml;
+
+	ml = (size_t)snprintf(msg, sizeof(msg),
+	    "too many connections (max_connections %u)", max);
+	n = 0;
+	buf[n++] = 0x93;			/* [2, "$/error", [code, msg]] */
+	buf[n++] = DMX_MSG_NOTIFY;
+	buf[n++] = 0xa7;
+	memcpy(buf + n, "$/error", 7);
+	n += 7;
+	buf[n++] = 0x92;
+	buf[n++] = 0xd1;			/* int16 -32010 */
+	buf[n++] = (uint8_t)((uint16_t)DMX_E_OVERLOADED >> 8);
+	buf[n++] = (uint8_t)((uint16_t)DMX_E_OVERLOADED & 0xff);
+	buf[n++] = (uint8_t)(0xd9);
+	buf[n++] = (uint8_t)ml;
+	memcpy(buf + n, msg, ml);
+	n += ml;
+	if (send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		dmx_debug("refuse: %s", strerror(errno));
+	close(fd);
+}
+
+static void
+on_accept(dmx_server *s, dmx_listener *l)
+{
+	int fd;
+
+	for (;;) {
+		fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				dmx_warn("accept on %s: %s", l->text,
+				    strerror(errno));
+			return;
+		}
+		if (s->nconns >= s->cfg->max_connections) {
+			dmx_warn("refusing a connection on %s: max_connections "
+			    "(%u) reached", l->text, s->cfg->max_connections);
+			refuse(fd, s->cfg->max_connections);
+			continue;
+		}
+		if (l->uri.kind == DMX_URI_TCP) {
+			int one = 1;
+
+			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
+			    sizeof(one));
+		}
+		if (conn_new(s, fd, fd, 1) == NULL) {
+			dmx_warn("accept on %s: cannot register: %s", l->text,
+			    strerror(errno));
+			close(fd);
+			continue;
+		}
+		dmx_debug("conn %u: accepted on %s", s->next_id, l->text);
+	}
+}
+
+static void
+close_listeners(dmx_server *s)
+{
+	size_t i;
+
+	for (i = 0; i < s->nlisteners; i++) {
+		dmx_listener *l = &s->listeners[i];
+
+		if (l->fd < 0)
+			continue;
+		epoll_ctl(s->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+		close(l->fd);
+		l->fd = -1;
+		if (l->uri.kind == DMX_URI_UNIX)
+			unlink(l->uri.path);
+	}
+}
+
+static void
+begin_stop(dmx_server *s, const char *why)
+{
+	dmx_conn *c, *next;
+
+	if (s->stopping)
+		return;
+	s->stopping = 1;
+	dmx_info("%s: stopping; answering %u connection(s)' accepted requests",
+	    why, s->nconns);
+	close_listeners(s);
+	for (c = s->conns; c != NULL; c = next) {
+		next = c->next;
+		dmx_conn_stop_reading(c);
+	}
+}
+
+static void
+on_signal(dmx_server *s)
+{
+	struct signalfd_siginfo si;
+
+	while (read(s->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (s->stopping) {
+			/* a second signal: the operator will not wait */
+			dmx_warn("%s again: exiting without waiting for "
+			    "handlers", strsignal((int)si.ssi_signo));
+			_exit(1);
+		}
+		begin_stop(s, strsignal((int)si.ssi_signo));
+	}
+}
+
+/* Attend to every connection on the attention list. `woke`: the eventfd
+ * fired and must be reset. */
+static void
+on_wake(dmx_server *s, int woke)
+{
+	uint64_t v;
+	dmx_conn *c, *next;
+
+	if (woke && read(s->wakefd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		dmx_warn("eventfd read: %s", strerror(errno));
+	pthread_mutex_lock(&s->attn_mu);
+	c = s->attn_head;
+	s->attn_head = NULL;
+	pthread_mutex_unlock(&s->attn_mu);
+	for (; c != NULL; c = next) {
+		/* attn_next is read before attend, which may free c */
+		pthread_mutex_lock(&c->mu);
+		next = c->attn_next;
+		pthread_mutex_unlock(&c->mu);
+		dmx_conn_attend(c);
+	}
+}
+
+int
+dmx_server_run(dmx_server *s)
+{
+	struct epoll_event evs[256];
+	int n, i, woke;
+
+	while (!(s->stopping && s->conns == NULL) &&
+	    !(s->stdio && s->conns == NULL)) {
+		n = epoll_wait(s->epfd, evs, 256, -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			dmx_error("epoll_wait: %s", strerror(errno));
+			return -1;
+		}
+		woke = 0;
+		for (i = 0; i < n; i++) {
+			dmx_ev *e = evs[i].data.ptr;
+			uint32_t f = evs[i].events;
+
+			switch (e->kind) {
+			case DMX_EV_LISTEN:
+				if (!s->stopping)
+					on_accept(s, (dmx_listener *)e);
+				break;
+			case DMX_EV_SIGNAL:
+				on_signal(s);
+				break;
+			case DMX_EV_WAKE:
+				woke = 1;
+				break;	/* the attention list is read below */
+			case DMX_EV_CONN: {
+				dmx_conn *c = (dmx_conn *)e;
+
+				/* connections are only released by on_wake,
+				 * after the whole batch: a later event in the
+				 * batch never points to a freed connection */
+				if (f & (EPOLLOUT | EPOLLERR | EPOLLHUP) &&
+				    c->events & EPOLLOUT)
+					dmx_conn_on_writable(c);
+				if (f & (EPOLLIN | EPOLLERR | EPOLLHUP) &&
+				    c->events & EPOLLIN)
+					dmx_conn_on_readable(c);
+				break;
+			}
+			}
+		}
+		on_wake(s, woke);
+	}
+	if (s->stdio && !s->stopping)
+		dmx_info("stdio connection closed: stopping");
+	close_listeners(s);
+	return 0;
+}
+
+void
+dmx_server_free(dmx_server *s)
+{
+	dmx_conn *c;
+
+	if (s == NULL)
+		return;
+	close_listeners(s);
+	while ((c = s->conns) != NULL)
+		dmx_conn_release(c);
+	/* runs every queued job; their replies go nowhere and their
+	 * connections are freed by the last of them */
+	dmx_pool_free(s->pool);
+	free(s->listeners);
+	if (s->epfd >= 0)
+		close(s->epfd);
+	if (s->wakefd >= 0)
+		close(s->wakefd);
+	if (s->sigfd >= 0)
+		close(s->sigfd);
+	dmx_buf_release(&s->scratch);
+	pthread_mutex_destroy(&s->attn_mu);
+	free(s);
+}

@@ -1,0 +1,166 @@
+/*
+ * server.h - demuxd's internal objects: the server, its connections and the
+ * jobs (transactions) that flow between them and the worker pool.
+ *
+ * DESIGN
+ *
+ * One I/O thread runs an epoll loop over the listeners and every connection.
+ * It reads big chunks, finds every complete frame in them (wire.h), answers
+ * what it can itself (malformed requests, unknown methods, built-ins) and
+ * turns each routed request into a job, copied out of the read buffer so the
+ * buffer can be reused at once. All jobs of one read pass go to the pool in
+ * one batch (one lock, at most one wake-up per idle worker).
+ *
+ * A worker runs the plugin and packs the response into the job, then sends it
+ * itself: under the connection's lock it appends the job to the output queue
+ * and, unless another thread is already writing, drains the whole queue with
+ * writev, so replies finished at the same time leave in one syscall. Only
+ * when the socket is full (EAGAIN) does the I/O thread take over with
+ * EPOLLOUT. A worker therefore never blocks on a slow client, and the common
+ * case needs no hand-off back to the I/O thread.
+ *
+ * Workers tell the I/O thread about state it must act on (write blocked,
+ * reading can resume, the connection can be closed) through the attention
+ * list and an eventfd; only those transitions cost a wake-up.
+ *
+ * Lifetime: a connection is freed by whoever drops the last claim on it: the
+ * I/O thread's registration (`released`) and its jobs (`inflight`). The fds are
+ * closed only then, so a worker can never write to a reused descriptor.
+ *
+ * Lock order: conn->mu, then srv->attn_mu. The pool's lock is never held
+ * together with either.
+ */
+#ifndef DMX_SERVER_H
+#define DMX_SERVER_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+
+#include "../common/buf.h"
+#include "../common/wire.h"
+#include "config.h"
+#include "router.h"
+
+typedef struct dmx_server dmx_server;
+typedef struct dmx_conn dmx_conn;
+typedef struct dmx_pool dmx_pool;
+
+/* One transaction. Owned by its connection (free list); see conn.c. */
+typedef struct dmx_job {
+	struct demux_call_head head;	/* first: what plugin.h's wrappers read */
+	struct dmx_job	*next;		/* pool queue, output queue, free list */
+	dmx_conn	*conn;
+	const dmx_route	*route;		/* NULL for host-made replies */
+	uint32_t	 msgid;
+	uint8_t		 notify;	/* a notification: nothing to send */
+	uint8_t		 errored;	/* an error response is in `out` */
+	uint32_t	 params_off;	/* params within `in` */
+	uint32_t	 params_len;
+	size_t		 result_off;	/* where the result starts in `out` */
+	dmx_buf		 in;		/* the request frame */
+	dmx_buf		 out;		/* the response, ready to write */
+	msgpack_packer	 pk;		/* writes into `out` */
+} dmx_job;
+
+/* What every epoll registration points to. */
+enum dmx_ev_kind { DMX_EV_LISTEN, DMX_EV_CONN, DMX_EV_WAKE, DMX_EV_SIGNAL };
+typedef struct dmx_ev {
+	enum dmx_ev_kind kind;
+} dmx_ev;
+
+struct dmx_conn {
+	dmx_ev		 ev;		/* first */
+	dmx_server	*srv;
+	int		 rfd, wfd;	/* the same fd except for --stdio */
+	int		 is_sock;	/* use send(MSG_NOSIGNAL) */
+	unsigned	 id;
+
+	/* I/O thread only */
+	dmx_buf		 rbuf;		/* a partial frame between reads */
+	dmx_scan	 scan;
+	uint32_t	 events;	/* registered with epoll */
+	int		 rd_closed;	/* reading stopped for good */
+	dmx_conn	*prev, *next;	/* srv->conns */
+
+	/* protected by mu */
+	pthread_mutex_t	 mu;
+	dmx_job		*oq_head, *oq_tail; /* responses to write */
+	size_t		 oq_off;	/* bytes of oq_head already written */
+	int		 writing;	/* a thread is in flush */
+	int		 want_out;	/* socket full: waiting for EPOLLOUT */
+	int		 broken;	/* write failed or closing: drop output */
+	int		 paused;	/* reading paused for back pressure */
+	int		 released;	/* the I/O thread let go */
+	int		 attn;		/* on srv's attention list */
+	dmx_conn	*attn_next;
+	unsigned	 inflight;	/* jobs not yet recycled */
+	dmx_job		*free_jobs;
+};
+
+/* Create the server from a validated config and loaded plugins (not owned:
+ * they must outlive the server). Returns NULL with a reason in err. */
+dmx_server *dmx_server_new(const dmx_config *cfg, const dmx_router *router,
+    char *err, size_t errlen);
+/* Listen on every configured address; -1 with "FILE:LINE:COL: ..." in err. */
+int  dmx_server_listen(dmx_server *s, char *err, size_t errlen);
+/* Serve one connection on stdin/stdout; the loop ends when it closes. */
+int  dmx_server_add_stdio(dmx_server *s, char *err, size_t errlen);
+/* Run until SIGINT/SIGTERM (or the stdio connection ends), then finish every
+ * accepted request, close everything and return 0. */
+int  dmx_server_run(dmx_server *s);
+/* Stop the workers and free. Plugins are left loaded. */
+void dmx_server_free(dmx_server *s);
+
+/* ---- between conn.c, call.c, pool.c and server.c ---- */
+
+/* Read what the socket has, dispatch every complete frame. (I/O thread) */
+void dmx_conn_on_readable(dmx_conn *c);
+/* Flush after EPOLLOUT. (I/O thread) */
+void dmx_conn_on_writable(dmx_conn *c);
+/* Hand a finished job to its connection for writing (or recycling, for a
+ * notification). Any thread; the job belongs to the connection afterwards. */
+void dmx_conn_send(dmx_job *j);
+/* Stop reading for good (shutdown). (I/O thread) */
+void dmx_conn_stop_reading(dmx_conn *c);
+/* Act on what workers reported. (I/O thread) */
+void dmx_conn_attend(dmx_conn *c);
+/* The I/O thread lets go of the connection; freed now or by the last job. */
+void dmx_conn_release(dmx_conn *c);
+
+/* Run a routed job on a worker: decode, call the plugin, validate, send. */
+void dmx_job_run(dmx_job *j, msgpack_zone *zone);
+/* Make `out` hold an error response for the job's msgid. */
+void dmx_job_set_error(dmx_job *j, int64_t code, const char *msg,
+    const char *trace);
+
+/* Ask the I/O thread to attend to c. Called with c->mu held. */
+void dmx_server_attn(dmx_server *s, dmx_conn *c);
+/* Unregister from epoll and unlink from the connection list. (I/O thread) */
+void dmx_server_forget(dmx_server *s, dmx_conn *c);
+
+/* Accessors for conn.c */
+const dmx_config *dmx_server_config(const dmx_server *s);
+const dmx_router *dmx_server_router(const dmx_server *s);
+dmx_pool *dmx_server_pool(const dmx_server *s);
+int  dmx_server_epoll_mod(dmx_server *s, dmx_conn *c, uint32_t events);
+/* Large scratch buffer for reads of connections with no partial frame. */
+dmx_buf *dmx_server_scratch(dmx_server *s);
+int  dmx_server_stopping(const dmx_server *s);
+
+/* ---- pool.c ---- */
+
+/* nworkers > 0: a fixed pool. 0: on-demand, one thread per job up to
+ * max_threads. Returns NULL with a reason in err. */
+dmx_pool *dmx_pool_new(int nworkers, int max_threads, char *err,
+    size_t errlen);
+/* Queue a list of n jobs linked by ->next. In on-demand mode, jobs past the
+ * thread cap (or whose thread cannot start) are not run: they come back as a
+ * list in *rejected for the caller to answer -32010. */
+void dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
+    dmx_job **rejected);
+/* Run every queued job, stop the threads and free. */
+void dmx_pool_free(dmx_pool *p);
+
+#endif
