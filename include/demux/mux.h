@@ -1,0 +1,162 @@
+/*
+ * demux/mux.h - libmux, the client library: many threads making
+ * MessagePack-RPC calls at once over ONE connection.
+ *
+ *	mux_t *m = mux_connect("unix:/run/demux.sock", err, sizeof(err));
+ *	mux_result r;
+ *	if (mux_callf(m, "kv.set", &r, 1000, "ss", "key", "value") == MUX_OK)
+ *		...;
+ *	mux_result_free(&r);
+ *	mux_free(m);
+ *
+ * Threads: every function except mux_free may be called from any number of
+ * threads at once on the same handle. Each call gets its own msgid; one
+ * background reader thread per handle hands every response to exactly the
+ * thread that asked. Callers write their own requests (several callers'
+ * requests leave in one write when they coincide); a caller never blocks in
+ * write(2): when the connection is full, the reader thread finishes the write.
+ *
+ * Ownership: params passed in are copied before the call returns. A
+ * mux_result is filled by the library and owned by the caller, who releases
+ * it with mux_result_free() whatever the call returned.
+ *
+ * Errors: functions return MUX_OK (0) or a negative MUX_E* code; mux_strerror
+ * names it. MUX_EREMOTE means the server answered with an error: its code,
+ * message and trace are in the mux_result.
+ */
+#ifndef DEMUX_MUX_H
+#define DEMUX_MUX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* libmux is built with hidden visibility; only these names are exported. */
+#define MUX_API __attribute__((visibility("default")))
+
+/* name, value, description */
+#define MUX_ERRORS(XX)							\
+	XX(OK,       0,  "success")						\
+	XX(EREMOTE, -1,  "the server answered with an error")		\
+	XX(ECLOSED, -2,  "the handle was closed")				\
+	XX(ECONN,   -3,  "connection lost; the call's effect on the server is unknown") \
+	XX(ETIMEDOUT, -4, "timed out; the call's effect on the server is unknown") \
+	XX(ENOMEM,  -5,  "out of memory")					\
+	XX(EINVAL,  -6,  "invalid argument")				\
+	XX(EPROTO,  -7,  "the server broke the protocol")		\
+	XX(ETOOBIG, -8,  "message larger than the limit")
+
+enum mux_err {
+#define MUX_XX(name, val, desc) MUX_##name = (val),
+	MUX_ERRORS(MUX_XX)
+#undef MUX_XX
+};
+
+/* A static description of a MUX_* code. */
+MUX_API const char *mux_strerror(int err);
+
+/* Size of an error buffer that always holds the full reason. */
+#define MUX_ERRLEN 256
+
+typedef struct mux mux_t;
+
+/*
+ * Open a handle. Each returns the handle, or NULL with errno set and, when
+ * err is not NULL, a reason in err (errlen bytes, MUX_ERRLEN is enough).
+ *
+ * mux_connect: "unix:PATH", "tcp:HOST:PORT" or "tcp:[IPv6]:PORT".
+ * mux_spawn: start argv[0] (searched in PATH) with argv as a child speaking on
+ *   its stdin/stdout, e.g. {"demuxd", "--stdio", "-c", "demux.yaml", NULL};
+ *   mux_free closes its pipes and reaps it.
+ * mux_open_fds: use an existing pair (rfd to read, wfd to write; may be the
+ *   same socket). The handle owns them from then on, also on failure.
+ */
+MUX_API mux_t *mux_connect(const char *uri, char *err, size_t errlen);
+MUX_API mux_t *mux_spawn(char *const argv[], char *err, size_t errlen);
+MUX_API mux_t *mux_open_fds(int rfd, int wfd, char *err, size_t errlen);
+
+/* A call's outcome. Fill with nothing; read after mux_call; release with
+ * mux_result_free. */
+typedef struct mux_result {
+	char	*data;		/* success: the result as msgpack bytes */
+	size_t	 len;
+	int64_t	 code;		/* MUX_EREMOTE: the server's error code */
+	char	*message;	/* MUX_EREMOTE: its message; otherwise the
+				 * local reason for a failure; or NULL */
+	char	*trace;		/* MUX_EREMOTE: the server's trace, or NULL */
+} mux_result;
+
+/*
+ * Call `method` with `params` (len bytes of msgpack: one array; NULL/0 means
+ * no arguments) and wait for the answer at most timeout_ms milliseconds
+ * (<= 0: no limit). Returns MUX_OK with the result in *res, MUX_EREMOTE with
+ * the server's error in *res, or a local error (MUX_ETIMEDOUT, MUX_ECONN,
+ * MUX_ECLOSED, MUX_EINVAL, MUX_ENOMEM, MUX_EPROTO) with its reason in
+ * res->message. A late response to a call that timed out is dropped.
+ */
+MUX_API int mux_call(mux_t *m, const char *method, const void *params, size_t len,
+    mux_result *res, int timeout_ms);
+
+/* Send a notification: no answer, no wait beyond handing it to the kernel
+ * (or to the reader thread when the connection is full). */
+MUX_API int mux_notify(mux_t *m, const char *method, const void *params, size_t len);
+
+/* Release what a mux_result holds and empty it. */
+MUX_API void mux_result_free(mux_result *res);
+
+/*
+ * The recipe's stop(): close the connection. Every thread waiting in mux_call
+ * returns MUX_ECLOSED at once, and later calls fail the same way. The handle
+ * stays valid (for those threads) until mux_free.
+ */
+MUX_API void mux_close(mux_t *m);
+
+/* Close if needed, wait for threads still inside libmux calls to leave, then
+ * free everything (and reap a spawned child). Call once, last. */
+MUX_API void mux_free(mux_t *m);
+
+/* Largest response accepted (default 64 MiB); a bigger one breaks the
+ * connection with MUX_ETOOBIG rather than growing memory without bound. */
+MUX_API void mux_set_max_frame(mux_t *m, size_t bytes);
+
+/* Responses that arrived for calls that had already timed out. */
+MUX_API uint64_t mux_late_responses(mux_t *m);
+
+/* ---- helpers: msgpack without hand-packing ---- */
+
+/*
+ * Pack values described by fmt into a new buffer (*out, *len; free(*out)).
+ * One character per value:
+ *   n nil          b bool (int)         i int64 (int64_t)   u uint64 (uint64_t)
+ *   d double       s string (const char *, NUL-terminated)
+ *   S string (const char *, size_t)     B binary (const void *, size_t)
+ *   r raw msgpack, one object (const void *, size_t)
+ *   [ ... ] array of the values inside  { ... } map of key/value pairs
+ * Returns MUX_OK, MUX_EINVAL (bad fmt) or MUX_ENOMEM.
+ */
+MUX_API int mux_pack(char **out, size_t *len, const char *fmt, ...);
+
+/* mux_call with params packed from fmt as an array: mux_callf(m, "kv.set",
+ * &r, 1000, "ss", "k", "v") sends ["k", "v"]. */
+MUX_API int mux_callf(mux_t *m, const char *method, mux_result *res, int timeout_ms,
+    const char *fmt, ...);
+
+/*
+ * Read a result by the same format letters, storing through pointers:
+ *   n (none: checks nil)  b int *   i int64_t *   u uint64_t *   d double *
+ *   s/S const char **, size_t * (points into data, NOT NUL-terminated)
+ *   B const void **, size_t *
+ *   * skip one value     [ ... ] an array with exactly those elements
+ * Integers convert where the value fits; d accepts integers too. Returns
+ * MUX_OK or MUX_EINVAL when the data does not match fmt.
+ */
+MUX_API int mux_unpack(const void *data, size_t len, const char *fmt, ...);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

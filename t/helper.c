@@ -1,0 +1,292 @@
+/*
+ * helper.c - see helper.h.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "helper.h"
+
+#define MAX_SERVERS 16
+
+static pid_t servers[MAX_SERVERS];
+static char  server_dirs[MAX_SERVERS][256];
+
+static void
+forget_server(pid_t pid)
+{
+	int i;
+
+	for (i = 0; i < MAX_SERVERS; i++)
+		if (servers[i] == pid)
+			servers[i] = 0;
+}
+
+static void
+kill_all(void)
+{
+	int i, st;
+
+	for (i = 0; i < MAX_SERVERS; i++)
+		if (servers[i] > 0) {
+			kill(servers[i], SIGKILL);
+			waitpid(servers[i], &st, 0);
+			servers[i] = 0;
+		}
+}
+
+static void
+on_alarm(int sig)
+{
+	static const char msg[] = "Bail out! watchdog: the test hung; "
+	    "servers killed\n";
+	int i;
+
+	(void)sig;
+	for (i = 0; i < MAX_SERVERS; i++)
+		if (servers[i] > 0)
+			kill(servers[i], SIGKILL);
+	if (write(STDOUT_FILENO, msg, sizeof(msg) - 1) < 0)
+		_exit(1);
+	_exit(1);
+}
+
+void
+t_watchdog(unsigned seconds)
+{
+	const char *v = getenv("DEMUX_VALGRIND");
+
+	if (v != NULL && *v == '1')
+		seconds *= 20;	/* valgrind is slow */
+	signal(SIGALRM, on_alarm);
+	alarm(seconds);
+	atexit(kill_all);
+}
+
+double
+t_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+const char *
+t_build(const char *rel)
+{
+	static char bufs[8][PATH_MAX + 64];
+	static int next;
+	static char root[PATH_MAX];
+	char *out = bufs[next++ % 8];
+	const char *b = getenv("BUILD");
+
+	if (root[0] == '\0' && realpath(b && *b ? b : "build", root) == NULL)
+		snprintf(root, sizeof(root), "%s", b && *b ? b : "build");
+	snprintf(out, PATH_MAX + 64, "%s/%s", root, rel);
+	return out;
+}
+
+/* Copy yaml to fp, replacing @B@ with the build folder. */
+static void
+write_conf(FILE *fp, const char *yaml)
+{
+	const char *p, *root = t_build("");
+	size_t rl = strlen(root) - 1;	/* without the trailing slash */
+
+	for (p = yaml; *p; p++) {
+		if (strncmp(p, "@B@", 3) == 0) {
+			fwrite(root, 1, rl, fp);
+			p += 2;
+		} else {
+			fputc(*p, fp);
+		}
+	}
+}
+
+/* Forward what demuxd logs at warn or error level to our stderr, as TAP
+ * comments, until it exits. */
+static void *
+forward_log(void *arg)
+{
+	FILE *fp = fdopen((int)(intptr_t)arg, "r");
+	char line[4096];
+
+	if (fp == NULL)
+		return NULL;
+	while (fgets(line, sizeof(line), fp) != NULL)
+		if (strstr(line, " warn: ") || strstr(line, " error: ") ||
+		    strstr(line, "==") /* valgrind */)
+			fprintf(stderr, "# demuxd: %s", line);
+	fclose(fp);
+	return NULL;
+}
+
+int
+t_server_start(t_server *s, const char *yaml, ...)
+{
+	const char *vg = getenv("DEMUX_VALGRIND");
+	char *argv[32], line[4096];
+	int pfd[2], argc = 0, i, ready = 0;
+	size_t have = 0;
+	pthread_t th;
+	va_list ap;
+	FILE *fp;
+	char *extra;
+	double deadline;
+
+	memset(s, 0, sizeof(*s));
+	snprintf(s->dir, sizeof(s->dir), "/tmp/demux-t.XXXXXX");
+	if (mkdtemp(s->dir) == NULL) {
+		perror("mkdtemp");
+		return -1;
+	}
+	snprintf(s->conf, sizeof(s->conf), "%s/demux.yaml", s->dir);
+	snprintf(s->uri, sizeof(s->uri), "unix:%s/demux.sock", s->dir);
+	fp = fopen(s->conf, "w");
+	if (fp == NULL) {
+		perror(s->conf);
+		return -1;
+	}
+	if (strstr(yaml, "listen:") == NULL)
+		fputs("listen: \"unix:demux.sock\"\n", fp);
+	write_conf(fp, yaml);
+	fclose(fp);
+
+	if (vg != NULL && *vg == '1') {
+		argv[argc++] = "valgrind";
+		argv[argc++] = "--quiet";
+		argv[argc++] = "--leak-check=full";
+		argv[argc++] = "--show-leak-kinds=definite,indirect";
+		argv[argc++] = "--errors-for-leak-kinds=definite,indirect";
+		argv[argc++] = "--error-exitcode=99";
+	}
+	argv[argc++] = (char *)t_build("demuxd");
+	argv[argc++] = "-c";
+	argv[argc++] = s->conf;
+	va_start(ap, yaml);
+	while ((extra = va_arg(ap, char *)) != NULL && argc < 30)
+		argv[argc++] = extra;
+	va_end(ap);
+	argv[argc] = NULL;
+
+	if (pipe2(pfd, O_CLOEXEC) != 0) {
+		perror("pipe");
+		return -1;
+	}
+	s->pid = fork();
+	if (s->pid < 0) {
+		perror("fork");
+		return -1;
+	}
+	if (s->pid == 0) {
+		dup2(pfd[1], STDERR_FILENO);
+		execvp(argv[0], argv);
+		fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	close(pfd[1]);
+	for (i = 0; i < MAX_SERVERS; i++)
+		if (servers[i] == 0) {
+			servers[i] = s->pid;
+			snprintf(server_dirs[i], sizeof(server_dirs[i]), "%s",
+			    s->dir);
+			break;
+		}
+
+	/* wait for READY, at most 60 s */
+	deadline = t_now_ms() + 60000;
+	while (!ready) {
+		struct pollfd p = { pfd[0], POLLIN, 0 };
+		ssize_t n;
+		char *nl;
+
+		if (poll(&p, 1, (int)(deadline - t_now_ms())) <= 0)
+			break;
+		n = read(pfd[0], line + have, sizeof(line) - 1 - have);
+		if (n <= 0)
+			break;
+		have += (size_t)n;
+		line[have] = '\0';
+		while ((nl = strchr(line, '\n')) != NULL) {
+			*nl = '\0';
+			if (strstr(line, "READY"))
+				ready = 1;
+			else if (!strstr(line, " info: ") &&
+			    !strstr(line, " debug: "))
+				fprintf(stderr, "# demuxd: %s\n", line);
+			memmove(line, nl + 1, have - (size_t)(nl + 1 - line) + 1);
+			have -= (size_t)(nl + 1 - line);
+		}
+		if (have == sizeof(line) - 1)
+			have = 0;
+	}
+	if (!ready) {
+		fprintf(stderr, "# demuxd did not become ready: %s\n", line);
+		t_server_kill(s);
+		close(pfd[0]);
+		return -1;
+	}
+	if (pthread_create(&th, NULL, forward_log,
+	    (void *)(intptr_t)pfd[0]) == 0)
+		pthread_detach(th);
+	else
+		close(pfd[0]);
+	return 0;
+}
+
+static void
+cleanup_dir(t_server *s)
+{
+	char p[400];
+
+	snprintf(p, sizeof(p), "%s/demux.yaml", s->dir);
+	unlink(p);
+	snprintf(p, sizeof(p), "%s/demux.sock", s->dir);
+	unlink(p);
+	rmdir(s->dir);
+}
+
+int
+t_server_stop(t_server *s)
+{
+	int st = 0;
+
+	if (s->pid <= 0)
+		return -1;
+	kill(s->pid, SIGTERM);
+	while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
+		;
+	forget_server(s->pid);
+	s->pid = 0;
+	cleanup_dir(s);
+	if (WIFEXITED(st))
+		return WEXITSTATUS(st);
+	return 128 + WTERMSIG(st);
+}
+
+void
+t_server_kill(t_server *s)
+{
+	int st;
+
+	if (s->pid <= 0)
+		return;
+	kill(s->pid, SIGKILL);
+	while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
+		;
+	forget_server(s->pid);
+	s->pid = 0;
+	cleanup_dir(s);
+}

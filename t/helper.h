@@ -1,0 +1,48 @@
+/*
+ * helper.h - start and stop a real demuxd for end-to-end tests.
+ *
+ * t_server_start() writes a configuration into a fresh temporary folder
+ * (listen: unix:demux.sock there), starts build/demuxd on it and returns once
+ * demuxd has logged READY on stderr: a real signal, not a sleep. The rest of
+ * its log is forwarded to the test's output as TAP comments. Every server is
+ * stopped by its pid when the test exits, on failure, or when the watchdog
+ * (t_watchdog) fires. With DEMUX_VALGRIND=1 in the environment the server runs
+ * under valgrind's leak checker and t_server_stop reports its verdict.
+ */
+#ifndef T_HELPER_H
+#define T_HELPER_H
+
+#include <sys/types.h>
+
+typedef struct t_server {
+	pid_t	pid;
+	char	dir[256];	/* temporary folder */
+	char	conf[300];	/* dir/demux.yaml */
+	char	uri[320];	/* unix:dir/demux.sock */
+} t_server;
+
+/* Absolute path of a built file, e.g. t_build("plugins/echo.so"). Static
+ * storage, one of 8 rotating buffers. */
+const char *t_build(const char *rel);
+
+/*
+ * Start demuxd. `yaml` is the configuration; unless it has its own `listen:`,
+ * "listen: unix:demux.sock" (in the temporary folder) is added. "@B@" in it
+ * stands for the absolute build folder. Extra demuxd flags may follow
+ * (NULL-terminated). Returns 0, or -1 after printing why.
+ */
+int  t_server_start(t_server *s, const char *yaml, ...);
+/* SIGTERM, wait, clean up. Returns the exit status (or 128+signal); under
+ * valgrind, 99 means it found leaks or errors. */
+int  t_server_stop(t_server *s);
+/* Kill with SIGKILL and reap (a crash, from the clients' point of view). */
+void t_server_kill(t_server *s);
+
+/* Kill every server and exit(1) if the test is still running after
+ * `seconds` (a hung test must fail, not stall the suite). */
+void t_watchdog(unsigned seconds);
+
+/* Monotonic milliseconds. */
+double t_now_ms(void);
+
+#endif
