@@ -438,8 +438,13 @@ submit(dmx_conn *c, batch *bt)
 	bt->n = 0;
 }
 
-/* A frame too large or not msgpack: answer, stop reading, close once the
- * answers are out. */
+/*
+ * A frame too large or not msgpack: answer, stop dispatching, close once the
+ * answers are out. Input is read and thrown away until then ("lingering
+ * close"): closing a socket with unread input makes the kernel reset the
+ * connection, and the reset can destroy the error answer before the client
+ * reads it.
+ */
 static void
 fatal_frame(dmx_conn *c, const uint8_t *p, size_t n, int why)
 {
@@ -466,7 +471,37 @@ fatal_frame(dmx_conn *c, const uint8_t *p, size_t n, int why)
 		    "MessagePack; closing the connection");
 		dmx_info("conn %u: not MessagePack: closing", c->id);
 	}
-	dmx_conn_stop_reading(c);
+	if (!c->is_sock) {
+		dmx_conn_stop_reading(c);
+		return;
+	}
+	c->discard = 1;
+	c->scan = (dmx_scan)DMX_SCAN_INIT;
+	pthread_mutex_lock(&c->mu);
+	dmx_server_attn(c->srv, c);	/* shut down writing once flushed */
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* Lingering close: read and drop input until EOF, within a budget. */
+static void
+drain_input(dmx_conn *c)
+{
+	const dmx_config *cfg = dmx_server_config(c->srv);
+	dmx_buf *scratch = dmx_server_scratch(c->srv);
+	size_t budget = cfg->max_frame > (1u << 20) ? cfg->max_frame : 1u << 20;
+	ssize_t n;
+
+	for (;;) {
+		n = read(c->rfd, scratch->data, scratch->cap);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return;
+		if (n <= 0 || (c->discarded += (size_t)n) > budget) {
+			dmx_conn_stop_reading(c);
+			return;
+		}
+	}
 }
 
 /* Frame and dispatch p[0..n); returns bytes consumed (complete frames). */
@@ -477,7 +512,7 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 	size_t off = 0, flen;
 	int rc;
 
-	while (off < n && !c->rd_closed) {
+	while (off < n && !c->rd_closed && !c->discard) {
 		rc = dmx_scan_frame(&c->scan, p + off, n - off, cfg->max_frame,
 		    &flen);
 		if (rc == DMX_SCAN_MORE)
@@ -515,7 +550,11 @@ dmx_conn_on_readable(dmx_conn *c)
 	ssize_t n;
 	int paused;
 
-	while (!c->rd_closed && total < READ_BUDGET) {
+	if (c->discard) {
+		drain_input(c);
+		return;
+	}
+	while (!c->rd_closed && !c->discard && total < READ_BUDGET) {
 		if (c->rbuf.len > 0) {
 			/* continuing a partial frame: read into its buffer */
 			size_t need = dmx_scan_need(&c->scan);
@@ -551,14 +590,16 @@ dmx_conn_on_readable(dmx_conn *c)
 		if (c->rbuf.len > 0) {
 			c->rbuf.len += (size_t)n;
 			used = parse(c, (uint8_t *)c->rbuf.data, c->rbuf.len, &bt);
-			if (c->rd_closed)
+			if (c->rd_closed || c->discard) {
+				dmx_buf_release(&c->rbuf);
 				break;
+			}
 			dmx_buf_consume(&c->rbuf, used);
 			if (c->rbuf.len == 0)
 				dmx_buf_shrink(&c->rbuf, 0);
 		} else {
 			used = parse(c, (uint8_t *)scratch->data, (size_t)n, &bt);
-			if (c->rd_closed)
+			if (c->rd_closed || c->discard)
 				break;
 			if (used < (size_t)n &&
 			    dmx_buf_append(&c->rbuf, scratch->data + used,
@@ -611,6 +652,12 @@ dmx_conn_attend(dmx_conn *c)
 	if (c->rd_closed && idle && !flushing) {
 		dmx_conn_release(c);
 		return;
+	}
+	if (c->discard && idle && !flushing && !c->wr_shut) {
+		/* every answer is out: tell the client we are done, and keep
+		 * draining its input until it closes too */
+		shutdown(c->wfd, SHUT_WR);
+		c->wr_shut = 1;
 	}
 	if (resume && !c->rd_closed) {
 		dmx_server_epoll_mod(c->srv, c, c->events | EPOLLIN);

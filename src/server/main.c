@@ -118,6 +118,18 @@ main(int argc, char **argv)
 		}
 		nloaded++;
 		nmethods += plugins[i]->nmethods;
+		/* names given in the YAML were checked by the parser; this
+		 * catches a duplicate that comes from a plugin's own name */
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(plugins[j]->name, plugins[i]->name) == 0) {
+				fprintf(stderr, "demuxd: %s:%d:%d: duplicate "
+				    "plugin '%s' (first at line %d)", cfg.file,
+				    cfg.plugins[i].line, cfg.plugins[i].col,
+				    plugins[i]->name, cfg.plugins[j].line);
+				fputc('\n', stderr);
+				rc = 2;
+				goto out;
+			}
 	}
 	router = dmx_router_new(plugins, nloaded, err, sizeof(err));
 	if (router == NULL) {

@@ -82,6 +82,9 @@ struct dmx_conn {
 	dmx_scan	 scan;
 	uint32_t	 events;	/* registered with epoll */
 	int		 rd_closed;	/* reading stopped for good */
+	int		 discard;	/* after a fatal frame: drain input */
+	size_t		 discarded;	/* bytes thrown away since */
+	int		 wr_shut;	/* shutdown(SHUT_WR) done */
 	dmx_conn	*prev, *next;	/* srv->conns */
 
 	/* protected by mu */

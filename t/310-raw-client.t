@@ -1,0 +1,247 @@
+#!/usr/bin/python3
+# 310-raw-client.t - demuxd seen by a plain MessagePack-RPC client in another
+# language (Debian's python3-msgpack), no libmux: 10,000 pipelined requests on
+# one socket, and every kind of malformed input answered as docs/protocol.md
+# says, without harming other connections.
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import msgpack
+
+BUILD = os.path.abspath(os.environ.get("BUILD", "build"))
+n_tests = 0
+failed = 0
+
+
+def ok(cond, desc):
+    global n_tests, failed
+    n_tests += 1
+    if not cond:
+        failed += 1
+    print("%sok %d - %s" % ("" if cond else "not ", n_tests, desc), flush=True)
+    return cond
+
+
+def diag(msg):
+    print("# " + str(msg).replace("\n", "\n# "), flush=True)
+
+
+class Server:
+    """A demuxd on a temporary unix socket, stopped by its pid."""
+
+    def __init__(self, extra=""):
+        self.dir = tempfile.mkdtemp(prefix="demux-t.")
+        self.sock = os.path.join(self.dir, "demux.sock")
+        conf = os.path.join(self.dir, "demux.yaml")
+        with open(conf, "w") as f:
+            f.write('listen: "unix:demux.sock"\nworkers: 4\n' + extra +
+                    "plugins:\n"
+                    "  - name: echo\n    path: %s/plugins/echo.so\n"
+                    "  - name: sleep\n    path: %s/plugins/sleep.so\n"
+                    % (BUILD, BUILD))
+        self.proc = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
+                                     stderr=subprocess.PIPE, text=True)
+        for line in self.proc.stderr:           # wait for READY, no sleep
+            if "READY" in line:
+                break
+        else:
+            raise RuntimeError("demuxd did not start")
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(30)
+        s.connect(self.sock)
+        return s
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def read_messages(s, want, unpacker=None):
+    """Read until `want` messages arrived or the peer closed."""
+    u = unpacker or msgpack.Unpacker(raw=False, strict_map_key=False)
+    got = []
+    while len(got) < want:
+        data = s.recv(1 << 20)
+        if not data:
+            break
+        u.feed(data)
+        got.extend(u)
+    return got
+
+
+def read_until_eof(s):
+    u = msgpack.Unpacker(raw=False, strict_map_key=False)
+    got = []
+    while True:
+        data = s.recv(1 << 20)
+        if not data:
+            return got
+        u.feed(data)
+        got.extend(u)
+
+
+def pipelined(srv):
+    s = srv.connect()
+    n = 10000
+    buf = bytearray()
+    for i in range(n):
+        if i % 10 == 9:
+            buf += msgpack.packb([0, i, "sleep.sleep", [0]])
+        else:
+            buf += msgpack.packb([0, i, "echo.echo", [i, "x" * (i % 97)]])
+    t0 = time.monotonic()
+    s.sendall(buf)          # all 10,000 before reading any answer
+    got = read_messages(s, n)
+    dt = time.monotonic() - t0
+    ok(len(got) == n, "10,000 pipelined requests on one socket: %d answers"
+       % len(got))
+    byid = {}
+    bad = 0
+    for m in got:
+        if m[0] != 1 or m[2] is not None:
+            bad += 1
+            continue
+        byid[m[1]] = m[3]
+    for i in range(n):
+        want = 0 if i % 10 == 9 else [i, "x" * (i % 97)]
+        if byid.get(i) != want:
+            bad += 1
+    ok(bad == 0 and len(byid) == n,
+       "each answer carries its request's msgid and result (%d bad)" % bad)
+    diag("%d round trips pipelined in %.0f ms" % (n, dt * 1000))
+    s.close()
+
+
+def malformed(srv):
+    s = srv.connect()
+    cases = [
+        (7, None, -32600, "a lone integer"),
+        ([0, "x", "echo.echo", []], None, -32600, "a string msgid"),
+        ([0, 2 ** 32, "echo.echo", []], None, -32600, "msgid beyond uint32"),
+        ([0, 5, 7, []], 5, -32600, "a method that is not a string"),
+        ([0, 6, "echo.echo", 3], 6, -32600, "params that are not an array"),
+        ([0, 7, "no.such", []], 7, -32601, "an unknown method"),
+        ([9, 1, "m", []], None, -32600, "an unknown message type"),
+        ([1, 2, None, None], None, -32600, "a response sent to the server"),
+        ([0, 8, "echo.echo"], None, -32600, "a request with 3 elements"),
+        ({"a": 1}, None, -32600, "a map"),
+        ([0, 9, "sleep.sleep", ["x"]], 9, -32602, "bad params for a handler"),
+    ]
+    for msg, msgid, code, what in cases:
+        s.sendall(msgpack.packb(msg))
+        got = read_messages(s, 1)
+        m = got[0] if got else None
+        if msgid is None:
+            ok(m is not None and m[0] == 2 and m[1] == "$/error" and
+               m[2][0] == code,
+               "%s: notification $/error [%d, ...] (got %r)" % (what, code, m))
+        else:
+            ok(m is not None and m[0] == 1 and m[1] == msgid and
+               m[2][0] == code and m[3] is None,
+               "%s: answered with msgid %d and %d (got %r)"
+               % (what, msgid, code, m))
+    s.sendall(msgpack.packb([0, 10, "$/ping", []]))
+    m = read_messages(s, 1)
+    ok(m and m[0] == [1, 10, None, "pong"],
+       "the connection goes on after bad but well-framed messages")
+
+    # a notification gets no answer, even when it is wrong
+    s.sendall(msgpack.packb([2, "no.such", []]) +
+              msgpack.packb([2, "echo.echo", [1]]) +
+              msgpack.packb([0, 11, "$/ping", []]))
+    m = read_messages(s, 1)
+    ok(m and m[0] == [1, 11, None, "pong"],
+       "notifications are executed or dropped, never answered")
+
+    # not msgpack at all: parse error notification, then the server closes
+    s.sendall(msgpack.packb([0, 12, "sleep.sleep", [200]]) + b"\xc1garbage")
+    got = read_until_eof(s)
+    ok(any(m[0] == 2 and m[1] == "$/error" and m[2][0] == -32700 for m in got),
+       "bytes that are not msgpack: $/error [-32700, ...], then EOF")
+    ok(any(m[0] == 1 and m[1] == 12 and m[3] == 200 for m in got),
+       "...the request accepted before them is still answered")
+    s.close()
+
+
+def too_large(srv):
+    s = srv.connect()
+    big = msgpack.packb([0, 77, "echo.echo", ["y" * 300000]])
+    try:
+        s.sendall(big)
+    except OSError:
+        pass                     # the server may close before we finish
+    got = read_until_eof(s)
+    ok(any(m[0] == 1 and m[1] == 77 and m[2] and m[2][0] == -32013
+           for m in got),
+       "a frame over max_frame is answered -32013 with its msgid (%r)"
+       % [m[:3] for m in got])
+    s.close()
+    s = srv.connect()
+    s.sendall(b"\xdb\xff\xff\xff\xff")   # a 4 GiB string header alone
+    got = read_until_eof(s)
+    ok(any(m[0] == 2 and m[2][0] == -32013 for m in got),
+       "a 4 GiB header without msgid: $/error -32013 before any payload")
+    s.close()
+
+
+def truncated(srv):
+    s = srv.connect()
+    s.sendall(msgpack.packb([0, 1, "echo.echo", ["abc"]])[:-2])
+    s.shutdown(socket.SHUT_WR)
+    got = read_until_eof(s)
+    ok(got == [], "a truncated frame then EOF: no answer, clean close")
+    s.close()
+
+
+def back_pressure():
+    srv = Server("max_inflight: 4\n")
+    try:
+        s = srv.connect()
+        n = 2000
+        s.sendall(b"".join(msgpack.packb([0, i, "echo.echo", [i]])
+                           for i in range(n)))
+        got = read_messages(s, n)
+        ok(len(got) == n and sorted(m[1] for m in got) == list(range(n)) and
+           all(m[2] is None for m in got),
+           "max_inflight 4: 2000 pipelined requests all answered "
+           "(back pressure, not errors)")
+        s.close()
+    finally:
+        ok(srv.stop() == 0, "that server stops cleanly")
+
+
+def main():
+    srv = Server("max_frame: 64KiB\n")
+    try:
+        pipelined(srv)
+        malformed(srv)
+        too_large(srv)
+        truncated(srv)
+        s = srv.connect()
+        s.sendall(msgpack.packb([0, 1, "$/ping", []]))
+        ok(read_messages(s, 1) == [[1, 1, None, "pong"]],
+           "after all that abuse, a new connection is served normally")
+        s.close()
+    finally:
+        rc = srv.stop()
+    ok(rc == 0, "demuxd exits 0 on SIGTERM")
+    back_pressure()
+    print("1..%d" % n_tests)
+    sys.exit(1 if failed else 0)
+
+
+signal.alarm(120)
+main()
