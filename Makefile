@@ -130,7 +130,7 @@ $(BUILD)/t/%: $(BUILD)/obj/t/%.o $(BUILD)/obj/t/helper.o $(LIBMUX_A)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
 
 test: all
-	BUILD=$(BUILD) $(PROVE) $(PROVE_FLAGS) t/
+	BUILD=$(BUILD) SAN_FLAGS="$(SAN)" $(PROVE) $(PROVE_FLAGS) t/
 
 run: $(DEMUXD) $(PLUGIN_SO)
 	$(DEMUXD) -c conf/demux.yaml

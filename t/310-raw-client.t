@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import msgpack
@@ -34,7 +35,7 @@ def diag(msg):
 class Server:
     """A demuxd on a temporary unix socket, stopped by its pid."""
 
-    def __init__(self, extra=""):
+    def __init__(self, extra="", flags=()):
         self.dir = tempfile.mkdtemp(prefix="demux-t.")
         self.sock = os.path.join(self.dir, "demux.sock")
         conf = os.path.join(self.dir, "demux.yaml")
@@ -43,14 +44,32 @@ class Server:
                     "plugins:\n"
                     "  - name: echo\n    path: %s/plugins/echo.so\n"
                     "  - name: sleep\n    path: %s/plugins/sleep.so\n"
-                    % (BUILD, BUILD))
-        self.proc = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
+                    "  - name: kv\n    path: %s/plugins/kv.so\n"
+                    % (BUILD, BUILD, BUILD))
+        cmd = [BUILD + "/demuxd", "-c", conf] + list(flags)
+        self.log = []
+        if os.environ.get("DEMUX_VALGRIND") == "1":
+            cmd = ["valgrind", "--quiet", "--leak-check=full",
+                   "--show-leak-kinds=definite,indirect",
+                   "--errors-for-leak-kinds=definite,indirect",
+                   "--error-exitcode=99"] + cmd
+        self.proc = subprocess.Popen(cmd,
                                      stderr=subprocess.PIPE, text=True)
         for line in self.proc.stderr:           # wait for READY, no sleep
             if "READY" in line:
                 break
         else:
             raise RuntimeError("demuxd did not start")
+        # keep draining its log so it never blocks on a full pipe; show
+        # warnings, errors and valgrind's findings as TAP comments
+        self.log_thread = threading.Thread(target=self._forward, daemon=True)
+        self.log_thread.start()
+
+    def _forward(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if " warn: " in line or " error: " in line or "==" in line:
+                sys.stderr.write("# demuxd: " + line)
 
     def connect(self):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -82,6 +101,15 @@ def read_messages(s, want, unpacker=None):
     return got
 
 
+def send_in_background(s, data):
+    """Pipeline: write everything from another thread while the caller
+    reads answers. A client that writes without reading would deadlock
+    against back pressure (max_inflight), as it must."""
+    t = threading.Thread(target=s.sendall, args=(data,), daemon=True)
+    t.start()
+    return t
+
+
 def read_until_eof(s):
     u = msgpack.Unpacker(raw=False, strict_map_key=False)
     got = []
@@ -103,8 +131,9 @@ def pipelined(srv):
         else:
             buf += msgpack.packb([0, i, "echo.echo", [i, "x" * (i % 97)]])
     t0 = time.monotonic()
-    s.sendall(buf)          # all 10,000 before reading any answer
+    w = send_in_background(s, bytes(buf))
     got = read_messages(s, n)
+    w.join()
     dt = time.monotonic() - t0
     ok(len(got) == n, "10,000 pipelined requests on one socket: %d answers"
        % len(got))
@@ -211,9 +240,10 @@ def back_pressure():
     try:
         s = srv.connect()
         n = 2000
-        s.sendall(b"".join(msgpack.packb([0, i, "echo.echo", [i]])
-                           for i in range(n)))
+        w = send_in_background(s, b"".join(
+            msgpack.packb([0, i, "echo.echo", [i]]) for i in range(n)))
         got = read_messages(s, n)
+        w.join()
         ok(len(got) == n and sorted(m[1] for m in got) == list(range(n)) and
            all(m[2] is None for m in got),
            "max_inflight 4: 2000 pipelined requests all answered "
@@ -221,6 +251,29 @@ def back_pressure():
         s.close()
     finally:
         ok(srv.stop() == 0, "that server stops cleanly")
+
+
+def graceful_stop():
+    srv = Server(flags=("-v",))
+    s = srv.connect()
+    # 8 slow requests, then a ping: the ping's answer proves all 8 were read
+    # and handed to workers (one stream, read in order)
+    s.sendall(b"".join(msgpack.packb([0, i, "sleep.sleep", [300]])
+                       for i in range(8)) +
+              msgpack.packb([0, 99, "$/ping", []]))
+    first = read_messages(s, 1)
+    ok(first == [[1, 99, None, "pong"]], "8 slow requests in flight")
+    srv.proc.send_signal(signal.SIGTERM)
+    got = read_until_eof(s)
+    ok(sorted(m[1] for m in got) == list(range(8)) and
+       all(m[2] is None and m[3] == 300 for m in got),
+       "SIGTERM: every request in flight is still answered, then EOF")
+    rc = srv.proc.wait(60)
+    ok(rc == 0, "demuxd exits 0 after answering them")
+    ok(not os.path.exists(srv.sock), "the socket file is removed")
+    srv.log_thread.join(30)      # ends at the log's EOF
+    ok(any("<kv> fini" in line for line in srv.log),
+       "plugins' fini ran (kv logged it)")
 
 
 def main():
@@ -239,9 +292,10 @@ def main():
         rc = srv.stop()
     ok(rc == 0, "demuxd exits 0 on SIGTERM")
     back_pressure()
+    graceful_stop()
     print("1..%d" % n_tests)
     sys.exit(1 if failed else 0)
 
 
-signal.alarm(120)
+signal.alarm(1200 if os.environ.get("DEMUX_VALGRIND") == "1" else 120)
 main()

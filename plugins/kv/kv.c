@@ -129,6 +129,7 @@ kv_fini(void *state)
 			free(e->val);
 			free(e);
 		}
+	t->host->log(t->host, DEMUX_LOG_DEBUG, "fini: %zu keys freed", t->count);
 	pthread_rwlock_destroy(&t->lock);
 	free(t->buckets);
 	free(t);
