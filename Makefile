@@ -43,7 +43,7 @@ CLIENT_SRC = src/client/mux.c src/client/pack.c
 
 PLUGINS	= echo sleep kv
 TEST_PLUGINS = badabi badmagic nosym initfail faulty
-C_TESTS	= $(patsubst t/%.c,%,$(wildcard t/[0-9]*.c))
+C_TESTS	= $(patsubst t/%.c,%,$(wildcard t/[0-9]*.c t/recipe.c))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 pic = $(patsubst %.c,$(BUILD)/pic/%.o,$(1))

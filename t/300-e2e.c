@@ -544,13 +544,20 @@ test_transports(const char *conf)
 		    m ? "" : err);
 	}
 
-	/* tcp on a loopback port picked from our pid; retry a few */
+	/* tcp on a loopback port picked from our pid (retry a few), on IPv4
+	 * and IPv6 loopback when the machine has IPv6 */
 	port = 20000 + getpid() % 20000;
 	for (rc = -1; port < 65000; port += 997) {
-		snprintf(yaml, sizeof(yaml), "listen: [ \"tcp:127.0.0.1:%d\" ]"
-		    "\n%s", port, CONF);
+		snprintf(yaml, sizeof(yaml), "listen: [ \"tcp:127.0.0.1:%d\", "
+		    "\"tcp:[::1]:%d\" ]\n%s", port, port, CONF);
 		if ((rc = t_server_start(&s3, yaml, NULL)) == 0)
 			break;
+		snprintf(yaml, sizeof(yaml), "listen: [ \"tcp:127.0.0.1:%d\" ]"
+		    "\n%s", port, CONF);
+		if ((rc = t_server_start(&s3, yaml, NULL)) == 0) {
+			diag("no IPv6 loopback here: tcp:[::1] not tested");
+			break;
+		}
 	}
 	if (rc != 0) {
 		ok(0, "a tcp server could be started");
@@ -563,6 +570,16 @@ test_transports(const char *conf)
 		check_int(run_transport(m), ==, 1600, "tcp: 8 threads x 200 "
 		    "calls on one connection");
 		mux_free(m);
+	}
+	if (strstr(yaml, "[::1]") != NULL) {
+		snprintf(uri, sizeof(uri), "tcp:[::1]:%d", port);
+		m = mux_connect(uri, err, sizeof(err));
+		ok(m != NULL, "mux_connect %s (%s)", uri, m ? "ok" : err);
+		if (m != NULL) {
+			check_int(run_transport(m), ==, 1600, "tcp over IPv6: "
+			    "8 threads x 200 calls on one connection");
+			mux_free(m);
+		}
 	}
 	check_int(t_server_stop(&s3), ==, 0, "tcp server stops cleanly");
 	m = mux_connect("unix:/nonexistent/x.sock", err, sizeof(err));

@@ -165,7 +165,10 @@ def malformed(srv):
         ([0, 7, "no.such", []], 7, -32601, "an unknown method"),
         ([9, 1, "m", []], None, -32600, "an unknown message type"),
         ([1, 2, None, None], None, -32600, "a response sent to the server"),
-        ([0, 8, "echo.echo"], None, -32600, "a request with 3 elements"),
+        ([0, 8, "echo.echo"], 8, -32600, "a request with 3 elements"),
+        ([0, 13], 13, -32600, "a request with only a msgid"),
+        ([0], None, -32600, "a request without msgid"),
+        ([], None, -32600, "an empty array"),
         ({"a": 1}, None, -32600, "a map"),
         ([0, 9, "sleep.sleep", ["x"]], 9, -32602, "bad params for a handler"),
     ]

@@ -341,22 +341,31 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	dmx_job *j;
 
 	dmx_rd_init(&r, p, len);
-	if (dmx_rd_array(&r, &n) != 0 || n < 3 || n > 4 ||
-	    dmx_rd_uint(&r, &type) != 0) {
+	if (dmx_rd_array(&r, &n) != 0 || n == 0 || dmx_rd_uint(&r, &type) != 0) {
 		send_error_notice(c, DMX_E_INVALID_REQUEST, "invalid request: "
 		    "expected [0, msgid, method, params] or [2, method, params]");
 		return;
 	}
-	if (type == DMX_MSG_REQUEST && n == 4) {
-		if (dmx_rd_uint(&r, &msgid) != 0 || msgid > UINT32_MAX) {
+	if (type == DMX_MSG_REQUEST) {
+		/* answer with the msgid whenever one can be read, even when the
+		 * rest of the request is malformed */
+		if (n < 2 || dmx_rd_uint(&r, &msgid) != 0 || msgid > UINT32_MAX) {
 			send_error_notice(c, DMX_E_INVALID_REQUEST,
 			    "invalid request: msgid must be a uint32");
+			return;
+		}
+		if (n != 4) {
+			send_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
+			    "invalid request: a request has 4 elements, not %u",
+			    n);
 			return;
 		}
 		notify = 0;
 	} else if (type == DMX_MSG_NOTIFY && n == 3) {
 		notify = 1;
 	} else {
+		/* a response, an unknown type, or a malformed notification:
+		 * there is no msgid to answer to */
 		send_error_notice(c, DMX_E_INVALID_REQUEST, "invalid request: "
 		    "type %llu with %u elements", (unsigned long long)type, n);
 		return;
@@ -455,7 +464,7 @@ fatal_frame(dmx_conn *c, const uint8_t *p, size_t n, int why)
 
 	if (why == DMX_SCAN_TOOBIG) {
 		dmx_rd_init(&r, p, n);
-		if (dmx_rd_array(&r, &cnt) == 0 && cnt == 4 &&
+		if (dmx_rd_array(&r, &cnt) == 0 && cnt >= 2 &&
 		    dmx_rd_uint(&r, &type) == 0 && type == DMX_MSG_REQUEST &&
 		    dmx_rd_uint(&r, &msgid) == 0 && msgid <= UINT32_MAX)
 			send_error(c, (uint32_t)msgid, DMX_E_TOO_LARGE,

@@ -1,5 +1,5 @@
 /*
- * 320-recipe.c - the original Mux/DeMux recipe's own test, in C: 700
+^ * recipe.c - the original Mux/DeMux recipe's own test, in C: 700
  * submitting threads, each making three transactions that sleep (scaled to
  * milliseconds) and one that must fail with the handler's error; first on a
  * pool of 100 workers, then in on-demand mode (a thread per request).
