@@ -101,10 +101,54 @@ unix_alive(const struct sockaddr_un *sa)
 	return alive;
 }
 
+/*
+ * Resolve a tcp address and bind (passive) or connect to the first address
+ * that works. Returns the fd, or -1 with err naming the step that failed.
+ */
+static int
+tcp_open(const dmx_uri *u, int passive, char *err, size_t errlen)
+{
+	struct addrinfo hints, *ai, *a;
+	int fd = -1, rc, e = 0, one = 1;
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = passive ? AI_PASSIVE : 0;
+	rc = getaddrinfo(u->host, u->port, &hints, &ai);
+	if (rc != 0)
+		return fail(err, errlen, "tcp:%s:%s: %s", u->host, u->port,
+		    gai_strerror(rc));
+	for (a = ai; a != NULL; a = a->ai_next) {
+		fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC |
+		    (passive ? SOCK_NONBLOCK : 0), 0);
+		if (fd < 0) {
+			e = errno;
+			continue;
+		}
+		if (passive)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
+			    sizeof(one));
+		if ((passive ? bind(fd, a->ai_addr, a->ai_addrlen) :
+		    connect(fd, a->ai_addr, a->ai_addrlen)) == 0)
+			break;
+		e = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(ai);
+	if (fd < 0)
+		return fail(err, errlen, "tcp:%s:%s: %s: %s", u->host, u->port,
+		    passive ? "bind" : "connect", strerror(e));
+	if (!passive)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	return fd;
+}
+
 int
 dmx_uri_listen(const dmx_uri *u, int backlog, char *err, size_t errlen)
 {
-	int fd = -1, one = 1, e;
+	int fd = -1, e;
 
 	if (u->kind == DMX_URI_UNIX) {
 		struct sockaddr_un sa;
@@ -129,38 +173,8 @@ dmx_uri_listen(const dmx_uri *u, int backlog, char *err, size_t errlen)
 			    e == EADDRINUSE ? "a server is already listening there" :
 			    strerror(e));
 		}
-	} else {
-		struct addrinfo hints, *ai, *a;
-		int rc;
-
-		memset(&hints, 0, sizeof(hints));
-		hints.ai_family = AF_UNSPEC;
-		hints.ai_socktype = SOCK_STREAM;
-		hints.ai_flags = AI_PASSIVE;
-		rc = getaddrinfo(u->host, u->port, &hints, &ai);
-		if (rc != 0)
-			return fail(err, errlen, "tcp:%s:%s: %s", u->host,
-			    u->port, gai_strerror(rc));
-		e = 0;
-		for (a = ai; a != NULL; a = a->ai_next) {
-			fd = socket(a->ai_family,
-			    a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-			if (fd < 0) {
-				e = errno;
-				continue;
-			}
-			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
-			    sizeof(one));
-			if (bind(fd, a->ai_addr, a->ai_addrlen) == 0)
-				break;
-			e = errno;
-			close(fd);
-			fd = -1;
-		}
-		freeaddrinfo(ai);
-		if (fd < 0)
-			return fail(err, errlen, "tcp:%s:%s: bind: %s", u->host,
-			    u->port, strerror(e));
+	} else if ((fd = tcp_open(u, 1, err, errlen)) < 0) {
+		return -1;
 	}
 listen:
 	if (listen(fd, backlog) != 0) {
@@ -174,7 +188,7 @@ listen:
 int
 dmx_uri_connect(const dmx_uri *u, char *err, size_t errlen)
 {
-	int fd, e, one = 1;
+	int fd, e;
 
 	if (u->kind == DMX_URI_UNIX) {
 		struct sockaddr_un sa;
@@ -191,37 +205,6 @@ dmx_uri_connect(const dmx_uri *u, char *err, size_t errlen)
 			    strerror(e));
 		}
 		return fd;
-	} else {
-		struct addrinfo hints, *ai, *a;
-		int rc;
-
-		memset(&hints, 0, sizeof(hints));
-		hints.ai_family = AF_UNSPEC;
-		hints.ai_socktype = SOCK_STREAM;
-		rc = getaddrinfo(u->host, u->port, &hints, &ai);
-		if (rc != 0)
-			return fail(err, errlen, "tcp:%s:%s: %s", u->host,
-			    u->port, gai_strerror(rc));
-		fd = -1;
-		e = 0;
-		for (a = ai; a != NULL; a = a->ai_next) {
-			fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC,
-			    0);
-			if (fd < 0) {
-				e = errno;
-				continue;
-			}
-			if (connect(fd, a->ai_addr, a->ai_addrlen) == 0)
-				break;
-			e = errno;
-			close(fd);
-			fd = -1;
-		}
-		freeaddrinfo(ai);
-		if (fd < 0)
-			return fail(err, errlen, "tcp:%s:%s: connect: %s",
-			    u->host, u->port, strerror(e));
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		return fd;
 	}
+	return tcp_open(u, 0, err, errlen);
 }

@@ -164,8 +164,11 @@ dmx_wire_one_object(const void *p, size_t n)
 
 /* ---- cursor ---- */
 
-int
-dmx_rd_array(dmx_rd *r, uint32_t *n)
+/* An array or map header: fix_tag is 0x90 or 0x80, t16/t32 the 16- and
+ * 32-bit forms. */
+static int
+rd_container(dmx_rd *r, uint32_t *n, uint8_t fix_tag, uint8_t t16,
+    uint8_t t32)
 {
 	size_t left = dmx_rd_left(r);
 	uint8_t t;
@@ -173,17 +176,17 @@ dmx_rd_array(dmx_rd *r, uint32_t *n)
 	if (left < 1)
 		return -1;
 	t = r->p[0];
-	if ((t & 0xf0) == 0x90) {
+	if ((t & 0xf0) == fix_tag) {
 		*n = t & 0x0f;
 		r->p += 1;
 		return 0;
 	}
-	if (t == 0xdc && left >= 3) {
+	if (t == t16 && left >= 3) {
 		*n = be16(r->p + 1);
 		r->p += 3;
 		return 0;
 	}
-	if (t == 0xdd && left >= 5) {
+	if (t == t32 && left >= 5) {
 		*n = be32(r->p + 1);
 		r->p += 5;
 		return 0;
@@ -192,30 +195,15 @@ dmx_rd_array(dmx_rd *r, uint32_t *n)
 }
 
 int
+dmx_rd_array(dmx_rd *r, uint32_t *n)
+{
+	return rd_container(r, n, 0x90, 0xdc, 0xdd);
+}
+
+int
 dmx_rd_map(dmx_rd *r, uint32_t *n)
 {
-	size_t left = dmx_rd_left(r);
-	uint8_t t;
-
-	if (left < 1)
-		return -1;
-	t = r->p[0];
-	if ((t & 0xf0) == 0x80) {
-		*n = t & 0x0f;
-		r->p += 1;
-		return 0;
-	}
-	if (t == 0xde && left >= 3) {
-		*n = be16(r->p + 1);
-		r->p += 3;
-		return 0;
-	}
-	if (t == 0xdf && left >= 5) {
-		*n = be32(r->p + 1);
-		r->p += 5;
-		return 0;
-	}
-	return -1;
+	return rd_container(r, n, 0x80, 0xde, 0xdf);
 }
 
 /* Read any msgpack integer as a sign flag and magnitude-preserving pair. */
