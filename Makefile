@@ -129,6 +129,18 @@ $(BUILD)/t/%: $(BUILD)/obj/t/%.o $(BUILD)/obj/t/helper.o $(LIBMUX_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
 
+# ---- benchmarks (see bench/README.md) ----
+BENCH_BIN = $(BUILD)/bench/mux_load $(BUILD)/bench/mux_pipe $(BUILD)/bench/mux_mem
+
+$(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBMUX_A)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
+
+bench-bin: $(DEMUXD) $(PLUGIN_SO) $(BENCH_BIN)
+
+bench: bench-bin
+	bench/run.sh
+
 test: all
 	BUILD=$(BUILD) SAN_FLAGS="$(SAN)" $(PROVE) $(PROVE_FLAGS) t/
 
@@ -149,7 +161,7 @@ valgrind: all
 clean:
 	rm -rf build build-asan build-tsan
 
-.PHONY: all deps test run asan tsan valgrind clean
+.PHONY: all deps test run asan tsan valgrind clean bench bench-bin
 .SECONDARY:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -20,7 +20,9 @@ dmx_buf_reserve(dmx_buf *b, size_t more)
 	need = b->len + more;
 	if (need <= b->cap)
 		return 0;
-	cap = b->cap ? b->cap : 256;
+	/* the first allocation is exact (rounded to 16): many buffers hold
+	 * one message and never grow */
+	cap = b->cap ? b->cap : (need + 15) & ~(size_t)15;
 	while (cap < need)
 		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
 	p = realloc(b->data, cap);

@@ -9,6 +9,7 @@
  */
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,28 @@ usage(FILE *fp)
 	    "      --stdio        serve stdin/stdout instead of listening\n"
 	    "  -h, --help         this text\n"
 	    "  -V, --version      print the version\n");
+}
+
+/*
+ * Each connection is a descriptor: raise the soft limit towards the hard one
+ * so that max_connections can really be reached (the usual soft default is
+ * 1024), and say so when the hard limit is lower.
+ */
+static void
+raise_nofile(const dmx_config *cfg)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)cfg->max_connections + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ?
+	    want : rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+	if (rl.rlim_cur < want)
+		dmx_warn("RLIMIT_NOFILE hard limit %llu is below max_connections "
+		    "%u + 64: connections past it will be refused",
+		    (unsigned long long)rl.rlim_cur, cfg->max_connections);
 }
 
 int
@@ -144,6 +167,7 @@ main(int argc, char **argv)
 		goto out;
 	}
 
+	raise_nofile(&cfg);
 	srv = dmx_server_new(&cfg, router, err, sizeof(err));
 	if (srv == NULL) {
 		fprintf(stderr, "demuxd: %s\n", err);

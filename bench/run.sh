@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# run.sh - `make bench`: demux and every peer in ONE run of the peers' harness
+# (../shared/peers/run.sh with EXTRA_CASES), then the report: demux's ratio to
+# the best peer and to the raw ceiling per workload, the memory figures, and
+# the plots (throughput against client threads, p99 against load).
+#
+# Knobs (environment): RUNS DUR WARM (as run.sh; defaults 3, 5, 1),
+# QUICK=1 (RUNS=1 DUR=2), CURVE=0 (skip the 1..256-thread curves),
+# ONLY=regex (as run.sh), PEERS=path to the peers folder,
+# PEERS_OUT (default /tmp/demux-peers; run.sh writes only there).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEERS=${PEERS:-$ROOT/../shared/peers}
+export PEERS_OUT=${PEERS_OUT:-/tmp/demux-peers}
+if [ "${QUICK:-0}" = 1 ]; then
+	export RUNS=${RUNS:-1} DUR=${DUR:-2} WARM=${WARM:-1}
+fi
+export RUNS=${RUNS:-3} DUR=${DUR:-5} WARM=${WARM:-1}
+B=$ROOT/build
+[ -x "$PEERS/run.sh" ] || { echo "bench: no peers harness at $PEERS"; exit 1; }
+
+# plotting needs gnuplot (Debian); install it like the peers install theirs
+if ! command -v gnuplot >/dev/null 2>&1; then
+	if [ "$(id -u)" = 0 ]; then
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends gnuplot-nox >/dev/null
+	else
+		echo "bench: gnuplot missing (apt-get install gnuplot-nox); plots skipped"
+	fi
+fi
+
+mkdir -p "$PEERS_OUT"
+CASES=$PEERS_OUT/demux.cases
+SOCK=unix:/tmp/demux-bench.sock
+TCP=tcp:127.0.0.1:47111
+SRV="$ROOT/bench/server.sh"
+LOAD="$B/bench/mux_load"
+PIPE="$B/bench/mux_pipe"
+# Sourced by run.sh: $W1 $W1L $W2 $W3 $B(peers) $IPC_ZMQ ... are its own.
+cat > "$CASES" <<X
+add "demux,unix,W1"      4 0 1 "$SRV W1 $SOCK"     "$LOAD -u $SOCK \$W1"
+add "demux,tcp,W1"       4 0 1 "$SRV W1 $TCP"      "$LOAD -u $TCP \$W1"
+add "demux,unix,W1-lat"  4 0 1 "$SRV W1-lat $SOCK" "$LOAD -u $SOCK \$W1L"
+add "demux,unix,W2"      4 0 1 "$SRV W2 $SOCK"     "$LOAD -u $SOCK \$W2"
+add "demux,unix,W3"    100 10000 2 "$SRV W3 $SOCK" "$LOAD -u $SOCK -S 10000 \$W3"
+add "demux,unix,W4-k1024" 4 0 1 "$SRV W4 $SOCK"    "$PIPE -u $SOCK -k 1024 -b 64 -s 64 -d \$DUR -w \$WARM"
+X
+if [ "${CURVE:-1}" = 1 ]; then
+	cat >> "$CASES" <<'X'
+for T in 4 16 64 256; do
+    C="-T $T -s 64 -d $DUR -w $WARM"
+    add "demux,unix,C-T$T" 4 0 1 "DEMUX_SRV W1 DEMUX_SOCK" "DEMUX_LOAD -u DEMUX_SOCK $C"
+    add "zmq,ipc,C-T$T"    4 0 1 "$B/zmq_server -u $IPC_ZMQ -W 4" "$B/zmq_client -u $IPC_ZMQ $C"
+    add "nng,ipc,C-T$T"    4 0 1 "$B/nng_server -u $IPC_NNG -W 4" "$B/nng_client -u $IPC_NNG $C"
+    add "grpc,unix,C-T$T"  4 0 1 "$B/grpc_server -u $UNIX_GRPC -W 4" "$B/grpc_client -u $UNIX_GRPC $C"
+done
+X
+	sed -i "s|DEMUX_SRV|$SRV|; s|DEMUX_SOCK|$SOCK|g; s|DEMUX_LOAD|$LOAD|" "$CASES"
+fi
+
+echo "== demux cases: $CASES"
+before=$(ls -1d "$PEERS_OUT"/results/* 2>/dev/null | tail -1 || true)
+EXTRA_CASES=$CASES "$PEERS/run.sh"
+out=$(ls -1d "$PEERS_OUT"/results/* | tail -1)
+[ "$out" != "$before" ] || { echo "bench: run.sh produced no results"; exit 1; }
+
+echo "== memory"
+"$B/bench/mux_mem" "$B/demuxd" "$ROOT/bench/server.sh" | tee "$out/memory.txt"
+
+echo "== report"
+/usr/bin/python3 "$ROOT/bench/report.py" "$out" "$ROOT/docs/img" | tee "$out/report.md"
+mkdir -p "$ROOT/bench/results"
+cp "$out/raw.txt" "$ROOT/bench/results/raw.txt"
+cp "$out/report.md" "$ROOT/bench/results/report.md"
+cp "$out/machine.txt" "$ROOT/bench/results/machine.txt"
+cp "$out/memory.txt" "$ROOT/bench/results/memory.txt"
+echo "== results in $out and bench/results/; plots in docs/img/"

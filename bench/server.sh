@@ -1,0 +1,26 @@
+#!/bin/sh
+# server.sh WORKLOAD [URI] - run demuxd for one benchmark workload: write its
+# configuration (echo and sleep plugins; 4 workers, 100 for W3) and exec
+# demuxd, so that the pid run.sh measures is demuxd's own. demuxd logs READY
+# once it accepts connections.
+set -eu
+W=${1:?usage: server.sh W1|W1-lat|W2|W3|W4 [URI]}
+URI=${2:-unix:/tmp/demux-bench.sock}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-$ROOT/build}
+case $W in
+W3) workers=100 ;;
+*) workers=${WORKERS:-4} ;;
+esac
+conf=${TMPDIR:-/tmp}/demux-bench-$W-$$.yaml
+cat > "$conf" <<X
+listen: [ "$URI" ]
+workers: $workers
+log_level: info
+plugins:
+  - name: echo
+    path: $BUILD/plugins/echo.so
+  - name: sleep
+    path: $BUILD/plugins/sleep.so
+X
+exec "$BUILD/demuxd" -c "$conf"
