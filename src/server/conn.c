@@ -89,8 +89,10 @@ job_recycle_locked(dmx_conn *c, dmx_job *j)
 	c->inflight--;
 	if (c->released)
 		return c->inflight == 0;
+	/* wake the I/O thread only for what it must act on: reading can
+	 * resume, or a closing connection has gone idle */
 	if ((c->paused && c->inflight <= cfg->max_inflight / 2) ||
-	    c->inflight == 0)
+	    (c->closing && c->inflight == 0))
 		dmx_server_attn(c->srv, c);
 	return 0;
 }
@@ -180,28 +182,60 @@ flush_locked(dmx_conn *c)
 	return last;
 }
 
-void
-dmx_conn_send(dmx_job *j)
+/* Queue jobs head..tail of connection c (or recycle them) and flush unless
+ * another thread is writing. */
+static void
+send_run(dmx_conn *c, dmx_job *head, dmx_job *tail)
 {
-	dmx_conn *c = j->conn;
-	int last;
+	dmx_job *j, *next, *after = tail->next;
+	int last = 0;
 
 	pthread_mutex_lock(&c->mu);
-	if (j->out.len == 0 || c->broken) {
-		last = job_recycle_locked(c, j);
-	} else {
+	for (j = head; j != after; j = next) {
+		next = j->next;
+		if (j->out.len == 0 || c->broken) {
+			last |= job_recycle_locked(c, j);
+			continue;
+		}
 		j->next = NULL;
 		if (c->oq_tail)
 			c->oq_tail->next = j;
 		else
 			c->oq_head = j;
 		c->oq_tail = j;
-		/* an active writer, or the I/O thread after EPOLLOUT, takes it */
-		last = c->writing || c->want_out ? 0 : flush_locked(c);
 	}
+	/* an active writer, or the I/O thread after EPOLLOUT, takes them */
+	if (!c->writing && !c->want_out && c->oq_head != NULL)
+		last |= flush_locked(c);
 	pthread_mutex_unlock(&c->mu);
 	if (last)
 		conn_free(c);
+}
+
+void
+dmx_conn_send(dmx_job *j)
+{
+	j->next = NULL;
+	send_run(j->conn, j, j);
+}
+
+void
+dmx_conn_send_list(dmx_job *head)
+{
+	dmx_job *tail;
+
+	while (head != NULL) {
+		for (tail = head; tail->next && tail->next->conn == head->conn;
+		    tail = tail->next)
+			;
+		{
+			dmx_job *rest = tail->next;
+
+			tail->next = NULL;
+			send_run(head->conn, head, tail);
+			head = rest;
+		}
+	}
 }
 
 void
@@ -487,6 +521,7 @@ fatal_frame(dmx_conn *c, const uint8_t *p, size_t n, int why)
 	c->discard = 1;
 	c->scan = (dmx_scan)DMX_SCAN_INIT;
 	pthread_mutex_lock(&c->mu);
+	c->closing = 1;
 	dmx_server_attn(c->srv, c);	/* shut down writing once flushed */
 	pthread_mutex_unlock(&c->mu);
 }
@@ -545,6 +580,7 @@ dmx_conn_stop_reading(dmx_conn *c)
 	dmx_buf_release(&c->rbuf);
 	dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLIN);
 	pthread_mutex_lock(&c->mu);
+	c->closing = 1;
 	dmx_server_attn(c->srv, c);	/* maybe closable now */
 	pthread_mutex_unlock(&c->mu);
 }

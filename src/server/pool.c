@@ -3,8 +3,12 @@
  *
  * Fixed mode: N threads share one FIFO queue under one mutex. A worker loop
  * starts with the lock held: wait, pop one job, unlock, run it, lock again.
- * The submitter adds a whole batch under one lock and signals at most as many
- * workers as are idle, so a busy pool costs no wake-ups at all.
+ * The submitter adds a whole batch under one lock and wakes at most ONE idle
+ * worker; a worker that pops a job and sees more waiting wakes the next one
+ * (a chain). So a burst fans out to as many workers as it needs, while a
+ * trickle that one awake worker keeps up with costs no wake-ups at all.
+ * `wakes` counts signals not yet consumed, so nobody signals twice for the
+ * same idle worker.
  *
  * On-demand mode (the recipe's "thread per request"): each job gets a new
  * detached thread, up to max_threads at once. Past the cap the job is handed
@@ -27,6 +31,7 @@ struct dmx_pool {
 	pthread_cond_t	 done_cv;	/* on-demand: last thread left */
 	dmx_job		*head, *tail;	/* protected by mu */
 	int		 idle;		/* protected by mu */
+	int		 wakes;		/* protected by mu: signals in flight */
 	int		 stop;		/* protected by mu */
 	int		 nthreads;	/* fixed: started; on-demand: running */
 	int		 max_threads;
@@ -49,10 +54,14 @@ worker_main(void *arg)
 	msgpack_zone_init(&zone, 4096);
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
+		int chain = 0;
+
 		while (p->head == NULL && !p->stop) {
 			p->idle++;
 			pthread_cond_wait(&p->cv, &p->mu);
 			p->idle--;
+			if (p->wakes > 0)
+				p->wakes--;
 		}
 		if (p->head == NULL)
 			break;		/* stopping and nothing left */
@@ -60,7 +69,13 @@ worker_main(void *arg)
 		p->head = j->next;
 		if (p->head == NULL)
 			p->tail = NULL;
+		else if (p->idle > p->wakes) {
+			p->wakes++;
+			chain = 1;
+		}
 		pthread_mutex_unlock(&p->mu);
+		if (chain)
+			pthread_cond_signal(&p->cv);
 		j->next = NULL;
 		dmx_job_run(j, &zone);
 		msgpack_zone_clear(&zone);
@@ -146,8 +161,7 @@ dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
 	pthread_t tid;
 	ondemand_arg *a;
 	dmx_job *j, *next, *rej_tail = NULL;
-	unsigned wake;
-	int rc;
+	int rc, wake;
 
 	*rejected = NULL;
 	if (head == NULL)
@@ -160,10 +174,13 @@ dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
 		else
 			p->head = head;
 		p->tail = tail;
-		wake = n < (unsigned)p->idle ? n : (unsigned)p->idle;
+		wake = p->idle > p->wakes;
+		if (wake)
+			p->wakes++;
 		pthread_mutex_unlock(&p->mu);
-		while (wake--)
+		if (wake)
 			pthread_cond_signal(&p->cv);
+		(void)n;
 		return;
 	}
 

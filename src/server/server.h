@@ -95,6 +95,7 @@ struct dmx_conn {
 	int		 want_out;	/* socket full: waiting for EPOLLOUT */
 	int		 broken;	/* write failed or closing: drop output */
 	int		 paused;	/* reading paused for back pressure */
+	int		 closing;	/* reading has stopped: close when idle */
 	int		 released;	/* the I/O thread let go */
 	int		 attn;		/* on srv's attention list */
 	dmx_conn	*attn_next;
@@ -125,6 +126,9 @@ void dmx_conn_on_writable(dmx_conn *c);
 /* Hand a finished job to its connection for writing (or recycling, for a
  * notification). Any thread; the job belongs to the connection afterwards. */
 void dmx_conn_send(dmx_job *j);
+/* The same for a list of finished jobs (->next): jobs of one connection
+ * that follow each other are queued together and leave in one writev. */
+void dmx_conn_send_list(dmx_job *head);
 /* Stop reading for good (shutdown). (I/O thread) */
 void dmx_conn_stop_reading(dmx_conn *c);
 /* Act on what workers reported. (I/O thread) */
