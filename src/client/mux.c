@@ -25,9 +25,15 @@
  * record is always completed (or removed by its own timed-out caller) under
  * the lock, and its caller frees nothing until it has seen `done`.
  *
- * Lock: m->mu guards everything marked "mu" below. The condition variable is
- * signalled with the lock held: the record, and its cv, live on the waiter's
- * stack and may vanish the moment the waiter sees `done`.
+ * Waiting: each caller sleeps on its own record's `done` word with a futex,
+ * without holding or re-taking the handle's lock, so a completion costs one
+ * FUTEX_WAKE of exactly that thread and no lock hand-off. The record lives on
+ * the waiter's stack and may vanish the moment the waiter sees done == 1; a
+ * wake that arrives after that hits memory that is still mapped and at worst
+ * causes a spurious wake-up, which every waiter tolerates (the pattern of
+ * glibc's own semaphores).
+ *
+ * Lock: m->mu guards everything marked "mu" below.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,6 +46,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
 #include <sys/socket.h>
@@ -66,10 +74,9 @@ enum mux_state { MUX_OPEN, MUX_CLOSED, MUX_BROKEN };
 typedef struct mux_pending {
 	struct mux_pending *next;	/* hash chain (mu) */
 	uint32_t	 msgid;
-	int		 done;		/* mu */
-	int		 rc;		/* mu */
-	mux_result	*res;
-	pthread_cond_t	 cv;
+	int		 rc;		/* written before done */
+	mux_result	*res;		/* written before done */
+	_Atomic uint32_t done;		/* 0 -> 1 once, under mu; a futex */
 } mux_pending;
 
 struct mux {
@@ -79,7 +86,6 @@ struct mux {
 	int		 wakefd;	/* eventfd: wake the reader */
 	pthread_t	 reader;
 	int		 reader_started;
-	pthread_condattr_t cattr;	/* CLOCK_MONOTONIC for timed waits */
 	size_t		 max_frame;
 
 	pthread_mutex_t	 mu;
@@ -94,7 +100,8 @@ struct mux {
 	size_t		 wcur_off;	/* owned by the writer */
 	int		 writing;	/* mu: a thread owns wcur */
 	int		 want_out;	/* mu: the reader must finish the write */
-	unsigned	 users;		/* mu: threads inside API calls */
+	_Atomic unsigned users;		/* threads inside API calls */
+	_Atomic int	 freeing;	/* mux_free waits for users == 0 */
 	pthread_cond_t	 users_cv;	/* mu: users dropped to 0 */
 	uint64_t	 late;		/* mu: responses nobody waited for */
 };
@@ -134,6 +141,29 @@ wake_reader(mux_t *m)
 	if (write(m->wakefd, &one, sizeof(one)) < 0) {
 		/* EAGAIN: the counter is already non-zero, it will wake */
 	}
+}
+
+static void
+futex_wake_one(_Atomic uint32_t *w)
+{
+	syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Sleep while *w == 0, at most *rel (NULL: no limit). Spurious returns are
+ * fine: callers loop. */
+static void
+futex_wait_zero(_Atomic uint32_t *w, const struct timespec *rel)
+{
+	syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, 0, rel, NULL, 0);
+}
+
+/* Mark p finished (mu held) and wake its caller. */
+static void
+complete(mux_pending *p, int rc)
+{
+	p->rc = rc;
+	atomic_store_explicit(&p->done, 1, memory_order_release);
+	futex_wake_one(&p->done);
 }
 
 /* ---- pending table (mu held) ---- */
@@ -198,11 +228,9 @@ table_remove(mux_t *m, mux_pending **pp)
 static void
 complete_local(mux_pending *p, int rc, const char *why)
 {
-	p->rc = rc;
 	if (p->res->message == NULL)
 		p->res->message = strdup(why ? why : mux_strerror(rc));
-	p->done = 1;
-	pthread_cond_signal(&p->cv);
+	complete(p, rc);
 }
 
 /* Fail every pending call (mu held). */
@@ -354,13 +382,15 @@ queue_msg(mux_t *m, int type, uint32_t msgid, const char *method,
 
 /* ---- entering and leaving the API ---- */
 
+/* Count the caller in and take the lock; returns MUX_OK if the handle is
+ * open. The lock is held on return either way. */
 static int
 enter(mux_t *m, mux_result *res)
 {
 	int rc;
 
+	atomic_fetch_add(&m->users, 1);
 	pthread_mutex_lock(&m->mu);
-	m->users++;
 	if (m->state == MUX_OPEN)
 		return MUX_OK;
 	rc = m->state == MUX_CLOSED ? MUX_ECLOSED : MUX_ECONN;
@@ -370,12 +400,56 @@ enter(mux_t *m, mux_result *res)
 	return rc;
 }
 
+/* Count the caller out (no lock held). */
 static void
 leave(mux_t *m)
 {
-	if (--m->users == 0)
+	if (atomic_fetch_sub(&m->users, 1) == 1 && atomic_load(&m->freeing)) {
+		pthread_mutex_lock(&m->mu);
 		pthread_cond_broadcast(&m->users_cv);
-	pthread_mutex_unlock(&m->mu);
+		pthread_mutex_unlock(&m->mu);
+	}
+}
+
+/* Wait for p to finish, until *dl (CLOCK_MONOTONIC; NULL: no limit). */
+static int
+wait_done(mux_t *m, mux_pending *p, const struct timespec *dl)
+{
+	struct timespec now, rel;
+	mux_pending **pp;
+
+	for (;;) {
+		if (atomic_load_explicit(&p->done, memory_order_acquire))
+			return p->rc;
+		if (dl == NULL) {
+			futex_wait_zero(&p->done, NULL);
+			continue;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		rel.tv_sec = dl->tv_sec - now.tv_sec;
+		rel.tv_nsec = dl->tv_nsec - now.tv_nsec;
+		if (rel.tv_nsec < 0) {
+			rel.tv_sec--;
+			rel.tv_nsec += 1000000000L;
+		}
+		if (rel.tv_sec >= 0) {
+			futex_wait_zero(&p->done, &rel);
+			continue;
+		}
+		/* timed out: unless the reader completed it meanwhile, take
+		 * the record out of the table so that nobody will */
+		pthread_mutex_lock(&m->mu);
+		if (!atomic_load_explicit(&p->done, memory_order_acquire)) {
+			pp = table_find(m, p->msgid);
+			if (pp != NULL && *pp == p)
+				table_remove(m, pp);
+			p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
+			p->rc = MUX_ETIMEDOUT;
+			atomic_store_explicit(&p->done, 1, memory_order_relaxed);
+		}
+		pthread_mutex_unlock(&m->mu);
+		return p->rc;
+	}
 }
 
 /* params must be exactly one msgpack array: anything else would corrupt the
@@ -423,13 +497,14 @@ mux_call(mux_t *m, const char *method, const void *params, size_t len,
 		}
 	}
 	if ((rc = enter(m, res)) != MUX_OK) {
+		pthread_mutex_unlock(&m->mu);
 		leave(m);
 		return rc;
 	}
 	memset(&p, 0, sizeof(p));
 	p.res = res;
-	pthread_cond_init(&p.cv, &m->cattr);
 	if (table_insert(m, &p) != 0) {
+		pthread_mutex_unlock(&m->mu);
 		rc = MUX_ENOMEM;
 		goto out;
 	}
@@ -437,30 +512,15 @@ mux_call(mux_t *m, const char *method, const void *params, size_t len,
 	if (rc != MUX_OK) {
 		mux_pending **pp = table_find(m, p.msgid);
 
-		if (pp != NULL && !p.done)
+		if (pp != NULL && *pp == &p)
 			table_remove(m, pp);
-		if (p.done)
-			rc = p.rc;
+		pthread_mutex_unlock(&m->mu);
 		goto out;
 	}
-	while (!p.done) {
-		if (timeout_ms <= 0) {
-			pthread_cond_wait(&p.cv, &m->mu);
-		} else if (pthread_cond_timedwait(&p.cv, &m->mu, &dl) ==
-		    ETIMEDOUT && !p.done) {
-			mux_pending **pp = table_find(m, p.msgid);
-
-			if (pp != NULL && *pp == &p)
-				table_remove(m, pp);
-			p.done = 1;
-			p.rc = MUX_ETIMEDOUT;
-			res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
-		}
-	}
-	rc = p.rc;
+	pthread_mutex_unlock(&m->mu);
+	rc = wait_done(m, &p, timeout_ms > 0 ? &dl : NULL);
 out:
 	leave(m);
-	pthread_cond_destroy(&p.cv);
 	if (rc != MUX_OK && rc != MUX_EREMOTE && res->message == NULL)
 		res->message = strdup(mux_strerror(rc));
 	return rc;
@@ -477,6 +537,7 @@ mux_notify(mux_t *m, const char *method, const void *params, size_t len)
 		return MUX_ETOOBIG;
 	if ((rc = enter(m, NULL)) == MUX_OK)
 		rc = queue_msg(m, DMX_MSG_NOTIFY, 0, method, params, len);
+	pthread_mutex_unlock(&m->mu);
 	leave(m);
 	return rc;
 }
@@ -582,11 +643,9 @@ on_response(mux_t *m, dmx_rd *r)
 	p = *pp;
 	table_remove(m, pp);
 	*p->res = tmp;
-	p->rc = rc;
 	if (rc == MUX_ENOMEM)
 		p->res->message = strdup(mux_strerror(rc));
-	p->done = 1;
-	pthread_cond_signal(&p->cv);
+	complete(p, rc);
 	pthread_mutex_unlock(&m->mu);
 	return 0;
 }
@@ -806,10 +865,17 @@ mux_new(int rfd, int wfd, pid_t child, char *err, size_t errlen)
 		free(m);
 		goto fail_fds;
 	}
-	pthread_mutex_init(&m->mu, NULL);
+	{
+		/* callers hold the lock briefly and often: spin a little
+		 * before sleeping */
+		pthread_mutexattr_t ma;
+
+		pthread_mutexattr_init(&ma);
+		pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+		pthread_mutex_init(&m->mu, &ma);
+		pthread_mutexattr_destroy(&ma);
+	}
 	pthread_cond_init(&m->users_cv, NULL);
-	pthread_condattr_init(&m->cattr);
-	pthread_condattr_setclock(&m->cattr, CLOCK_MONOTONIC);
 	rc = pthread_create(&m->reader, NULL, reader_main, m);
 	if (rc != 0) {
 		set_err(err, errlen, "cannot start the reader thread: %s",
@@ -968,8 +1034,9 @@ mux_free(mux_t *m)
 	mux_close(m);
 	if (m->reader_started)
 		pthread_join(m->reader, NULL);
+	atomic_store(&m->freeing, 1);
 	pthread_mutex_lock(&m->mu);
-	while (m->users > 0)
+	while (atomic_load(&m->users) > 0)
 		pthread_cond_wait(&m->users_cv, &m->mu);
 	pthread_mutex_unlock(&m->mu);
 	if (m->wfd != m->rfd)
@@ -981,7 +1048,6 @@ mux_free(mux_t *m)
 	free(m->buckets);
 	dmx_buf_release(&m->wbuf);
 	dmx_buf_release(&m->wcur);
-	pthread_condattr_destroy(&m->cattr);
 	pthread_cond_destroy(&m->users_cv);
 	pthread_mutex_destroy(&m->mu);
 	free(m);
