@@ -33,7 +33,10 @@
  * causes a spurious wake-up, which every waiter tolerates (the pattern of
  * glibc's own semaphores).
  *
- * Lock: m->mu guards everything marked "mu" below.
+ * Locks: m->mu guards the pending table and the state (callers inserting,
+ * the reader completing); m->wmu guards the write buffers (callers queueing,
+ * whoever writes). Two locks, because the reader and the writers would
+ * otherwise contend for one on every message. Order: wmu before mu.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -88,18 +91,19 @@ struct mux {
 	int		 reader_started;
 	size_t		 max_frame;
 
-	pthread_mutex_t	 mu;
-	enum mux_state	 state;		/* mu */
+	pthread_mutex_t	 mu;		/* the table and the state */
+	pthread_mutex_t	 wmu;		/* the write buffers; taken before mu */
+	_Atomic int	 state;		/* enum mux_state; written under mu */
 	char		 why[MUX_ERRLEN]; /* mu: reason for BROKEN */
 	uint32_t	 next_id;	/* mu */
 	mux_pending	**buckets;	/* mu: power-of-two hash table */
 	size_t		 nbuckets;	/* mu */
 	size_t		 npending;	/* mu */
-	dmx_buf		 wbuf;		/* mu: requests not yet being written */
+	dmx_buf		 wbuf;		/* wmu: requests not yet being written */
 	dmx_buf		 wcur;		/* owned by the writer (writing=1) */
 	size_t		 wcur_off;	/* owned by the writer */
-	int		 writing;	/* mu: a thread owns wcur */
-	int		 want_out;	/* mu: the reader must finish the write */
+	int		 writing;	/* wmu: a thread owns wcur */
+	int		 want_out;	/* wmu: the reader must finish the write */
 	_Atomic unsigned users;		/* threads inside API calls */
 	_Atomic int	 freeing;	/* mux_free waits for users == 0 */
 	pthread_cond_t	 users_cv;	/* mu: users dropped to 0 */
@@ -248,7 +252,8 @@ fail_all(mux_t *m, int rc, const char *why)
 		m->buckets[i] = NULL;
 	}
 	m->npending = 0;
-	m->wbuf.len = 0;
+	/* queued requests are dropped by the next writer, which checks the
+	 * state */
 }
 
 /* The connection is unusable (mu held). */
@@ -300,8 +305,8 @@ raw_write(mux_t *m, const void *p, size_t n)
 }
 
 /*
- * Write queued requests until none are left or the fd is full. Called with mu
- * held and writing == 0; drops mu around each syscall. On EAGAIN the rest is
+ * Write queued requests until none are left or the fd is full. Called with wmu
+ * held and writing == 0; drops wmu around each syscall. On EAGAIN the rest is
  * left to the reader thread (want_out).
  */
 static void
@@ -311,7 +316,7 @@ flush_locked(mux_t *m)
 	ssize_t n;
 
 	m->writing = 1;
-	while (m->state == MUX_OPEN) {
+	while (atomic_load(&m->state) == MUX_OPEN) {
 		if (m->wcur_off == m->wcur.len) {
 			m->wcur.len = 0;
 			m->wcur_off = 0;
@@ -321,12 +326,12 @@ flush_locked(mux_t *m)
 			m->wcur = m->wbuf;
 			m->wbuf = tmp;
 		}
-		pthread_mutex_unlock(&m->mu);
+		pthread_mutex_unlock(&m->wmu);
 		do
 			n = raw_write(m, m->wcur.data + m->wcur_off,
 			    m->wcur.len - m->wcur_off);
 		while (n < 0 && errno == EINTR);
-		pthread_mutex_lock(&m->mu);
+		pthread_mutex_lock(&m->wmu);
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			if (!m->want_out) {
 				m->want_out = 1;
@@ -335,21 +340,25 @@ flush_locked(mux_t *m)
 			break;
 		}
 		if (n < 0) {
+			int e = errno;
+
+			pthread_mutex_lock(&m->mu);
 			set_broken(m, "connection lost (write: %s); the "
-			    "effect of calls in flight is unknown",
-			    strerror(errno));
+			    "effect of calls in flight is unknown", strerror(e));
+			pthread_mutex_unlock(&m->mu);
 			break;
 		}
 		m->wcur_off += (size_t)n;
 	}
-	if (m->state != MUX_OPEN) {
+	if (atomic_load(&m->state) != MUX_OPEN) {
 		m->wcur.len = m->wcur_off = 0;
 		m->wbuf.len = 0;
 	}
 	m->writing = 0;
 }
 
-/* Queue one message (header + params) and write if nobody else is. mu held. */
+/* Queue one message (header + params) and write if nobody else is. wmu
+ * held. */
 static int
 queue_msg(mux_t *m, int type, uint32_t msgid, const char *method,
     const void *params, size_t len)
@@ -391,9 +400,9 @@ enter(mux_t *m, mux_result *res)
 
 	atomic_fetch_add(&m->users, 1);
 	pthread_mutex_lock(&m->mu);
-	if (m->state == MUX_OPEN)
+	if (atomic_load(&m->state) == MUX_OPEN)
 		return MUX_OK;
-	rc = m->state == MUX_CLOSED ? MUX_ECLOSED : MUX_ECONN;
+	rc = atomic_load(&m->state) == MUX_CLOSED ? MUX_ECLOSED : MUX_ECONN;
 	if (res != NULL)
 		res->message = strdup(rc == MUX_ECONN && m->why[0] ? m->why :
 		    mux_strerror(rc));
@@ -508,16 +517,22 @@ mux_call(mux_t *m, const char *method, const void *params, size_t len,
 		rc = MUX_ENOMEM;
 		goto out;
 	}
+	pthread_mutex_unlock(&m->mu);
+	pthread_mutex_lock(&m->wmu);
 	rc = queue_msg(m, DMX_MSG_REQUEST, p.msgid, method, params, len);
+	pthread_mutex_unlock(&m->wmu);
 	if (rc != MUX_OK) {
-		mux_pending **pp = table_find(m, p.msgid);
+		mux_pending **pp;
 
+		pthread_mutex_lock(&m->mu);
+		pp = table_find(m, p.msgid);
 		if (pp != NULL && *pp == &p)
 			table_remove(m, pp);
+		else
+			rc = p.rc;	/* completed (failed) meanwhile, under mu */
 		pthread_mutex_unlock(&m->mu);
 		goto out;
 	}
-	pthread_mutex_unlock(&m->mu);
 	rc = wait_done(m, &p, timeout_ms > 0 ? &dl : NULL);
 out:
 	leave(m);
@@ -535,9 +550,13 @@ mux_notify(mux_t *m, const char *method, const void *params, size_t len)
 		return MUX_EINVAL;
 	if (len > m->max_frame)
 		return MUX_ETOOBIG;
-	if ((rc = enter(m, NULL)) == MUX_OK)
-		rc = queue_msg(m, DMX_MSG_NOTIFY, 0, method, params, len);
+	rc = enter(m, NULL);
 	pthread_mutex_unlock(&m->mu);
+	if (rc == MUX_OK) {
+		pthread_mutex_lock(&m->wmu);
+		rc = queue_msg(m, DMX_MSG_NOTIFY, 0, method, params, len);
+		pthread_mutex_unlock(&m->wmu);
+	}
 	leave(m);
 	return rc;
 }
@@ -567,15 +586,54 @@ dup_str(const char *s, uint32_t n)
 	return p;
 }
 
+/* Responses decoded from one read, handed to their callers under one lock. */
+#define DONE_BATCH 64
+typedef struct done_batch {
+	unsigned	n;
+	struct {
+		uint32_t   id;
+		int	   rc;
+		mux_result res;
+	} item[DONE_BATCH];
+} done_batch;
+
+static void
+batch_flush(mux_t *m, done_batch *b)
+{
+	mux_pending **pp, *p;
+	unsigned i;
+
+	if (b->n == 0)
+		return;
+	pthread_mutex_lock(&m->mu);
+	for (i = 0; i < b->n; i++) {
+		pp = table_find(m, b->item[i].id);
+		if (pp == NULL) {
+			m->late++;	/* its caller timed out: drop it */
+			continue;
+		}
+		p = *pp;
+		table_remove(m, pp);
+		*p->res = b->item[i].res;
+		memset(&b->item[i].res, 0, sizeof(b->item[i].res));
+		if (b->item[i].rc == MUX_ENOMEM)
+			p->res->message = strdup(mux_strerror(MUX_ENOMEM));
+		complete(p, b->item[i].rc);
+	}
+	pthread_mutex_unlock(&m->mu);
+	for (i = 0; i < b->n; i++)
+		mux_result_free(&b->item[i].res);	/* the dropped ones */
+	b->n = 0;
+}
+
 /*
- * Decode one response into a detached result, then hand it to its caller.
+ * Decode one response into a detached result and add it to the batch.
  * Returns -1 if the frame is not a valid message (protocol error).
  */
 static int
-on_response(mux_t *m, dmx_rd *r)
+on_response(mux_t *m, dmx_rd *r, done_batch *b)
 {
 	mux_result tmp;
-	mux_pending **pp, *p;
 	uint64_t id;
 	int rc = MUX_OK;
 	const uint8_t *err_start;
@@ -632,21 +690,12 @@ on_response(mux_t *m, dmx_rd *r)
 		}
 	}
 
-	pthread_mutex_lock(&m->mu);
-	pp = table_find(m, (uint32_t)id);
-	if (pp == NULL) {
-		m->late++;
-		pthread_mutex_unlock(&m->mu);
-		mux_result_free(&tmp);
-		return 0;
-	}
-	p = *pp;
-	table_remove(m, pp);
-	*p->res = tmp;
-	if (rc == MUX_ENOMEM)
-		p->res->message = strdup(mux_strerror(rc));
-	complete(p, rc);
-	pthread_mutex_unlock(&m->mu);
+	if (b->n == DONE_BATCH)
+		batch_flush(m, b);
+	b->item[b->n].id = (uint32_t)id;
+	b->item[b->n].rc = rc;
+	b->item[b->n].res = tmp;
+	b->n++;
 	return 0;
 }
 
@@ -672,7 +721,7 @@ on_notify(mux_t *m, dmx_rd *r)
 }
 
 static int
-on_frame(mux_t *m, const uint8_t *p, size_t n)
+on_frame(mux_t *m, const uint8_t *p, size_t n, done_batch *b)
 {
 	uint32_t cnt;
 	uint64_t type;
@@ -682,7 +731,7 @@ on_frame(mux_t *m, const uint8_t *p, size_t n)
 	if (dmx_rd_array(&r, &cnt) != 0 || dmx_rd_uint(&r, &type) != 0)
 		return -1;
 	if (type == DMX_MSG_RESPONSE && cnt == 4)
-		return on_response(m, &r);
+		return on_response(m, &r, b);
 	if (type == DMX_MSG_NOTIFY && cnt == 3) {
 		on_notify(m, &r);
 		return 0;
@@ -714,17 +763,21 @@ reader_main(void *arg)
 	struct pollfd pfd[3];
 	size_t off, flen, room;
 	ssize_t n;
-	int np, want_out, rc, i;
+	int np, want_out, rc, i, readable = 0;
 	uint64_t v;
+	static __thread done_batch batch;
 
 	for (;;) {
-		pthread_mutex_lock(&m->mu);
-		if (m->state != MUX_OPEN) {
-			pthread_mutex_unlock(&m->mu);
+		if (atomic_load(&m->state) != MUX_OPEN)
 			break;
-		}
+		pthread_mutex_lock(&m->wmu);
 		want_out = m->want_out && !m->writing;
-		pthread_mutex_unlock(&m->mu);
+		pthread_mutex_unlock(&m->wmu);
+		/* after a read that returned data, read again before polling:
+		 * under load more has usually arrived meanwhile, and the read
+		 * that finds nothing is cheaper than a poll per batch */
+		if (readable && !want_out)
+			goto read;
 
 		np = 0;
 		pfd[np].fd = m->wakefd;
@@ -755,16 +808,16 @@ reader_main(void *arg)
 		if ((pfd[1].revents & POLLOUT) ||
 		    (np == 3 && (pfd[2].revents & (POLLOUT | POLLERR |
 		    POLLHUP)))) {
-			pthread_mutex_lock(&m->mu);
+			pthread_mutex_lock(&m->wmu);
 			if (!m->writing && m->want_out) {
 				m->want_out = 0;
 				flush_locked(m);
 			}
-			pthread_mutex_unlock(&m->mu);
+			pthread_mutex_unlock(&m->wmu);
 		}
 		if (!(pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
 			continue;
-
+read:
 		/* read as much as there is, frame, dispatch */
 		room = READ_CHUNK;
 		if (sc.pos + 1 > rb.len && sc.pos + 1 - rb.len > room)
@@ -774,6 +827,7 @@ reader_main(void *arg)
 			break;
 		}
 		n = read(m->rfd, rb.data + rb.len, rb.cap - rb.len);
+		readable = n > 0 && (size_t)n == rb.cap - rb.len;
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n <= 0) {
@@ -790,12 +844,14 @@ reader_main(void *arg)
 			    rb.len - off, m->max_frame, &flen);
 			if (rc != DMX_SCAN_FRAME)
 				break;
-			if (on_frame(m, (uint8_t *)rb.data + off, flen) != 0) {
+			if (on_frame(m, (uint8_t *)rb.data + off, flen, &batch) !=
+			    0) {
 				rc = DMX_SCAN_INVALID;
 				break;
 			}
 			off += flen;
 		}
+		batch_flush(m, &batch);
 		if (rc == DMX_SCAN_INVALID) {
 			reader_broken(m, "%s", "protocol error: the server sent "
 			    "a message that is not a valid response");
@@ -873,6 +929,7 @@ mux_new(int rfd, int wfd, pid_t child, char *err, size_t errlen)
 		pthread_mutexattr_init(&ma);
 		pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
 		pthread_mutex_init(&m->mu, &ma);
+		pthread_mutex_init(&m->wmu, &ma);
 		pthread_mutexattr_destroy(&ma);
 	}
 	pthread_cond_init(&m->users_cv, NULL);
@@ -1049,6 +1106,7 @@ mux_free(mux_t *m)
 	dmx_buf_release(&m->wbuf);
 	dmx_buf_release(&m->wcur);
 	pthread_cond_destroy(&m->users_cv);
+	pthread_mutex_destroy(&m->wmu);
 	pthread_mutex_destroy(&m->mu);
 	free(m);
 }
