@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <execinfo.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,27 @@ dmx_host_fill(demux_host *h)
 
 /* ---- running a job ---- */
 
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Fold one run time into the method's moving average (1/8 weight). */
+static void
+note_run_time(const dmx_route *rt, uint64_t ns)
+{
+	uint32_t avg = atomic_load_explicit(&rt->stats->avg_ns,
+	    memory_order_relaxed), v = ns > UINT32_MAX - 1 ? UINT32_MAX - 1 :
+	    (uint32_t)ns;
+
+	avg = avg == UINT32_MAX ? v : avg - avg / 8 + v / 8;
+	atomic_store_explicit(&rt->stats->avg_ns, avg, memory_order_relaxed);
+}
+
 void
 dmx_job_run(dmx_job *j, msgpack_zone *zone)
 {
@@ -141,6 +163,7 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 	msgpack_object params;
 	demux_request req;
 	size_t off = 0, rlen;
+	uint64_t t0;
 	int rc;
 
 	j->head.host = &pl->host;
@@ -174,7 +197,9 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 	req.raw = j->in.data + j->params_off;
 	req.raw_len = j->params_len;
 
+	t0 = now_ns();
 	pl->desc->process_transaction(pl->state, &req, (demux_call *)j);
+	note_run_time(rt, now_ns() - t0);
 
 	if (!j->errored) {
 		rlen = j->out.len - j->result_off;
@@ -195,5 +220,4 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 send:
 	if (j->notify)
 		j->out.len = 0;
-	dmx_conn_send(j);
 }

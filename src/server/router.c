@@ -11,6 +11,7 @@
 
 struct dmx_router {
 	dmx_route	*routes;	/* nroutes entries, sorted by name */
+	dmx_route_stats	*stats;		/* one per route */
 	size_t		 nroutes;
 	const dmx_route **slots;	/* nslots, power of two, NULL = empty */
 	size_t		 mask;
@@ -89,10 +90,11 @@ dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err, size_t errlen)
 	if (r == NULL)
 		goto oom;
 	r->routes = calloc(total ? total : 1, sizeof(*r->routes));
+	r->stats = calloc(total ? total : 1, sizeof(*r->stats));
 	for (nslots = 16; nslots < total * 2; nslots *= 2)
 		;
 	r->slots = calloc(nslots, sizeof(*r->slots));
-	if (r->routes == NULL || r->slots == NULL)
+	if (r->routes == NULL || r->slots == NULL || r->stats == NULL)
 		goto oom;
 	r->mask = nslots - 1;
 	for (i = 0, k = 0; i < n; i++)
@@ -104,6 +106,11 @@ dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err, size_t errlen)
 		}
 	r->nroutes = total;
 	qsort(r->routes, total, sizeof(*r->routes), route_cmp);
+	for (k = 0; k < total; k++) {
+		r->routes[k].stats = &r->stats[k];
+		/* unknown until measured: not batched before then */
+		atomic_init(&r->stats[k].avg_ns, UINT32_MAX);
+	}
 	for (k = 0; k < total; k++) {
 		const dmx_route *rt = &r->routes[k];
 
@@ -135,6 +142,7 @@ dmx_router_free(dmx_router *r)
 	if (r == NULL)
 		return;
 	free(r->routes);
+	free(r->stats);
 	free(r->slots);
 	dmx_buf_release(&r->methods);
 	dmx_buf_release(&r->plugins);

@@ -9,18 +9,30 @@
 #ifndef DMX_ROUTER_H
 #define DMX_ROUTER_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "../common/buf.h"
 #include "plugin_host.h"
 
+/* What workers learn about a method as they run it. Written without locks
+ * (relaxed atomics): approximate by design. */
+typedef struct dmx_route_stats {
+	_Atomic uint32_t avg_ns;	/* moving average of the run time */
+} dmx_route_stats;
+
 typedef struct dmx_route {
 	const char	*name;		/* "echo.echo", owned by the plugin */
 	size_t		 len;
 	dmx_plugin	*plugin;
 	int		 index;		/* into plugin->desc->methods */
+	dmx_route_stats	*stats;		/* owned by the router, mutable */
 } dmx_route;
+
+/* A method whose average run time is below this is "fast": a worker may
+ * take several of its jobs at once and send their replies together. */
+#define DMX_FAST_NS 20000u
 
 typedef struct dmx_router dmx_router;
 

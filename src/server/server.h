@@ -136,7 +136,8 @@ void dmx_conn_attend(dmx_conn *c);
 /* The I/O thread lets go of the connection; freed now or by the last job. */
 void dmx_conn_release(dmx_conn *c);
 
-/* Run a routed job on a worker: decode, call the plugin, validate, send. */
+/* Run a routed job on a worker: decode, call the plugin, validate. The reply
+ * is then in j->out (empty for a notification); the caller sends it. */
 void dmx_job_run(dmx_job *j, msgpack_zone *zone);
 /* Make `out` hold an error response for the job's msgid. */
 void dmx_job_set_error(dmx_job *j, int64_t code, const char *msg,
