@@ -173,6 +173,13 @@ is "$rc" 1 "a listen address that cannot be bound exits 1 (runtime, not config)"
 like "$out" "$f:1:9: listen: unix:$TMP/no/such/dir/demux.sock: bind: No such file" \
     "...naming the configured address and why"
 
+# a configuration named without a folder: its plugin paths are relative to
+# the current folder (dlopen would otherwise search the library path)
+mkdir "$TMP/here" && cp "$BUILD/plugins/echo.so" "$TMP/here/echo.so"
+printf 'plugins:\n  - name: echo\n    path: echo.so\n' > "$TMP/here/bare.yaml"
+out=$(cd "$TMP/here" && "$DEMUXD" --check -c bare.yaml 2>&1); rc=$?
+is "$rc" 0 "-c FILE without a folder: plugin paths resolve next to it ($out)"
+
 run "$DEMUXD" --bogus
 is "$rc" 2 "an unknown flag exits 2"
 like "$out" "usage: demuxd" "...with usage"

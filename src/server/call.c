@@ -44,6 +44,7 @@ dmx_job_set_error(dmx_job *j, int64_t code, const char *msg, const char *trace)
 
 	j->out.len = 0;
 	j->errored = 1;
+	j->err_code = code;
 	msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
 	msgpack_pack_array(&pk, 4);
 	msgpack_pack_uint8(&pk, DMX_MSG_RESPONSE);
@@ -198,7 +199,9 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 	req.raw_len = j->params_len;
 
 	t0 = now_ns();
+	atomic_fetch_add_explicit(&rt->stats->m.running, 1, memory_order_relaxed);
 	pl->desc->process_transaction(pl->state, &req, (demux_call *)j);
+	atomic_fetch_sub_explicit(&rt->stats->m.running, 1, memory_order_relaxed);
 	note_run_time(rt, now_ns() - t0);
 
 	if (!j->errored) {
@@ -220,4 +223,20 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 send:
 	if (j->notify)
 		j->out.len = 0;
+	/* the answer is ready: account for it */
+	{
+		dmx_method_stats *ms = &rt->stats->m;
+
+		atomic_fetch_add_explicit(&ms->calls, 1, memory_order_relaxed);
+		if (j->errored)
+			dmx_method_error(ms, j->err_code);
+		uint64_t dt = now_ns() - j->t_dispatch;
+
+		dmx_hist_record(&ms->latency, dt);
+		if (dmx_access_enabled())
+			dmx_access_log(j->conn->id, j->msgid, j->notify,
+			    rt->name, rt->len, j->errored, j->err_code, dt);
+		atomic_fetch_sub_explicit(&ms->in_flight, 1,
+		    memory_order_relaxed);
+	}
 }

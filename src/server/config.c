@@ -68,19 +68,24 @@ node_kind(const yaml_node_t *n)
 	}
 }
 
-/* Join a relative path to the config file's folder. */
+/*
+ * Join a relative path to the config file's folder. The result always has a
+ * slash: dlopen() treats a bare "x.so" as a library name to search for, not
+ * as the file next to the configuration.
+ */
 static char *
 resolve(const cfg_ctx *c, const char *p)
 {
+	const char *dir = c->dir[0] != '\0' ? c->dir : ".";
 	char *out;
 	size_t n;
 
-	if (p[0] == '/' || c->dir[0] == '\0')
+	if (p[0] == '/')
 		return strdup(p);
-	n = strlen(c->dir) + 1 + strlen(p) + 1;
+	n = strlen(dir) + 1 + strlen(p) + 1;
 	out = malloc(n);
 	if (out != NULL)
-		snprintf(out, n, "%s/%s", c->dir, p);
+		snprintf(out, n, "%s/%s", dir, p);
 	return out;
 }
 
@@ -495,13 +500,29 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				return cfg_fail(c, v, "log_level: expected error, "
 				    "warn, info or debug");
 			cfg->log_level = i;
+		} else if (strcmp(key, "metrics") == 0) {
+			if (s == NULL || strncmp(s, "tcp:", 4) != 0)
+				return cfg_fail(c, v, "metrics: expected a tcp:HOST:PORT "
+				    "address for the Prometheus endpoint");
+			free(cfg->metrics);
+			cfg->metrics = strdup(s);
+			cfg->metrics_line = (int)v->start_mark.line + 1;
+			cfg->metrics_col = (int)v->start_mark.column + 1;
+		} else if (strcmp(key, "access_log") == 0) {
+			if (s == NULL || *s == '\0')
+				return cfg_fail(c, v, "access_log: expected a file "
+				    "name, or \"-\" for stderr");
+			free(cfg->access_log);
+			cfg->access_log = strcmp(s, "-") == 0 ? strdup("-") :
+			    resolve(c, s);
 		} else if (strcmp(key, "plugins") == 0) {
 			if (load_plugins(c, cfg, v) != 0)
 				return -1;
 		} else {
 			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
 			    "workers, max_threads, max_frame, max_inflight, "
-			    "max_connections, log_level or plugins)", key);
+			    "max_connections, log_level, metrics, access_log or "
+			    "plugins)", key);
 		}
 	}
 	return 0;
@@ -600,6 +621,8 @@ dmx_config_free(dmx_config *cfg)
 		free(cfg->plugins[i].config);
 	}
 	free(cfg->plugins);
+	free(cfg->metrics);
+	free(cfg->access_log);
 	free(cfg->file);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -37,6 +37,9 @@ typedef struct dmx_config {
 	unsigned	 max_inflight;	/* per connection */
 	unsigned	 max_connections;
 	int		 log_level;	/* -1: not set in the file */
+	char		*metrics;	/* "tcp:HOST:PORT" for GET /metrics, or NULL */
+	int		 metrics_line, metrics_col;
+	char		*access_log;	/* path (resolved), "-" for stderr, or NULL */
 	dmx_conf_plugin	*plugins;
 	size_t		 nplugins;
 } dmx_config;

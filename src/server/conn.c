@@ -155,6 +155,8 @@ flush_locked(dmx_conn *c)
 			break;
 		}
 		left = (size_t)n;
+		atomic_fetch_add_explicit(&dmx_server_stats_get(c->srv)->bytes_out,
+		    (uint64_t)n, memory_order_relaxed);
 		while (c->oq_head != NULL) {
 			j = c->oq_head;
 			if (j->out.len - c->oq_off > left) {
@@ -253,12 +255,9 @@ dmx_conn_on_writable(dmx_conn *c)
 
 /* ---- host-made replies (I/O thread) ---- */
 
-static void
-send_error(dmx_conn *c, uint32_t msgid, int64_t code, const char *fmt, ...)
-    DEMUX_PRINTF(4, 5);
-
-static void
-send_error(dmx_conn *c, uint32_t msgid, int64_t code, const char *fmt, ...)
+void
+dmx_conn_reply_error(dmx_conn *c, uint32_t msgid, int64_t code,
+    const char *fmt, ...)
 {
 	char msg[512];
 	dmx_job *j;
@@ -310,8 +309,8 @@ send_error_notice(dmx_conn *c, int64_t code, const char *fmt, ...)
 	dmx_conn_send(j);
 }
 
-static void
-send_result(dmx_conn *c, uint32_t msgid, const void *result, size_t len)
+void
+dmx_conn_reply(dmx_conn *c, uint32_t msgid, const void *result, size_t len)
 {
 	msgpack_packer pk;
 	dmx_job *j;
@@ -335,33 +334,6 @@ typedef struct batch {
 	unsigned n;
 } batch;
 
-static void
-builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m, uint32_t ml)
-{
-	const dmx_router *r = dmx_server_router(c->srv);
-	const dmx_buf *b;
-
-	if (notify)
-		return;		/* $/ notifications the server does not know
-				 * are ignored, as LSP specifies */
-	if (ml == 6 && memcmp(m, "$/ping", 6) == 0) {
-		send_result(c, msgid, "\xa4pong", 5);
-		return;
-	}
-	if (ml == 9 && memcmp(m, "$/methods", 9) == 0) {
-		b = dmx_router_methods(r);
-		send_result(c, msgid, b->data, b->len);
-		return;
-	}
-	if (ml == 9 && memcmp(m, "$/plugins", 9) == 0) {
-		b = dmx_router_plugins(r);
-		send_result(c, msgid, b->data, b->len);
-		return;
-	}
-	send_error(c, msgid, DMX_E_NO_METHOD, "method '%.*s' not found",
-	    (int)(ml > 200 ? 200 : ml), m);
-}
-
 /* One complete frame. */
 static void
 dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
@@ -374,6 +346,8 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	dmx_rd r;
 	dmx_job *j;
 
+	atomic_fetch_add_explicit(&dmx_server_stats_get(c->srv)->requests, 1,
+	    memory_order_relaxed);
 	dmx_rd_init(&r, p, len);
 	if (dmx_rd_array(&r, &n) != 0 || n == 0 || dmx_rd_uint(&r, &type) != 0) {
 		send_error_notice(c, DMX_E_INVALID_REQUEST, "invalid request: "
@@ -389,7 +363,7 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 			return;
 		}
 		if (n != 4) {
-			send_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
+			dmx_conn_reply_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
 			    "invalid request: a request has 4 elements, not %u",
 			    n);
 			return;
@@ -409,7 +383,7 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 			send_error_notice(c, DMX_E_INVALID_REQUEST,
 			    "invalid notification: method must be a string");
 		else
-			send_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
+			dmx_conn_reply_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
 			    "invalid request: method must be a string");
 		return;
 	}
@@ -418,12 +392,15 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 			send_error_notice(c, DMX_E_INVALID_REQUEST,
 			    "invalid notification: params must be an array");
 		else
-			send_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
+			dmx_conn_reply_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
 			    "invalid request: params must be an array");
 		return;
 	}
 	if (ml >= 2 && m[0] == '$' && m[1] == '/') {
-		builtin(c, notify, (uint32_t)msgid, m, ml);
+		int code = dmx_builtin(c, notify, (uint32_t)msgid, m, ml);
+
+		dmx_access_log(c->id, (uint32_t)msgid, notify, m, ml, code != 0,
+		    code, 0);
 		return;
 	}
 	rt = dmx_router_find(dmx_server_router(c->srv), m, ml);
@@ -433,9 +410,11 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 			    "'%.*s' dropped", c->id, (int)(ml > 200 ? 200 : ml),
 			    m);
 		else
-			send_error(c, (uint32_t)msgid, DMX_E_NO_METHOD,
+			dmx_conn_reply_error(c, (uint32_t)msgid, DMX_E_NO_METHOD,
 			    "method '%.*s' not found",
 			    (int)(ml > 200 ? 200 : ml), m);
+		dmx_access_log(c->id, (uint32_t)msgid, notify, m, ml, 1,
+		    DMX_E_NO_METHOD, 0);
 		return;
 	}
 	j = job_get(c);
@@ -453,6 +432,9 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	j->route = rt;
 	j->msgid = (uint32_t)msgid;
 	j->notify = (uint8_t)notify;
+	j->t_dispatch = dmx_now_ns();
+	atomic_fetch_add_explicit(&rt->stats->m.in_flight, 1,
+	    memory_order_relaxed);
 	j->params_off = (uint32_t)(r.p - p);
 	j->params_len = (uint32_t)(len - j->params_off);
 	if (bt->tail)
@@ -473,6 +455,15 @@ submit(dmx_conn *c, batch *bt)
 		next = rej->next;
 		dmx_job_set_error(rej, DMX_E_OVERLOADED, "overloaded: "
 		    "max_threads reached, not executed", NULL);
+		{
+			dmx_method_stats *ms = &rej->route->stats->m;
+
+			atomic_fetch_add_explicit(&ms->calls, 1,
+			    memory_order_relaxed);
+			dmx_method_error(ms, DMX_E_OVERLOADED);
+			atomic_fetch_sub_explicit(&ms->in_flight, 1,
+			    memory_order_relaxed);
+		}
 		if (rej->notify)
 			rej->out.len = 0;
 		dmx_conn_send(rej);
@@ -501,7 +492,7 @@ fatal_frame(dmx_conn *c, const uint8_t *p, size_t n, int why)
 		if (dmx_rd_array(&r, &cnt) == 0 && cnt >= 2 &&
 		    dmx_rd_uint(&r, &type) == 0 && type == DMX_MSG_REQUEST &&
 		    dmx_rd_uint(&r, &msgid) == 0 && msgid <= UINT32_MAX)
-			send_error(c, (uint32_t)msgid, DMX_E_TOO_LARGE,
+			dmx_conn_reply_error(c, (uint32_t)msgid, DMX_E_TOO_LARGE,
 			    "message too large: over max_frame (%zu bytes)",
 			    cfg->max_frame);
 		else
@@ -632,6 +623,8 @@ dmx_conn_on_readable(dmx_conn *c)
 			break;
 		}
 		total += (size_t)n;
+		atomic_fetch_add_explicit(&dmx_server_stats_get(c->srv)->bytes_in,
+		    (uint64_t)n, memory_order_relaxed);
 		if (c->rbuf.len > 0) {
 			c->rbuf.len += (size_t)n;
 			used = parse(c, (uint8_t *)c->rbuf.data, c->rbuf.len, &bt);

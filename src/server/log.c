@@ -1,6 +1,8 @@
 /*
  * log.c - see log.h.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -70,4 +72,66 @@ dmx_log(int level, const char *fmt, ...)
 	va_start(ap, fmt);
 	dmx_vlog(level, NULL, fmt, ap);
 	va_end(ap);
+}
+
+static int access_fd = -1;
+
+int
+dmx_access_open(const char *path, char *err, size_t errlen)
+{
+	if (strcmp(path, "-") == 0) {
+		access_fd = STDERR_FILENO;
+		return 0;
+	}
+	access_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+	if (access_fd < 0) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+void
+dmx_access_close(void)
+{
+	if (access_fd > STDERR_FILENO)
+		close(access_fd);
+	access_fd = -1;
+}
+
+int
+dmx_access_enabled(void)
+{
+	return access_fd >= 0;
+}
+
+void
+dmx_access_log(unsigned conn, uint32_t msgid, int notify, const char *method,
+    size_t mlen, int errored, int64_t code, uint64_t ns)
+{
+	char line[512], status[24];
+	struct timespec ts;
+	struct tm tm;
+	size_t n;
+	int r;
+
+	if (access_fd < 0)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	n = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
+	if (errored)
+		snprintf(status, sizeof(status), "%lld", (long long)code);
+	else
+		snprintf(status, sizeof(status), "ok");
+	r = snprintf(line + n, sizeof(line) - n, ".%03ldZ conn=%u %s%u method="
+	    "%.*s status=%s us=%llu\n", ts.tv_nsec / 1000000, conn,
+	    notify ? "notify msgid=" : "msgid=", msgid,
+	    (int)(mlen > 200 ? 200 : mlen), method, status,
+	    (unsigned long long)(ns / 1000));
+	if (r > 0)
+		n += (size_t)r < sizeof(line) - n ? (size_t)r :
+		    sizeof(line) - n - 1;
+	if (write(access_fd, line, n) < 0)
+		return;
 }

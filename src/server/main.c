@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "plugin_host.h"
 #include "router.h"
 #include "server.h"
@@ -83,6 +84,7 @@ main(int argc, char **argv)
 	dmx_plugin **plugins = NULL;
 	dmx_router *router = NULL;
 	dmx_server *srv = NULL;
+	dmx_metrics *metrics = NULL;
 	char err[1024];
 	sigset_t set;
 	size_t i, nloaded = 0, nmethods = 0;
@@ -185,6 +187,21 @@ main(int argc, char **argv)
 		rc = 1;
 		goto out;
 	}
+	if (cfg.metrics != NULL && !stdio) {
+		metrics = dmx_metrics_start(srv, cfg.metrics, err, sizeof(err));
+		if (metrics == NULL) {
+			fprintf(stderr, "demuxd: %s:%d:%d: metrics: %s\n",
+			    cfg.file, cfg.metrics_line, cfg.metrics_col, err);
+			rc = 1;
+			goto out;
+		}
+	}
+	if (cfg.access_log != NULL && dmx_access_open(cfg.access_log, err,
+	    sizeof(err)) != 0) {
+		fprintf(stderr, "demuxd: %s: access_log: %s\n", cfg.file, err);
+		rc = 1;
+		goto out;
+	}
 	if (!stdio && cfg.nlisten == 0)
 		dmx_warn("no listen addresses configured: nothing to serve");
 	dmx_info("READY: %zu plugin(s), %zu method(s), %s%d worker(s)",
@@ -193,8 +210,11 @@ main(int argc, char **argv)
 	if (dmx_server_run(srv) != 0)
 		rc = 1;
 out:
-	/* workers first (they run plugin code), then the plugins' fini */
+	/* the metrics thread reads the server: stop it first; then the
+	 * workers (they run plugin code), then the plugins' fini */
+	dmx_metrics_stop(metrics);
 	dmx_server_free(srv);
+	dmx_access_close();
 	dmx_router_free(router);
 	for (i = nloaded; i-- > 0;)
 		dmx_plugin_unload(plugins[i]);

@@ -44,6 +44,8 @@ struct dmx_pool {
 	int		 max_threads;
 	int		 on_demand;
 	pthread_t	*threads;
+	_Atomic uint64_t *busy_since;	/* per fixed worker: 0 = idle, else ns */
+	_Atomic int	 next_index;	/* hands each worker its slot */
 	size_t		 stack_size;
 };
 
@@ -65,7 +67,7 @@ worker_main(void *arg)
 	dmx_pool *p = arg;
 	msgpack_zone zone;
 	dmx_job *j, *last, *next;
-	int n;
+	int n, me = atomic_fetch_add(&p->next_index, 1);
 
 	msgpack_zone_init(&zone, 4096);
 	pthread_mutex_lock(&p->mu);
@@ -103,9 +105,13 @@ worker_main(void *arg)
 		if (chain)
 			pthread_cond_signal(&p->cv);
 		for (next = j; next != NULL; next = next->next) {
+			atomic_store_explicit(&p->busy_since[me], dmx_now_ns(),
+			    memory_order_relaxed);
 			dmx_job_run(next, &zone);
 			msgpack_zone_clear(&zone);
 		}
+		atomic_store_explicit(&p->busy_since[me], 0,
+		    memory_order_relaxed);
 		dmx_conn_send_list(j);
 		pthread_mutex_lock(&p->mu);
 	}
@@ -160,7 +166,8 @@ dmx_pool_new(int nworkers, int max_threads, char *err, size_t errlen)
 		return p;
 	}
 	p->threads = calloc((size_t)nworkers, sizeof(*p->threads));
-	if (p->threads == NULL) {
+	p->busy_since = calloc((size_t)nworkers, sizeof(*p->busy_since));
+	if (p->threads == NULL || p->busy_since == NULL) {
 		snprintf(err, errlen, "out of memory");
 		dmx_pool_free(p);
 		return NULL;
@@ -272,8 +279,39 @@ dmx_pool_free(dmx_pool *p)
 		for (i = 0; i < p->nthreads; i++)
 			pthread_join(p->threads[i], NULL);
 	free(p->threads);
+	free(p->busy_since);
 	pthread_cond_destroy(&p->cv);
 	pthread_cond_destroy(&p->done_cv);
 	pthread_mutex_destroy(&p->mu);
 	free(p);
+}
+
+void
+dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
+{
+	uint64_t now = dmx_now_ns(), since, ms;
+	dmx_job *j;
+	int i;
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&p->mu);
+	out->on_demand = p->on_demand;
+	out->max_threads = p->max_threads;
+	out->workers = p->nthreads;
+	out->idle = p->on_demand ? 0 : p->idle;
+	for (j = p->head; j != NULL; j = j->next)
+		out->queued++;
+	pthread_mutex_unlock(&p->mu);
+	out->busy = p->on_demand ? out->workers : out->workers - out->idle;
+	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
+		since = atomic_load_explicit(&p->busy_since[i],
+		    memory_order_relaxed);
+		if (since == 0 || since > now)
+			continue;
+		ms = (now - since) / 1000000u;
+		if (ms > out->longest_ms)
+			out->longest_ms = ms;
+		if (ms >= stuck_ms)
+			out->stuck++;
+	}
 }

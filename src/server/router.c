@@ -52,10 +52,12 @@ pack_descriptions(dmx_router *r, dmx_plugin *const *plugins, size_t n)
 	size_t i, j;
 
 	msgpack_packer_init(&pk, &r->methods, dmx_buf_pack_write);
-	msgpack_pack_array(&pk, r->nroutes + 3);
+	msgpack_pack_array(&pk, r->nroutes + 5);
+	pack_str(&pk, "$/health");
 	pack_str(&pk, "$/methods");
 	pack_str(&pk, "$/ping");
 	pack_str(&pk, "$/plugins");
+	pack_str(&pk, "$/stats");
 	for (i = 0; i < r->nroutes; i++)
 		pack_str(&pk, r->routes[i].name);
 
@@ -160,6 +162,18 @@ dmx_router_find(const dmx_router *r, const char *name, size_t len)
 		    memcmp(r->slots[i]->name, name, len) == 0)
 			return r->slots[i];
 	return NULL;
+}
+
+size_t
+dmx_router_count(const dmx_router *r)
+{
+	return r->nroutes;
+}
+
+const dmx_route *
+dmx_router_at(const dmx_router *r, size_t i)
+{
+	return &r->routes[i];
 }
 
 const dmx_buf *

@@ -14,12 +14,14 @@
 #include <stdint.h>
 
 #include "../common/buf.h"
+#include "stats.h"
 #include "plugin_host.h"
 
 /* What workers learn about a method as they run it. Written without locks
  * (relaxed atomics): approximate by design. */
 typedef struct dmx_route_stats {
 	_Atomic uint32_t avg_ns;	/* moving average of the run time */
+	dmx_method_stats m;		/* what $/stats reports */
 } dmx_route_stats;
 
 typedef struct dmx_route {
@@ -45,6 +47,10 @@ void dmx_router_free(dmx_router *r);
 /* Find a method by its full name (not NUL-terminated); NULL if unknown. */
 const dmx_route *dmx_router_find(const dmx_router *r, const char *name,
     size_t len);
+
+/* The routes, sorted by name: for $/stats. */
+size_t dmx_router_count(const dmx_router *r);
+const dmx_route *dmx_router_at(const dmx_router *r, size_t i);
 
 /* Packed msgpack results of $/methods and $/plugins. */
 const dmx_buf *dmx_router_methods(const dmx_router *r);

@@ -44,8 +44,9 @@ struct dmx_server {
 	unsigned	 nconns;
 	unsigned	 next_id;
 	int		 stdio;		/* serving one stdio connection */
-	int		 stopping;
+	_Atomic int	 stopping;	/* read by the metrics thread too */
 	dmx_buf		 scratch;
+	dmx_server_stats stats;
 
 	pthread_mutex_t	 attn_mu;
 	dmx_conn	*attn_head;	/* protected by attn_mu */
@@ -67,6 +68,12 @@ dmx_pool *
 dmx_server_pool(const dmx_server *s)
 {
 	return s->pool;
+}
+
+dmx_server_stats *
+dmx_server_stats_get(dmx_server *s)
+{
+	return &s->stats;
 }
 
 dmx_buf *
@@ -153,6 +160,8 @@ dmx_server_forget(dmx_server *s, dmx_conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	s->nconns--;
+	atomic_fetch_sub_explicit(&s->stats.connections, 1,
+	    memory_order_relaxed);
 	pthread_mutex_lock(&c->mu);
 	if (c->attn) {
 		pthread_mutex_lock(&s->attn_mu);
@@ -192,6 +201,9 @@ conn_new(dmx_server *s, int rfd, int wfd, int is_sock)
 		s->conns->prev = c;
 	s->conns = c;
 	s->nconns++;
+	atomic_fetch_add_explicit(&s->stats.connections, 1,
+	    memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->stats.accepted, 1, memory_order_relaxed);
 	return c;
 }
 
@@ -210,6 +222,7 @@ dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
 	}
 	s->cfg = cfg;
 	s->router = router;
+	s->stats.started_ns = dmx_now_ns();
 	s->epfd = s->wakefd = s->sigfd = -1;
 	pthread_mutex_init(&s->attn_mu, NULL);
 	if (dmx_buf_reserve(&s->scratch, 256u << 10) != 0) {

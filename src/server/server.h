@@ -42,6 +42,7 @@
 #include "../common/wire.h"
 #include "config.h"
 #include "router.h"
+#include "stats.h"
 
 typedef struct dmx_server dmx_server;
 typedef struct dmx_conn dmx_conn;
@@ -56,6 +57,8 @@ typedef struct dmx_job {
 	uint32_t	 msgid;
 	uint8_t		 notify;	/* a notification: nothing to send */
 	uint8_t		 errored;	/* an error response is in `out` */
+	int64_t		 err_code;	/* its code */
+	uint64_t	 t_dispatch;	/* when the I/O thread routed it (ns) */
 	uint32_t	 params_off;	/* params within `in` */
 	uint32_t	 params_len;
 	size_t		 result_off;	/* where the result starts in `out` */
@@ -129,6 +132,16 @@ void dmx_conn_send(dmx_job *j);
 /* The same for a list of finished jobs (->next): jobs of one connection
  * that follow each other are queued together and leave in one writev. */
 void dmx_conn_send_list(dmx_job *head);
+/* Answer msgid with a result (len bytes of msgpack, one object) or an
+ * error, from the I/O thread. */
+void dmx_conn_reply(dmx_conn *c, uint32_t msgid, const void *result,
+    size_t len);
+void dmx_conn_reply_error(dmx_conn *c, uint32_t msgid, int64_t code,
+    const char *fmt, ...) DEMUX_PRINTF(4, 5);
+/* Serve a $/ method (builtins.c). (I/O thread) */
+int  dmx_builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m,
+    uint32_t ml);		/* returns 0, or the error code it answered */
+
 /* Stop reading for good (shutdown). (I/O thread) */
 void dmx_conn_stop_reading(dmx_conn *c);
 /* Act on what workers reported. (I/O thread) */
@@ -149,6 +162,7 @@ void dmx_server_attn(dmx_server *s, dmx_conn *c);
 void dmx_server_forget(dmx_server *s, dmx_conn *c);
 
 /* Accessors for conn.c */
+dmx_server_stats *dmx_server_stats_get(dmx_server *s);
 const dmx_config *dmx_server_config(const dmx_server *s);
 const dmx_router *dmx_server_router(const dmx_server *s);
 dmx_pool *dmx_server_pool(const dmx_server *s);
@@ -170,5 +184,18 @@ void dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
     dmx_job **rejected);
 /* Run every queued job, stop the threads and free. */
 void dmx_pool_free(dmx_pool *p);
+
+/* A snapshot for $/stats. `stuck`: workers running one job for longer than
+ * stuck_ms; `longest_ms`: the longest such run now. */
+typedef struct dmx_pool_info {
+	int		 on_demand;
+	int		 workers;	/* fixed: pool size; on-demand: running */
+	int		 max_threads;
+	int		 busy, idle;
+	unsigned	 queued;
+	unsigned	 stuck;
+	uint64_t	 longest_ms;
+} dmx_pool_info;
+void dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out);
 
 #endif

@@ -1,0 +1,204 @@
+/*
+ * builtins.c - the methods demuxd serves itself: $/ping, $/health,
+ * $/methods, $/plugins, $/stats. They run on the I/O thread: each is a
+ * lookup or a snapshot of counters, never a wait.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "log.h"
+#include "server.h"
+
+/* A worker busy on one job for this long is reported as stuck. */
+#define STUCK_MS 10000u
+
+static void
+pk_str(msgpack_packer *pk, const char *s)
+{
+	size_t n = strlen(s);
+
+	msgpack_pack_str(pk, n);
+	msgpack_pack_str_body(pk, s, n);
+}
+
+static void
+pk_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
+{
+	pk_str(pk, k);
+	msgpack_pack_uint64(pk, v);
+}
+
+static uint64_t
+ld(_Atomic uint64_t *v)
+{
+	return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+static void
+pack_method(msgpack_packer *pk, const dmx_route *rt)
+{
+	dmx_method_stats *ms = &rt->stats->m;
+	uint64_t inflight = ld(&ms->in_flight), running = ld(&ms->running);
+	uint64_t total = ld(&ms->errors_other), cnt[DMX_ERR_SLOTS];
+	int64_t code[DMX_ERR_SLOTS];
+	unsigned used, i, j, n = 0;
+	char key[24];
+
+	used = atomic_load_explicit(&ms->err_used, memory_order_acquire);
+	if (used > DMX_ERR_SLOTS)
+		used = DMX_ERR_SLOTS;
+	/* merge slots that raced to hold the same code */
+	for (i = 0; i < used; i++) {
+		int64_t c = atomic_load_explicit(&ms->err_code[i],
+		    memory_order_relaxed);
+		uint64_t k = ld(&ms->err_count[i]);
+
+		for (j = 0; j < n && code[j] != c; j++)
+			;
+		if (j == n) {
+			code[n] = c;
+			cnt[n++] = 0;
+		}
+		cnt[j] += k;
+		total += k;
+	}
+
+	pk_str(pk, rt->name);
+	msgpack_pack_map(pk, 7);
+	pk_kv_u64(pk, "calls", ld(&ms->calls));
+	pk_kv_u64(pk, "errors_total", total);
+	pk_str(pk, "errors");
+	msgpack_pack_map(pk, n + (ld(&ms->errors_other) ? 1 : 0));
+	for (i = 0; i < n; i++) {
+		snprintf(key, sizeof(key), "%lld", (long long)code[i]);
+		pk_kv_u64(pk, key, cnt[i]);
+	}
+	if (ld(&ms->errors_other))
+		pk_kv_u64(pk, "other", ld(&ms->errors_other));
+	pk_kv_u64(pk, "in_flight", inflight);
+	pk_kv_u64(pk, "running", running);
+	pk_kv_u64(pk, "queued", inflight > running ? inflight - running : 0);
+	pk_str(pk, "latency_us");
+	msgpack_pack_map(pk, 4);
+	pk_kv_u64(pk, "p50", dmx_hist_quantile(&ms->latency, 0.50) / 1000);
+	pk_kv_u64(pk, "p90", dmx_hist_quantile(&ms->latency, 0.90) / 1000);
+	pk_kv_u64(pk, "p99", dmx_hist_quantile(&ms->latency, 0.99) / 1000);
+	pk_kv_u64(pk, "max",
+	    atomic_load_explicit(&ms->latency.max_ns, memory_order_relaxed) /
+	    1000);
+}
+
+static void
+pack_stats(dmx_conn *c, dmx_buf *b)
+{
+	dmx_server *s = c->srv;
+	const dmx_router *r = dmx_server_router(s);
+	dmx_server_stats *st = dmx_server_stats_get(s);
+	size_t i, j, n = dmx_router_count(r), nplugins = 0;
+	const dmx_plugin *seen[256];
+	msgpack_packer pk;
+	dmx_pool_info pi;
+
+	dmx_pool_info_get(dmx_server_pool(s), STUCK_MS, &pi);
+	msgpack_packer_init(&pk, b, dmx_buf_pack_write);
+	msgpack_pack_map(&pk, 4);
+
+	pk_str(&pk, "server");
+	msgpack_pack_map(&pk, 8);
+	pk_str(&pk, "state");
+	pk_str(&pk, dmx_server_stopping(s) ? "draining" : "serving");
+	pk_kv_u64(&pk, "uptime_s", (dmx_now_ns() - st->started_ns) /
+	    1000000000u);
+	pk_kv_u64(&pk, "connections", ld(&st->connections));
+	pk_kv_u64(&pk, "connections_total", ld(&st->accepted));
+	pk_kv_u64(&pk, "requests", ld(&st->requests));
+	pk_kv_u64(&pk, "bytes_in", ld(&st->bytes_in));
+	pk_kv_u64(&pk, "bytes_out", ld(&st->bytes_out));
+	pk_kv_u64(&pk, "reloads", ld(&st->reloads));
+
+	pk_str(&pk, "pool");
+	msgpack_pack_map(&pk, 7);
+	pk_str(&pk, "mode");
+	pk_str(&pk, pi.on_demand ? "on-demand" : "fixed");
+	pk_kv_u64(&pk, "workers", (uint64_t)(pi.on_demand ? pi.max_threads :
+	    pi.workers));
+	pk_kv_u64(&pk, "busy", (uint64_t)pi.busy);
+	pk_kv_u64(&pk, "idle", (uint64_t)pi.idle);
+	pk_kv_u64(&pk, "queued", pi.queued);
+	pk_kv_u64(&pk, "stuck", pi.stuck);
+	pk_kv_u64(&pk, "longest_running_ms", pi.longest_ms);
+
+	/* plugins, in route order, each once */
+	for (i = 0; i < n; i++) {
+		const dmx_plugin *p = dmx_router_at(r, i)->plugin;
+
+		for (j = 0; j < nplugins && seen[j] != p; j++)
+			;
+		if (j == nplugins && nplugins < 256)
+			seen[nplugins++] = p;
+	}
+	pk_str(&pk, "plugins");
+	msgpack_pack_map(&pk, nplugins);
+	for (j = 0; j < nplugins; j++) {
+		uint64_t busy = 0, inflight = 0;
+
+		for (i = 0; i < n; i++) {
+			const dmx_route *rt = dmx_router_at(r, i);
+
+			if (rt->plugin != seen[j])
+				continue;
+			busy += ld(&rt->stats->m.running);
+			inflight += ld(&rt->stats->m.in_flight);
+		}
+		pk_str(&pk, seen[j]->name);
+		msgpack_pack_map(&pk, 4);
+		pk_str(&pk, "version");
+		pk_str(&pk, seen[j]->desc->version ? seen[j]->desc->version : "");
+		pk_kv_u64(&pk, "workers_busy", busy);
+		pk_kv_u64(&pk, "workers_idle", (uint64_t)pi.idle);
+		pk_kv_u64(&pk, "in_flight", inflight);
+	}
+
+	pk_str(&pk, "methods");
+	msgpack_pack_map(&pk, n);
+	for (i = 0; i < n; i++)
+		pack_method(&pk, dmx_router_at(r, i));
+}
+
+int
+dmx_builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m,
+    uint32_t ml)
+{
+	const dmx_router *r = dmx_server_router(c->srv);
+	const dmx_buf *b;
+	dmx_buf tmp = DMX_BUF_INIT;
+
+	if (notify)
+		return 0;	/* $/ notifications the server does not know
+				 * are ignored, as LSP specifies */
+	if (ml == 6 && memcmp(m, "$/ping", 6) == 0) {
+		dmx_conn_reply(c, msgid, "\xa4pong", 5);
+	} else if (ml == 8 && memcmp(m, "$/health", 8) == 0) {
+		if (dmx_server_stopping(c->srv))
+			dmx_conn_reply(c, msgid, "\xa8" "draining", 9);
+		else
+			dmx_conn_reply(c, msgid, "\xa7" "serving", 8);
+	} else if (ml == 9 && memcmp(m, "$/methods", 9) == 0) {
+		b = dmx_router_methods(r);
+		dmx_conn_reply(c, msgid, b->data, b->len);
+	} else if (ml == 9 && memcmp(m, "$/plugins", 9) == 0) {
+		b = dmx_router_plugins(r);
+		dmx_conn_reply(c, msgid, b->data, b->len);
+	} else if (ml == 7 && memcmp(m, "$/stats", 7) == 0) {
+		pack_stats(c, &tmp);
+		dmx_conn_reply(c, msgid, tmp.data, tmp.len);
+		dmx_buf_release(&tmp);
+	} else {
+		dmx_conn_reply_error(c, msgid, DMX_E_NO_METHOD,
+		    "method '%.*s' not found", (int)(ml > 200 ? 200 : ml), m);
+		return DMX_E_NO_METHOD;
+	}
+	return 0;
+}

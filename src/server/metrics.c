@@ -1,0 +1,220 @@
+/*
+ * metrics.c - GET /metrics in the Prometheus text format (0.0.4), served by
+ * libmicrohttpd on its own thread from the same counters as $/stats.
+ *
+ * libmicrohttpd is used because an HTTP parser facing the network is exactly
+ * the code we should not write ourselves; it runs one internal thread and
+ * only reads our atomics, so it cannot slow the request path.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <microhttpd.h>
+
+#include "../common/uri.h"
+#include "log.h"
+#include "metrics.h"
+#include "server.h"
+
+struct dmx_metrics {
+	struct MHD_Daemon *d;
+	dmx_server	  *srv;
+	int		   fd;
+};
+
+static void DEMUX_PRINTF(2, 3)
+out(dmx_buf *b, const char *fmt, ...)
+{
+	char line[512];
+	va_list ap;
+	int n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		dmx_buf_append(b, line, (size_t)n < sizeof(line) ? (size_t)n :
+		    sizeof(line) - 1);
+}
+
+static uint64_t
+ld(_Atomic uint64_t *v)
+{
+	return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+static void
+render(dmx_server *s, dmx_buf *b)
+{
+	dmx_server_stats *st = dmx_server_stats_get(s);
+	const dmx_router *r = dmx_server_router(s);
+	size_t i, n = dmx_router_count(r);
+	dmx_pool_info pi;
+	unsigned k;
+
+	dmx_pool_info_get(dmx_server_pool(s), 10000, &pi);
+	out(b, "# HELP demux_up 1 while demuxd serves, 0 while it drains.\n"
+	    "# TYPE demux_up gauge\ndemux_up %d\n",
+	    dmx_server_stopping(s) ? 0 : 1);
+	out(b, "# HELP demux_uptime_seconds Seconds since demuxd started.\n"
+	    "# TYPE demux_uptime_seconds gauge\ndemux_uptime_seconds %.3f\n",
+	    (double)(dmx_now_ns() - st->started_ns) / 1e9);
+	out(b, "# HELP demux_connections Connections open now.\n"
+	    "# TYPE demux_connections gauge\ndemux_connections %llu\n",
+	    (unsigned long long)ld(&st->connections));
+	out(b, "# HELP demux_connections_accepted_total Connections accepted.\n"
+	    "# TYPE demux_connections_accepted_total counter\n"
+	    "demux_connections_accepted_total %llu\n",
+	    (unsigned long long)ld(&st->accepted));
+	out(b, "# HELP demux_requests_total Messages received.\n"
+	    "# TYPE demux_requests_total counter\ndemux_requests_total %llu\n",
+	    (unsigned long long)ld(&st->requests));
+	out(b, "# HELP demux_received_bytes_total Bytes read from clients.\n"
+	    "# TYPE demux_received_bytes_total counter\n"
+	    "demux_received_bytes_total %llu\n",
+	    (unsigned long long)ld(&st->bytes_in));
+	out(b, "# HELP demux_sent_bytes_total Bytes written to clients.\n"
+	    "# TYPE demux_sent_bytes_total counter\n"
+	    "demux_sent_bytes_total %llu\n",
+	    (unsigned long long)ld(&st->bytes_out));
+	out(b, "# HELP demux_reloads_total Configuration reloads.\n"
+	    "# TYPE demux_reloads_total counter\ndemux_reloads_total %llu\n",
+	    (unsigned long long)ld(&st->reloads));
+	out(b, "# HELP demux_workers Worker threads by state.\n"
+	    "# TYPE demux_workers gauge\ndemux_workers{state=\"busy\"} %d\n"
+	    "demux_workers{state=\"idle\"} %d\n", pi.busy, pi.idle);
+	out(b, "# HELP demux_workers_stuck Workers on one job for over 10 s.\n"
+	    "# TYPE demux_workers_stuck gauge\ndemux_workers_stuck %u\n",
+	    pi.stuck);
+	out(b, "# HELP demux_queue_length Jobs waiting for a worker.\n"
+	    "# TYPE demux_queue_length gauge\ndemux_queue_length %u\n",
+	    pi.queued);
+
+	out(b, "# HELP demux_method_calls_total Transactions answered, per "
+	    "method.\n# TYPE demux_method_calls_total counter\n");
+	for (i = 0; i < n; i++) {
+		const dmx_route *rt = dmx_router_at(r, i);
+
+		out(b, "demux_method_calls_total{method=\"%s\"} %llu\n",
+		    rt->name, (unsigned long long)ld(&rt->stats->m.calls));
+	}
+	out(b, "# HELP demux_method_errors_total Error answers, per method "
+	    "and code.\n# TYPE demux_method_errors_total counter\n");
+	for (i = 0; i < n; i++) {
+		dmx_method_stats *ms = &dmx_router_at(r, i)->stats->m;
+		unsigned used = atomic_load(&ms->err_used);
+
+		for (k = 0; k < used && k < DMX_ERR_SLOTS; k++)
+			out(b, "demux_method_errors_total{method=\"%s\","
+			    "code=\"%lld\"} %llu\n", dmx_router_at(r, i)->name,
+			    (long long)atomic_load(&ms->err_code[k]),
+			    (unsigned long long)ld(&ms->err_count[k]));
+	}
+	out(b, "# HELP demux_method_in_flight Transactions accepted and not "
+	    "yet answered.\n# TYPE demux_method_in_flight gauge\n");
+	for (i = 0; i < n; i++) {
+		const dmx_route *rt = dmx_router_at(r, i);
+
+		out(b, "demux_method_in_flight{method=\"%s\"} %llu\n",
+		    rt->name, (unsigned long long)ld(&rt->stats->m.in_flight));
+	}
+	out(b, "# HELP demux_method_latency_seconds From read to answer.\n"
+	    "# TYPE demux_method_latency_seconds summary\n");
+	for (i = 0; i < n; i++) {
+		const dmx_route *rt = dmx_router_at(r, i);
+		dmx_hist *h = &rt->stats->m.latency;
+		static const double qs[] = { 0.5, 0.9, 0.99 };
+
+		for (k = 0; k < 3; k++)
+			out(b, "demux_method_latency_seconds{method=\"%s\","
+			    "quantile=\"%g\"} %.9f\n", rt->name, qs[k],
+			    (double)dmx_hist_quantile(h, qs[k]) / 1e9);
+		out(b, "demux_method_latency_seconds_sum{method=\"%s\"} %.9f\n",
+		    rt->name, (double)ld(&h->sum_ns) / 1e9);
+		out(b, "demux_method_latency_seconds_count{method=\"%s\"} "
+		    "%llu\n", rt->name, (unsigned long long)ld(&h->n));
+	}
+}
+
+static enum MHD_Result
+answer(void *cls, struct MHD_Connection *conn, const char *url,
+    const char *method, const char *version, const char *upload,
+    size_t *upload_size, void **con_cls)
+{
+	dmx_metrics *m = cls;
+	struct MHD_Response *resp;
+	dmx_buf b = DMX_BUF_INIT;
+	unsigned status = MHD_HTTP_OK;
+	enum MHD_Result rc;
+
+	(void)version; (void)upload; (void)upload_size; (void)con_cls;
+	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+		status = MHD_HTTP_METHOD_NOT_ALLOWED;
+		out(&b, "only GET\n");
+	} else if (strcmp(url, "/metrics") == 0) {
+		render(m->srv, &b);
+	} else {
+		status = MHD_HTTP_NOT_FOUND;
+		out(&b, "demuxd serves /metrics\n");
+	}
+	resp = MHD_create_response_from_buffer(b.len, b.data,
+	    MHD_RESPMEM_MUST_FREE);
+	if (resp == NULL) {
+		dmx_buf_release(&b);
+		return MHD_NO;
+	}
+	MHD_add_response_header(resp, "Content-Type",
+	    "text/plain; version=0.0.4; charset=utf-8");
+	rc = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return rc;
+}
+
+dmx_metrics *
+dmx_metrics_start(dmx_server *s, const char *uri, char *err, size_t errlen)
+{
+	dmx_metrics *m;
+	dmx_uri u;
+
+	if (dmx_uri_parse(uri, &u, err, errlen) != 0)
+		return NULL;
+	m = calloc(1, sizeof(*m));
+	if (m == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	m->srv = s;
+	m->fd = dmx_uri_listen(&u, 64, err, errlen);
+	if (m->fd < 0) {
+		free(m);
+		return NULL;
+	}
+	m->d = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
+	    MHD_USE_POLL, 0, NULL, NULL, answer, m,
+	    MHD_OPTION_LISTEN_SOCKET, (MHD_socket)m->fd,
+	    MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
+	    MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_END);
+	if (m->d == NULL) {
+		snprintf(err, errlen, "%s: cannot start the HTTP server", uri);
+		close(m->fd);
+		free(m);
+		return NULL;
+	}
+	dmx_info("metrics on http://%s%s%s:%s/metrics",
+	    strchr(u.host, ':') ? "[" : "", u.host,
+	    strchr(u.host, ':') ? "]" : "", u.port);
+	return m;
+}
+
+void
+dmx_metrics_stop(dmx_metrics *m)
+{
+	if (m == NULL)
+		return;
+	MHD_stop_daemon(m->d);
+	close(m->fd);
+	free(m);
+}

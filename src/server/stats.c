@@ -1,0 +1,116 @@
+/*
+ * stats.c - histogram and counters for $/stats; see stats.h.
+ */
+#include <time.h>
+
+#include "stats.h"
+
+uint64_t
+dmx_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Bucket of v: octave e = floor(log2 v), then the next 3 bits below the top
+ * one. Values below 8 get exact buckets 0..7. */
+static unsigned
+bucket(uint64_t v)
+{
+	unsigned e;
+
+	if (v < DMX_HIST_SUB)
+		return (unsigned)v;
+	e = 63u - (unsigned)__builtin_clzll(v);
+	return e * DMX_HIST_SUB +
+	    (unsigned)((v >> (e - 3)) & (DMX_HIST_SUB - 1));
+}
+
+/* The largest value that falls in bucket b. */
+static uint64_t
+bucket_top(unsigned b)
+{
+	unsigned e = b / DMX_HIST_SUB, sub = b % DMX_HIST_SUB;
+
+	if (e < 3)
+		return b;	/* the exact buckets below 8 */
+	return ((uint64_t)(DMX_HIST_SUB + sub + 1) << (e - 3)) - 1;
+}
+
+void
+dmx_hist_record(dmx_hist *h, uint64_t ns)
+{
+	uint64_t m;
+
+	atomic_fetch_add_explicit(&h->count[bucket(ns)], 1,
+	    memory_order_relaxed);
+	atomic_fetch_add_explicit(&h->sum_ns, ns, memory_order_relaxed);
+	atomic_fetch_add_explicit(&h->n, 1, memory_order_relaxed);
+	m = atomic_load_explicit(&h->max_ns, memory_order_relaxed);
+	while (ns > m && !atomic_compare_exchange_weak_explicit(&h->max_ns, &m,
+	    ns, memory_order_relaxed, memory_order_relaxed))
+		;
+}
+
+uint64_t
+dmx_hist_quantile(const dmx_hist *h, double q)
+{
+	uint64_t total = 0, want, seen = 0, c, max;
+	unsigned b;
+
+	for (b = 0; b < DMX_HIST_N; b++)
+		total += atomic_load_explicit(&h->count[b], memory_order_relaxed);
+	if (total == 0)
+		return 0;
+	want = (uint64_t)(q * (double)total + 0.999999);
+	if (want == 0)
+		want = 1;
+	max = atomic_load_explicit(&h->max_ns, memory_order_relaxed);
+	for (b = 0; b < DMX_HIST_N; b++) {
+		c = atomic_load_explicit(&h->count[b], memory_order_relaxed);
+		seen += c;
+		if (c && seen >= want) {
+			uint64_t top = bucket_top(b);
+
+			return top < max ? top : max;
+		}
+	}
+	return max;
+}
+
+void
+dmx_method_error(dmx_method_stats *s, int64_t code)
+{
+	uint32_t i, used;
+
+	used = atomic_load_explicit(&s->err_used, memory_order_acquire);
+	for (i = 0; i < used && i < DMX_ERR_SLOTS; i++)
+		if (atomic_load_explicit(&s->err_code[i],
+		    memory_order_relaxed) == code) {
+			atomic_fetch_add_explicit(&s->err_count[i], 1,
+			    memory_order_relaxed);
+			return;
+		}
+	/* claim a new slot: store the code before publishing the slot */
+	while (used < DMX_ERR_SLOTS) {
+		if (atomic_compare_exchange_weak_explicit(&s->err_used, &used,
+		    used + 1, memory_order_acq_rel, memory_order_acquire)) {
+			atomic_store_explicit(&s->err_code[used], code,
+			    memory_order_relaxed);
+			atomic_fetch_add_explicit(&s->err_count[used], 1,
+			    memory_order_relaxed);
+			return;
+		}
+		/* someone else claimed one: it may be our code */
+		for (; i < used && i < DMX_ERR_SLOTS; i++)
+			if (atomic_load_explicit(&s->err_code[i],
+			    memory_order_relaxed) == code) {
+				atomic_fetch_add_explicit(&s->err_count[i], 1,
+				    memory_order_relaxed);
+				return;
+			}
+	}
+	atomic_fetch_add_explicit(&s->errors_other, 1, memory_order_relaxed);
+}

@@ -1,0 +1,65 @@
+/*
+ * stats.h - live figures for $/stats: per method, per pool, per server.
+ *
+ * Everything is updated with relaxed atomics by whichever thread sees the
+ * event (the I/O thread on dispatch, workers on completion), so recording
+ * costs a few uncontended atomic adds and never a lock. A reader ($/stats)
+ * sees each counter exactly, and a consistent-enough picture overall.
+ *
+ * Latency is kept in a log-linear histogram in the spirit of HdrHistogram:
+ * 8 sub-buckets per power of two of nanoseconds, so any percentile is known
+ * within 12.5 % whatever the range (1 ns to 2^63 ns), in 4 KiB per method.
+ */
+#ifndef DMX_STATS_H
+#define DMX_STATS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define DMX_HIST_SUB	8			/* sub-buckets per octave */
+#define DMX_HIST_N	(64 * DMX_HIST_SUB)
+
+typedef struct dmx_hist {
+	_Atomic uint64_t count[DMX_HIST_N];
+	_Atomic uint64_t max_ns;
+	_Atomic uint64_t sum_ns;	/* for Prometheus' _sum */
+	_Atomic uint64_t n;
+} dmx_hist;
+
+void	 dmx_hist_record(dmx_hist *h, uint64_t ns);
+/* The value at quantile q (0 < q <= 1), in ns: the upper edge of the
+ * bucket it falls in (0 if empty). */
+uint64_t dmx_hist_quantile(const dmx_hist *h, double q);
+
+#define DMX_ERR_SLOTS 16
+
+/* Per method. */
+typedef struct dmx_method_stats {
+	_Atomic uint64_t calls;		/* answered (or notifications run) */
+	_Atomic uint64_t in_flight;	/* dispatched, not yet answered */
+	_Atomic uint64_t running;	/* in process_transaction now */
+	/* errors by code: the first DMX_ERR_SLOTS distinct codes get a slot,
+	 * the rest are counted in errors_other */
+	_Atomic int64_t	 err_code[DMX_ERR_SLOTS];
+	_Atomic uint64_t err_count[DMX_ERR_SLOTS];
+	_Atomic uint32_t err_used;
+	_Atomic uint64_t errors_other;
+	dmx_hist	 latency;	/* dispatch to answer */
+} dmx_method_stats;
+
+void dmx_method_error(dmx_method_stats *s, int64_t code);
+
+/* Per server. */
+typedef struct dmx_server_stats {
+	uint64_t	 started_ns;	/* CLOCK_MONOTONIC at start */
+	_Atomic uint64_t connections;	/* open now */
+	_Atomic uint64_t accepted;	/* since start */
+	_Atomic uint64_t bytes_in;
+	_Atomic uint64_t bytes_out;
+	_Atomic uint64_t requests;	/* frames dispatched */
+	_Atomic uint64_t reloads;
+} dmx_server_stats;
+
+uint64_t dmx_now_ns(void);
+
+#endif
