@@ -1,0 +1,505 @@
+/*
+ * muxcall - call demux methods from the command line; see muxcall(1).
+ *
+ *   muxcall [-c URI] [-p] [-t MS] METHOD [ARG...]   one call, ARGs are JSON
+ *   muxcall [-c URI] --list                         $/methods
+ *   muxcall [-c URI] --stats                        $/stats as a table
+ *   muxcall [-c URI] --batch                        one JSON request per line
+ *   muxcall [-c URI] -n N -P P METHOD [ARG...]      load: N calls, P threads
+ *   --spawn CONF instead of -c: run `demuxd --stdio -c CONF` as a child
+ *
+ * Exit status: 0 success, 1 the server answered an error, 2 usage or bad
+ * JSON, 3 cannot connect or the connection broke, 4 timed out.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <demux/mux.h>
+
+#include "../common/buf.h"
+#include "json.h"
+
+enum { EX_OK = 0, EX_REMOTE = 1, EX_USAGE = 2, EX_CONN = 3, EX_TIMEOUT = 4 };
+
+static int pretty, timeout_ms = 10000;
+
+static void
+usage(FILE *fp)
+{
+	fprintf(fp,
+	    "usage: muxcall [-c URI | --spawn CONF] [-p] [-t MS] METHOD [ARG...]\n"
+	    "       muxcall [-c URI | --spawn CONF] --list | --stats | --batch\n"
+	    "       muxcall [-c URI | --spawn CONF] -n N [-P P] METHOD [ARG...]\n"
+	    "\n"
+	    "  -c, --connect URI  server address (default $DEMUX_URI, else "
+	    "tcp:127.0.0.1:7411)\n"
+	    "      --spawn CONF   run `demuxd --stdio -c CONF` and talk to it\n"
+	    "  -p, --pretty       indent the JSON output\n"
+	    "  -t, --timeout MS   per call (default 10000; 0: none)\n"
+	    "  -l, --list         list the methods served\n"
+	    "  -s, --stats        show live statistics as a table\n"
+	    "  -b, --batch        read one request per line on stdin:\n"
+	    "                     [\"method\", arg...] or {\"method\": M, "
+	    "\"params\": [...]}\n"
+	    "  -n N -P P          load: N calls from P threads, then "
+	    "throughput and latency\n"
+	    "Each ARG is one JSON value: muxcall echo.echo 1 '\"two\"' "
+	    "'{\"k\":[3]}'\n"
+	    "Exit: 0 ok, 1 remote error, 2 usage, 3 connection, 4 timeout.\n");
+}
+
+static int
+exit_for(int rc)
+{
+	switch (rc) {
+	case MUX_OK: return EX_OK;
+	case MUX_EREMOTE: return EX_REMOTE;
+	case MUX_ETIMEDOUT: return EX_TIMEOUT;
+	case MUX_EINVAL: return EX_USAGE;
+	default: return EX_CONN;
+	}
+}
+
+/* Pack JSON texts as one array of params. */
+static int
+pack_args(char **argv, int argc, dmx_buf *out)
+{
+	msgpack_packer pk;
+	json_error_t je;
+	char err[256];
+	int i;
+
+	msgpack_packer_init(&pk, out, dmx_buf_pack_write);
+	msgpack_pack_array(&pk, (size_t)argc);
+	for (i = 0; i < argc; i++) {
+		json_t *v = json_loads(argv[i], JSON_DECODE_ANY, &je);
+
+		if (v == NULL) {
+			fprintf(stderr, "muxcall: argument %d is not JSON: %s "
+			    "(%s)\n", i + 1, argv[i], je.text);
+			return -1;
+		}
+		if (mj_to_msgpack(&pk, v, err, sizeof(err)) != 0) {
+			fprintf(stderr, "muxcall: argument %d: %s\n", i + 1, err);
+			json_decref(v);
+			return -1;
+		}
+		json_decref(v);
+	}
+	return 0;
+}
+
+static void
+print_json(FILE *fp, json_t *v)
+{
+	char *s = json_dumps(v, JSON_ENCODE_ANY | (pretty ? JSON_INDENT(2) :
+	    0));
+
+	fprintf(fp, "%s\n", s ? s : "null");
+	free(s);
+}
+
+static void
+print_remote_error(const mux_result *r)
+{
+	fprintf(stderr, "error %lld: %s\n", (long long)r->code,
+	    r->message ? r->message : "");
+	if (r->trace)
+		fprintf(stderr, "%s\n", r->trace);
+}
+
+static int
+do_call(mux_t *m, const char *method, char **args, int nargs)
+{
+	dmx_buf params = DMX_BUF_INIT;
+	mux_result r;
+	json_t *v;
+	int rc;
+
+	if (pack_args(args, nargs, &params) != 0) {
+		dmx_buf_release(&params);
+		return EX_USAGE;
+	}
+	rc = mux_call(m, method, params.data, params.len, &r, timeout_ms);
+	dmx_buf_release(&params);
+	if (rc == MUX_OK) {
+		v = mj_from_bytes(r.data, r.len);
+		print_json(stdout, v);
+		json_decref(v);
+	} else if (rc == MUX_EREMOTE) {
+		print_remote_error(&r);
+	} else {
+		fprintf(stderr, "muxcall: %s: %s\n", method, r.message ?
+		    r.message : mux_strerror(rc));
+	}
+	mux_result_free(&r);
+	return exit_for(rc);
+}
+
+/* ---- --stats ---- */
+
+static uint64_t
+jget(json_t *o, const char *path)
+{
+	json_t *v = o;
+	char buf[128], *tok, *save = NULL;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (tok = strtok_r(buf, ".", &save); tok && v;
+	    tok = strtok_r(NULL, ".", &save))
+		v = json_object_get(v, tok);
+	return v && json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+}
+
+static int
+do_stats(mux_t *m)
+{
+	mux_result r;
+	json_t *st, *methods, *mv, *srv, *pool;
+	const char *name;
+	int rc;
+
+	rc = mux_call(m, "$/stats", NULL, 0, &r, timeout_ms);
+	if (rc != MUX_OK) {
+		fprintf(stderr, "muxcall: $/stats: %s\n", r.message);
+		mux_result_free(&r);
+		return exit_for(rc);
+	}
+	st = mj_from_bytes(r.data, r.len);
+	mux_result_free(&r);
+	srv = json_object_get(st, "server");
+	pool = json_object_get(st, "pool");
+	printf("server  %s, up %llus, %llu connection(s) (%llu total), "
+	    "%llu requests, %llu bytes in, %llu bytes out, %llu reload(s)\n",
+	    json_string_value(json_object_get(srv, "state")),
+	    (unsigned long long)jget(srv, "uptime_s"),
+	    (unsigned long long)jget(srv, "connections"),
+	    (unsigned long long)jget(srv, "connections_total"),
+	    (unsigned long long)jget(srv, "requests"),
+	    (unsigned long long)jget(srv, "bytes_in"),
+	    (unsigned long long)jget(srv, "bytes_out"),
+	    (unsigned long long)jget(srv, "reloads"));
+	printf("pool    %s, %llu workers: %llu busy, %llu idle, %llu queued, "
+	    "%llu stuck\n", json_string_value(json_object_get(pool, "mode")),
+	    (unsigned long long)jget(pool, "workers"),
+	    (unsigned long long)jget(pool, "busy"),
+	    (unsigned long long)jget(pool, "idle"),
+	    (unsigned long long)jget(pool, "queued"),
+	    (unsigned long long)jget(pool, "stuck"));
+	printf("\n%-24s %10s %8s %8s %8s %8s %8s %8s %8s\n", "METHOD", "CALLS",
+	    "ERRORS", "INFLIGHT", "QUEUED", "P50us", "P90us", "P99us",
+	    "MAXus");
+	methods = json_object_get(st, "methods");
+	json_object_foreach(methods, name, mv)
+		printf("%-24s %10llu %8llu %8llu %8llu %8llu %8llu %8llu "
+		    "%8llu\n", name,
+		    (unsigned long long)jget(mv, "calls"),
+		    (unsigned long long)jget(mv, "errors_total"),
+		    (unsigned long long)jget(mv, "in_flight"),
+		    (unsigned long long)jget(mv, "queued"),
+		    (unsigned long long)jget(mv, "latency_us.p50"),
+		    (unsigned long long)jget(mv, "latency_us.p90"),
+		    (unsigned long long)jget(mv, "latency_us.p99"),
+		    (unsigned long long)jget(mv, "latency_us.max"));
+	json_decref(st);
+	return EX_OK;
+}
+
+/* ---- --batch ---- */
+
+static pthread_mutex_t io_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long line_no;
+static atomic_int batch_worst;
+
+static void
+batch_out(unsigned long id, json_t *body)
+{
+	json_object_set_new(body, "id", json_integer((json_int_t)id));
+	pthread_mutex_lock(&io_mu);
+	print_json(stdout, body);
+	fflush(stdout);
+	pthread_mutex_unlock(&io_mu);
+	json_decref(body);
+}
+
+static void *
+batch_worker(void *arg)
+{
+	mux_t *m = arg;
+	char *line = NULL, err[256];
+	size_t cap = 0;
+	unsigned long id;
+	json_error_t je;
+	json_t *req, *params, *meth, *e;
+	dmx_buf b = DMX_BUF_INIT;
+	msgpack_packer pk;
+	mux_result r;
+	size_t i;
+	int rc, ex;
+
+	for (;;) {
+		pthread_mutex_lock(&io_mu);
+		if (getline(&line, &cap, stdin) < 0) {
+			pthread_mutex_unlock(&io_mu);
+			break;
+		}
+		id = ++line_no;
+		pthread_mutex_unlock(&io_mu);
+		if (strspn(line, " \t\r\n") == strlen(line))
+			continue;
+		req = json_loads(line, 0, &je);
+		meth = NULL;
+		params = NULL;
+		if (json_is_array(req) && json_array_size(req) >= 1) {
+			meth = json_array_get(req, 0);
+			params = json_array();
+			for (i = 1; i < json_array_size(req); i++)
+				json_array_append(params,
+				    json_array_get(req, i));
+		} else if (json_is_object(req)) {
+			meth = json_object_get(req, "method");
+			params = json_object_get(req, "params");
+			params = params ? json_incref(params) : json_array();
+		}
+		b.len = 0;
+		msgpack_packer_init(&pk, &b, dmx_buf_pack_write);
+		if (!json_is_string(meth) || !json_is_array(params) ||
+		    mj_to_msgpack(&pk, params, err, sizeof(err)) != 0) {
+			batch_out(id, json_pack("{s:{s:i,s:s}}", "error",
+			    "code", -32600, "message", req ? "expected "
+			    "[\"method\", arg...] or {\"method\": M, \"params\": "
+			    "[...]}" : je.text));
+			json_decref(params);
+			json_decref(req);
+			ex = EX_USAGE;
+			if (ex > atomic_load(&batch_worst))
+				atomic_store(&batch_worst, ex);
+			continue;
+		}
+		rc = mux_call(m, json_string_value(meth), b.data, b.len, &r,
+		    timeout_ms);
+		if (rc == MUX_OK) {
+			batch_out(id, json_pack("{s:o}", "result",
+			    mj_from_bytes(r.data, r.len)));
+		} else {
+			e = json_pack("{s:I,s:s}", "code", rc == MUX_EREMOTE ?
+			    (json_int_t)r.code : (json_int_t)rc, "message",
+			    r.message ? r.message : mux_strerror(rc));
+			if (r.trace)
+				json_object_set_new(e, "trace",
+				    json_string(r.trace));
+			if (rc != MUX_EREMOTE)
+				json_object_set_new(e, "local", json_true());
+			batch_out(id, json_pack("{s:o}", "error", e));
+		}
+		ex = exit_for(rc);
+		if (ex > atomic_load(&batch_worst))
+			atomic_store(&batch_worst, ex);
+		mux_result_free(&r);
+		json_decref(params);
+		json_decref(req);
+	}
+	free(line);
+	dmx_buf_release(&b);
+	return NULL;
+}
+
+static int
+do_batch(mux_t *m, int conc)
+{
+	pthread_t th[256];
+	int i;
+
+	if (conc > 256)
+		conc = 256;
+	for (i = 0; i < conc; i++)
+		pthread_create(&th[i], NULL, batch_worker, m);
+	for (i = 0; i < conc; i++)
+		pthread_join(th[i], NULL);
+	return atomic_load(&batch_worst);
+}
+
+/* ---- load ---- */
+
+typedef struct load {
+	mux_t		*m;
+	const char	*method;
+	dmx_buf		 params;
+	long		 total;
+	_Atomic long	 next, done, errors;
+	uint64_t	*lat;		/* ns, one per call */
+} load;
+
+static uint64_t
+now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void *
+load_worker(void *arg)
+{
+	load *L = arg;
+	mux_result r;
+	uint64_t t0;
+	long i;
+
+	while ((i = atomic_fetch_add(&L->next, 1)) < L->total) {
+		t0 = now_ns();
+		if (mux_call(L->m, L->method, L->params.data, L->params.len,
+		    &r, timeout_ms) != MUX_OK)
+			atomic_fetch_add(&L->errors, 1);
+		L->lat[i] = now_ns() - t0;
+		mux_result_free(&r);
+		atomic_fetch_add(&L->done, 1);
+	}
+	return NULL;
+}
+
+static int
+cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static int
+do_load(mux_t *m, const char *method, char **args, int nargs, long n, int p)
+{
+	load L;
+	pthread_t *th;
+	uint64_t t0, dt;
+	struct timespec tick = { 0, 200 * 1000000L };
+	long done;
+	int i;
+
+	memset(&L, 0, sizeof(L));
+	L.m = m;
+	L.method = method;
+	L.total = n;
+	if (pack_args(args, nargs, &L.params) != 0) {
+		dmx_buf_release(&L.params);
+		return EX_USAGE;
+	}
+	L.lat = calloc((size_t)n, sizeof(*L.lat));
+	th = calloc((size_t)p, sizeof(*th));
+	if (L.lat == NULL || th == NULL) {
+		fprintf(stderr, "muxcall: out of memory\n");
+		return EX_USAGE;
+	}
+	t0 = now_ns();
+	for (i = 0; i < p; i++)
+		pthread_create(&th[i], NULL, load_worker, &L);
+	/* progress on stderr while the calls run */
+	while ((done = atomic_load(&L.done)) < n) {
+		dt = now_ns() - t0;
+		fprintf(stderr, "\r%ld/%ld calls, %.0f calls/s, %ld errors   ",
+		    done, n, done / (dt / 1e9), atomic_load(&L.errors));
+		nanosleep(&tick, NULL);
+	}
+	for (i = 0; i < p; i++)
+		pthread_join(th[i], NULL);
+	dt = now_ns() - t0;
+	fprintf(stderr, "\r%60s\r", "");
+	qsort(L.lat, (size_t)n, sizeof(*L.lat), cmp_u64);
+	printf("%ld calls from %d threads in %.3f s: %.0f calls/s, %ld errors\n"
+	    "latency us: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", n, p,
+	    dt / 1e9, n / (dt / 1e9), atomic_load(&L.errors),
+	    L.lat[(n - 1) * 50 / 100] / 1e3, L.lat[(n - 1) * 90 / 100] / 1e3,
+	    L.lat[(n - 1) * 99 / 100] / 1e3, L.lat[n - 1] / 1e3);
+	dmx_buf_release(&L.params);
+	free(L.lat);
+	free(th);
+	return atomic_load(&L.errors) ? EX_REMOTE : EX_OK;
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "connect", required_argument, NULL, 'c' },
+		{ "spawn", required_argument, NULL, 'S' },
+		{ "pretty", no_argument, NULL, 'p' },
+		{ "timeout", required_argument, NULL, 't' },
+		{ "list", no_argument, NULL, 'l' },
+		{ "stats", no_argument, NULL, 's' },
+		{ "batch", no_argument, NULL, 'b' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *uri = getenv("DEMUX_URI"), *spawn = NULL;
+	int ch, list = 0, stats = 0, batch = 0, threads = 1, rc;
+	long n = 0;
+	char err[MUX_ERRLEN];
+	mux_t *m;
+
+	if (uri == NULL || *uri == '\0')
+		uri = "tcp:127.0.0.1:7411";
+	while ((ch = getopt_long(argc, argv, "+c:pt:lsbn:P:h", opts, NULL)) !=
+	    -1) {
+		switch (ch) {
+		case 'c': uri = optarg; break;
+		case 'S': spawn = optarg; break;
+		case 'p': pretty = 1; break;
+		case 't': timeout_ms = atoi(optarg); break;
+		case 'l': list = 1; break;
+		case 's': stats = 1; break;
+		case 'b': batch = 1; break;
+		case 'n': n = atol(optarg); break;
+		case 'P': threads = atoi(optarg); break;
+		case 'h': usage(stdout); return EX_OK;
+		default: usage(stderr); return EX_USAGE;
+		}
+	}
+	if ((list + stats + batch > 1) || (n > 0 && (list || stats || batch)) ||
+	    (!list && !stats && !batch && optind >= argc) ||
+	    ((list || stats || batch) && optind < argc) || n < 0 ||
+	    threads < 1) {
+		usage(stderr);
+		return EX_USAGE;
+	}
+	if (spawn != NULL) {
+		char *sargv[] = { "demuxd", "--stdio", "-q", "-c",
+		    (char *)spawn, NULL };
+		const char *d = getenv("DEMUXD");
+
+		if (d != NULL && *d != '\0')
+			sargv[0] = (char *)d;
+		m = mux_spawn(sargv, err, sizeof(err));
+	} else {
+		m = mux_connect(uri, err, sizeof(err));
+	}
+	if (m == NULL) {
+		fprintf(stderr, "muxcall: %s\n", err);
+		return EX_CONN;
+	}
+	if (list) {
+		char *none[1] = { NULL };
+
+		rc = do_call(m, "$/methods", none, 0);
+	} else if (stats) {
+		rc = do_stats(m);
+	} else if (batch) {
+		rc = do_batch(m, threads > 1 ? threads : 64);
+	} else if (n > 0) {
+		rc = do_load(m, argv[optind], argv + optind + 1,
+		    argc - optind - 1, n, threads);
+	} else {
+		rc = do_call(m, argv[optind], argv + optind + 1,
+		    argc - optind - 1);
+	}
+	mux_free(m);
+	return rc;
+}
