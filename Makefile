@@ -38,8 +38,10 @@ LIBMUX_VERSION = 0.1.0
 COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c
 SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
-	     src/server/call.c src/server/conn.c src/server/server.c
+	     src/server/call.c src/server/conn.c src/server/server.c \
+	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/pack.c
+TOOL_SRC = src/tools/muxcall.c src/tools/json.c
 
 PLUGINS	= echo sleep kv
 TEST_PLUGINS = badabi badmagic nosym initfail faulty
@@ -49,16 +51,18 @@ obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 pic = $(patsubst %.c,$(BUILD)/pic/%.o,$(1))
 
 DEMUXD	= $(BUILD)/demuxd
+MUXCALL	= $(BUILD)/muxcall
 LIBMUX_SO = $(BUILD)/libmux.so.$(LIBMUX_VERSION)
 LIBMUX_A = $(BUILD)/libmux.a
 PLUGIN_SO = $(patsubst %,$(BUILD)/plugins/%.so,$(PLUGINS))
 TPLUGIN_SO = $(patsubst %,$(BUILD)/t/plugins/%.so,$(TEST_PLUGINS))
 TEST_BIN = $(patsubst %,$(BUILD)/t/%,$(C_TESTS))
 
-all: $(DEMUXD) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) $(TEST_BIN)
+all: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) $(TEST_BIN)
 
 # ---- dependencies (Debian) ----
-DEB_PKGS = pkg-config libyaml-dev libmsgpack-dev python3-msgpack perl
+DEB_PKGS = pkg-config libyaml-dev libmsgpack-dev libjansson-dev libmicrohttpd-dev \
+	   python3-msgpack perl curl
 
 $(BUILD)/.deps:
 	@mkdir -p $(BUILD)
@@ -95,7 +99,11 @@ $(BUILD)/pic/%.o: %.c | $(BUILD)/.deps
 
 # ---- demuxd ----
 $(DEMUXD): $(call obj,$(SERVER_SRC) $(COMMON_SRC))
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS) -ldl
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS) -lmicrohttpd -ldl
+
+# ---- muxcall (jansson: a small, well-kept JSON library in Debian) ----
+$(MUXCALL): $(call obj,$(TOOL_SRC)) $(LIBMUX_A)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ -ljansson $(MSGPACK_LIBS)
 
 # ---- libmux ----
 $(LIBMUX_SO): $(call pic,$(CLIENT_SRC) $(COMMON_SRC))
@@ -158,10 +166,45 @@ tsan:
 valgrind: all
 	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t
 
+# ---- install ----
+PREFIX	?= /usr/local
+DESTDIR	?=
+VERSION	= $(LIBMUX_VERSION)
+D	= $(DESTDIR)$(PREFIX)
+
+$(BUILD)/%.pc: conf/%.pc.in
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+install: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) \
+	  $(BUILD)/libmux.pc $(BUILD)/demux-plugin.pc
+	install -d $(D)/bin $(D)/lib/pkgconfig $(D)/include/demux \
+	  $(D)/lib/demux/plugins $(D)/share/man/man1 $(D)/share/man/man3 \
+	  $(D)/share/man/man5 $(D)/share/man/man8 $(D)/share/demux
+	install -m 755 $(DEMUXD) $(MUXCALL) $(D)/bin/
+	install -m 755 $(LIBMUX_SO) $(D)/lib/
+	ln -sf libmux.so.$(LIBMUX_VERSION) $(D)/lib/libmux.so.$(LIBMUX_SOVERSION)
+	ln -sf libmux.so.$(LIBMUX_SOVERSION) $(D)/lib/libmux.so
+	install -m 644 $(LIBMUX_A) $(D)/lib/
+	install -m 644 include/demux/plugin.h include/demux/mux.h $(D)/include/demux/
+	install -m 644 $(BUILD)/libmux.pc $(BUILD)/demux-plugin.pc $(D)/lib/pkgconfig/
+	install -m 755 $(PLUGIN_SO) $(D)/lib/demux/plugins/
+	install -m 644 docs/man/muxcall.1 $(D)/share/man/man1/
+	install -m 644 docs/man/libmux.3 $(D)/share/man/man3/
+	install -m 644 docs/man/demux.yaml.5 $(D)/share/man/man5/
+	install -m 644 docs/man/demuxd.8 $(D)/share/man/man8/
+	install -m 644 conf/systemd/demuxd.service conf/demux.yaml $(D)/share/demux/
+
+uninstall:
+	rm -f $(D)/bin/demuxd $(D)/bin/muxcall $(D)/lib/libmux.* \
+	  $(D)/lib/pkgconfig/libmux.pc $(D)/lib/pkgconfig/demux-plugin.pc \
+	  $(D)/share/man/man1/muxcall.1 $(D)/share/man/man3/libmux.3 \
+	  $(D)/share/man/man5/demux.yaml.5 $(D)/share/man/man8/demuxd.8
+	rm -rf $(D)/include/demux $(D)/lib/demux $(D)/share/demux
+
 clean:
 	rm -rf build build-asan build-tsan
 
-.PHONY: all deps test run asan tsan valgrind clean bench bench-bin
+.PHONY: all deps test run asan tsan valgrind clean bench bench-bin install uninstall
 .SECONDARY:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
