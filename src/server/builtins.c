@@ -153,12 +153,14 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 			inflight += ld(&rt->stats->m.in_flight);
 		}
 		pk_str(&pk, seen[j]->name);
-		msgpack_pack_map(&pk, 4);
+		msgpack_pack_map(&pk, 5);
 		pk_str(&pk, "version");
 		pk_str(&pk, seen[j]->desc->version ? seen[j]->desc->version : "");
 		pk_kv_u64(&pk, "workers_busy", busy);
 		pk_kv_u64(&pk, "workers_idle", (uint64_t)pi.idle);
 		pk_kv_u64(&pk, "in_flight", inflight);
+		pk_kv_u64(&pk, "workers_stuck", dmx_pool_stuck_in(
+		    dmx_server_pool(s), STUCK_MS, seen[j]));
 	}
 
 	pk_str(&pk, "methods");

@@ -45,6 +45,7 @@ struct dmx_pool {
 	int		 on_demand;
 	pthread_t	*threads;
 	_Atomic uint64_t *busy_since;	/* per fixed worker: 0 = idle, else ns */
+	const dmx_route *_Atomic *busy_route; /* per fixed worker: its job's */
 	_Atomic int	 next_index;	/* hands each worker its slot */
 	size_t		 stack_size;
 };
@@ -105,6 +106,8 @@ worker_main(void *arg)
 		if (chain)
 			pthread_cond_signal(&p->cv);
 		for (next = j; next != NULL; next = next->next) {
+			atomic_store_explicit(&p->busy_route[me], next->route,
+			    memory_order_relaxed);
 			atomic_store_explicit(&p->busy_since[me], dmx_now_ns(),
 			    memory_order_relaxed);
 			dmx_job_run(next, &zone);
@@ -167,7 +170,9 @@ dmx_pool_new(int nworkers, int max_threads, char *err, size_t errlen)
 	}
 	p->threads = calloc((size_t)nworkers, sizeof(*p->threads));
 	p->busy_since = calloc((size_t)nworkers, sizeof(*p->busy_since));
-	if (p->threads == NULL || p->busy_since == NULL) {
+	p->busy_route = calloc((size_t)nworkers, sizeof(*p->busy_route));
+	if (p->threads == NULL || p->busy_since == NULL ||
+	    p->busy_route == NULL) {
 		snprintf(err, errlen, "out of memory");
 		dmx_pool_free(p);
 		return NULL;
@@ -280,6 +285,7 @@ dmx_pool_free(dmx_pool *p)
 			pthread_join(p->threads[i], NULL);
 	free(p->threads);
 	free(p->busy_since);
+	free(p->busy_route);
 	pthread_cond_destroy(&p->cv);
 	pthread_cond_destroy(&p->done_cv);
 	pthread_mutex_destroy(&p->mu);
@@ -314,4 +320,24 @@ dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
 		if (ms >= stuck_ms)
 			out->stuck++;
 	}
+}
+
+unsigned
+dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const dmx_plugin *pl)
+{
+	uint64_t now = dmx_now_ns(), since;
+	const dmx_route *rt;
+	unsigned n = 0;
+	int i;
+
+	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
+		since = atomic_load_explicit(&p->busy_since[i],
+		    memory_order_relaxed);
+		rt = atomic_load_explicit(&p->busy_route[i],
+		    memory_order_relaxed);
+		if (since != 0 && since <= now && rt != NULL &&
+		    rt->plugin == pl && (now - since) / 1000000u >= stuck_ms)
+			n++;
+	}
+	return n;
 }

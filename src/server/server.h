@@ -197,5 +197,8 @@ typedef struct dmx_pool_info {
 	uint64_t	 longest_ms;
 } dmx_pool_info;
 void dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out);
+/* Workers stuck (over stuck_ms) in a method of plugin pl. */
+unsigned dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms,
+    const dmx_plugin *pl);
 
 #endif
