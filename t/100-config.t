@@ -173,6 +173,29 @@ is "$rc" 1 "a listen address that cannot be bound exits 1 (runtime, not config)"
 like "$out" "$f:1:9: listen: unix:$TMP/no/such/dir/demux.sock: bind: No such file" \
     "...naming the configured address and why"
 
+f=$(conf queueonly <<X
+plugins:
+  - name: echo
+    path: $BUILD/plugins/echo.so
+    queue: 10
+X
+)
+run "$DEMUXD" --check -c "$f"
+like "$out" "$f:2:5: plugins: queue: bounds a plugin's own pool: give it workers: too" \
+    "a plugin queue bound without its own pool is refused"
+
+f=$(conf ownpool <<X
+queue: 1000
+plugins:
+  - name: sleep
+    path: $BUILD/plugins/sleep.so
+    workers: 3
+    queue: 10
+X
+)
+run "$DEMUXD" --check -c "$f"
+is "$rc" 0 "a plugin with its own workers and queue, and a shared queue bound"
+
 # a configuration named without a folder: its plugin paths are relative to
 # the current folder (dlopen would otherwise search the library path)
 mkdir "$TMP/here" && cp "$BUILD/plugins/echo.so" "$TMP/here/echo.so"

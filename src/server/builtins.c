@@ -152,15 +152,23 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 			busy += ld(&rt->stats->m.running);
 			inflight += ld(&rt->stats->m.in_flight);
 		}
+		dmx_pool *pool = seen[j]->pool ? seen[j]->pool :
+		    dmx_server_pool(s);
+		dmx_pool_info own;
+
+		dmx_pool_info_get(pool, STUCK_MS, &own);
 		pk_str(&pk, seen[j]->name);
-		msgpack_pack_map(&pk, 5);
+		msgpack_pack_map(&pk, 7);
 		pk_str(&pk, "version");
 		pk_str(&pk, seen[j]->desc->version ? seen[j]->desc->version : "");
+		pk_str(&pk, "pool");
+		pk_str(&pk, seen[j]->pool ? "own" : "shared");
 		pk_kv_u64(&pk, "workers_busy", busy);
-		pk_kv_u64(&pk, "workers_idle", (uint64_t)pi.idle);
+		pk_kv_u64(&pk, "workers_idle", (uint64_t)own.idle);
+		pk_kv_u64(&pk, "queued", own.queued);
 		pk_kv_u64(&pk, "in_flight", inflight);
-		pk_kv_u64(&pk, "workers_stuck", dmx_pool_stuck_in(
-		    dmx_server_pool(s), STUCK_MS, seen[j]));
+		pk_kv_u64(&pk, "workers_stuck", dmx_pool_stuck_in(pool, STUCK_MS,
+		    seen[j]));
 	}
 
 	pk_str(&pk, "methods");

@@ -369,6 +369,24 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 				    "file name, got %s", node_kind(v));
 			pathnode = v;
 			p->path = resolve(c, s);
+		} else if (strcmp(key, "workers") == 0) {
+			unsigned long long u;
+
+			if (get_uint(c, v, "workers", 0, 4096, &u) != 0)
+				return -1;
+			if (u == 0)
+				return cfg_fail(c, v, "workers: a plugin's own pool "
+				    "needs at least 1 worker (omit the key to use "
+				    "the shared pool)");
+			p->workers = (int)u;
+		} else if (strcmp(key, "queue") == 0) {
+			unsigned long long u;
+
+			if (get_uint(c, v, "queue", 0, 1u << 24, &u) != 0)
+				return -1;
+			if (u == 0)
+				return cfg_fail(c, v, "queue: must be at least 1");
+			p->queue = (unsigned)u;
 		} else if (strcmp(key, "config") == 0) {
 			dmx_buf b = DMX_BUF_INIT;
 			msgpack_packer pk;
@@ -382,9 +400,13 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 			p->config_len = b.len;
 		} else {
 			return cfg_fail(c, k, "plugins: unknown key '%s' (expected "
-			    "name, path or config)", key);
+			    "name, path, workers, queue or config)", key);
 		}
 	}
+	if (p->queue > 0 && p->workers == 0)
+		return cfg_fail(c, e, "plugins: queue: bounds a plugin's own "
+		    "pool: give it workers: too (the shared pool's bound is "
+		    "the top-level queue:)");
 	if (pathnode == NULL)
 		return cfg_fail(c, e, "plugins: entry%s%s has no path",
 		    p->name ? " " : "", p->name ? p->name : "");
@@ -467,6 +489,12 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				return cfg_fail(c, v, "max_threads: must be at "
 				    "least 1");
 			cfg->max_threads = (int)u;
+		} else if (strcmp(key, "queue") == 0) {
+			if (get_uint(c, v, key, 0, 1u << 24, &u) != 0)
+				return -1;
+			if (u == 0)
+				return cfg_fail(c, v, "queue: must be at least 1");
+			cfg->queue = (unsigned)u;
 		} else if (strcmp(key, "max_frame") == 0) {
 			if (get_uint(c, v, key, 1, 1ull << 31, &u) != 0)
 				return -1;
@@ -520,7 +548,7 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				return -1;
 		} else {
 			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
-			    "workers, max_threads, max_frame, max_inflight, "
+			    "workers, max_threads, queue, max_frame, max_inflight, "
 			    "max_connections, log_level, metrics, access_log or "
 			    "plugins)", key);
 		}

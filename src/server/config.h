@@ -24,6 +24,8 @@ typedef struct dmx_conf_plugin {
 	char   *path;		/* resolved against the YAML file's folder */
 	char   *config;		/* `config:` as msgpack bytes, or NULL */
 	size_t	config_len;
+	int	workers;	/* its own pool of this size; 0: the shared one */
+	unsigned queue;		/* bound on its queued jobs; 0: none */
 	int	line, col;	/* of the list entry */
 } dmx_conf_plugin;
 
@@ -33,6 +35,7 @@ typedef struct dmx_config {
 	size_t		 nlisten;
 	int		 workers;	/* pool size; 0 = on-demand */
 	int		 max_threads;	/* on-demand cap */
+	unsigned	 queue;		/* bound on the shared pool's queue; 0: none */
 	size_t		 max_frame;	/* largest message accepted, bytes */
 	unsigned	 max_inflight;	/* per connection */
 	unsigned	 max_connections;

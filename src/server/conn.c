@@ -329,10 +329,19 @@ dmx_conn_reply(dmx_conn *c, uint32_t msgid, const void *result, size_t len)
 
 /* ---- dispatch (I/O thread) ---- */
 
+/* The jobs of one read pass, by the pool that will run them: each pool gets
+ * its jobs in one submit. */
+#define BATCH_POOLS 8
 typedef struct batch {
-	dmx_job	*head, *tail;
-	unsigned n;
+	struct {
+		dmx_pool *pool;
+		dmx_job	 *head, *tail;
+		unsigned  n;
+	} q[BATCH_POOLS];
+	unsigned nq;
 } batch;
+
+static void submit(dmx_conn *c, batch *bt);
 
 /* One complete frame. */
 static void
@@ -437,39 +446,64 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	    memory_order_relaxed);
 	j->params_off = (uint32_t)(r.p - p);
 	j->params_len = (uint32_t)(len - j->params_off);
-	if (bt->tail)
-		bt->tail->next = j;
-	else
-		bt->head = j;
-	bt->tail = j;
-	bt->n++;
+	{
+		dmx_pool *pool = rt->plugin->pool ? rt->plugin->pool :
+		    dmx_server_pool(c->srv);
+		unsigned q;
+
+		for (q = 0; q < bt->nq && bt->q[q].pool != pool; q++)
+			;
+		if (q == BATCH_POOLS) {
+			submit(c, bt);
+			q = 0;
+		}
+		if (q == bt->nq) {
+			bt->q[q].pool = pool;
+			bt->q[q].head = bt->q[q].tail = NULL;
+			bt->q[q].n = 0;
+			bt->nq++;
+		}
+		if (bt->q[q].tail)
+			bt->q[q].tail->next = j;
+		else
+			bt->q[q].head = j;
+		bt->q[q].tail = j;
+		bt->q[q].n++;
+	}
 }
 
 static void
 submit(dmx_conn *c, batch *bt)
 {
 	dmx_job *rej, *next;
+	unsigned q;
 
-	dmx_pool_submit(dmx_server_pool(c->srv), bt->head, bt->tail, bt->n, &rej);
-	for (; rej != NULL; rej = next) {
-		next = rej->next;
-		dmx_job_set_error(rej, DMX_E_OVERLOADED, "overloaded: "
-		    "max_threads reached, not executed", NULL);
-		{
+	for (q = 0; q < bt->nq; q++) {
+		dmx_pool_submit(bt->q[q].pool, bt->q[q].head, bt->q[q].tail,
+		    bt->q[q].n, &rej);
+		for (; rej != NULL; rej = next) {
 			dmx_method_stats *ms = &rej->route->stats->m;
+			char msg[160];
 
+			next = rej->next;
+			snprintf(msg, sizeof(msg), "overloaded: plugin %s has no "
+			    "room (queue bound or thread cap); not executed, "
+			    "safe to retry", rej->route->plugin->name);
+			dmx_job_set_error(rej, DMX_E_OVERLOADED, msg, NULL);
 			atomic_fetch_add_explicit(&ms->calls, 1,
 			    memory_order_relaxed);
 			dmx_method_error(ms, DMX_E_OVERLOADED);
 			atomic_fetch_sub_explicit(&ms->in_flight, 1,
 			    memory_order_relaxed);
+			dmx_access_log(c->id, rej->msgid, rej->notify,
+			    rej->route->name, rej->route->len, 1,
+			    DMX_E_OVERLOADED, 0);
+			if (rej->notify)
+				rej->out.len = 0;
+			dmx_conn_send(rej);
 		}
-		if (rej->notify)
-			rej->out.len = 0;
-		dmx_conn_send(rej);
 	}
-	bt->head = bt->tail = NULL;
-	bt->n = 0;
+	bt->nq = 0;
 }
 
 /*
@@ -581,7 +615,7 @@ dmx_conn_on_readable(dmx_conn *c)
 {
 	const dmx_config *cfg = dmx_server_config(c->srv);
 	dmx_buf *scratch = dmx_server_scratch(c->srv);
-	batch bt = { NULL, NULL, 0 };
+	batch bt;
 	size_t total = 0, used, room;
 	ssize_t n;
 	int paused;
@@ -590,6 +624,7 @@ dmx_conn_on_readable(dmx_conn *c)
 		drain_input(c);
 		return;
 	}
+	bt.nq = 0;
 	while (!c->rd_closed && !c->discard && total < READ_BUDGET) {
 		if (c->rbuf.len > 0) {
 			/* continuing a partial frame: read into its buffer */

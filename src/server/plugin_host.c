@@ -168,6 +168,8 @@ dmx_plugin_load(const dmx_conf_plugin *cp, const char *file, char *err,
 		goto fail;
 	}
 	p->desc = d;
+	p->workers = cp->workers;
+	p->queue = cp->queue;
 	p->name = strdup(cp->name ? cp->name : d->name);
 	if (p->name == NULL) {
 		load_fail(err, errlen, file, cp, "out of memory");

@@ -26,6 +26,10 @@ typedef struct dmx_plugin {
 	char		   *cfg_raw;	/* copy of the YAML config as msgpack */
 	size_t		    nmethods;
 	char		  **methods;	/* full names, "name.method" */
+	int		    workers;	/* own pool size from the YAML, or 0 */
+	unsigned	    queue;	/* its queue bound, or 0 */
+	struct dmx_pool	   *pool;	/* its own pool (set by the server), or
+					 * NULL for the shared one */
 } dmx_plugin;
 
 /*

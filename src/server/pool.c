@@ -37,6 +37,8 @@ struct dmx_pool {
 	pthread_cond_t	 cv;		/* workers wait for jobs */
 	pthread_cond_t	 done_cv;	/* on-demand: last thread left */
 	dmx_job		*head, *tail;	/* protected by mu */
+	unsigned	 qlen;		/* protected by mu */
+	unsigned	 qmax;		/* bound on qlen; 0: none */
 	int		 idle;		/* protected by mu */
 	int		 wakes;		/* protected by mu: signals in flight */
 	int		 stop;		/* protected by mu */
@@ -96,6 +98,7 @@ worker_main(void *arg)
 			}
 		p->head = last->next;
 		last->next = NULL;
+		p->qlen -= (unsigned)n;
 		if (p->head == NULL)
 			p->tail = NULL;
 		else if (p->idle > p->wakes) {
@@ -148,7 +151,8 @@ ondemand_thread(void *arg)
 }
 
 dmx_pool *
-dmx_pool_new(int nworkers, int max_threads, char *err, size_t errlen)
+dmx_pool_new(int nworkers, int max_threads, unsigned queue_max, char *err,
+    size_t errlen)
 {
 	pthread_attr_t attr;
 	dmx_pool *p;
@@ -163,6 +167,7 @@ dmx_pool_new(int nworkers, int max_threads, char *err, size_t errlen)
 	pthread_cond_init(&p->cv, NULL);
 	pthread_cond_init(&p->done_cv, NULL);
 	p->stack_size = DMX_WORKER_STACK;
+	p->qmax = queue_max;
 	if (nworkers == 0) {
 		p->on_demand = 1;
 		p->max_threads = max_threads;
@@ -210,6 +215,25 @@ dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
 	if (!p->on_demand) {
 		tail->next = NULL;
 		pthread_mutex_lock(&p->mu);
+		if (p->qmax > 0 && p->qlen + n > p->qmax) {
+			/* keep the first jobs up to the bound; the rest are
+			 * refused before they run: safe for clients to retry */
+			unsigned room = p->qmax > p->qlen ? p->qmax - p->qlen : 0;
+
+			if (room == 0) {
+				pthread_mutex_unlock(&p->mu);
+				*rejected = head;
+				return;
+			}
+			for (j = head; --room > 0; j = j->next)
+				;
+			*rejected = j->next;
+			j->next = NULL;
+			tail = j;
+			for (n = 0, j = head; j != NULL; j = j->next)
+				n++;
+		}
+		p->qlen += n;
 		if (p->tail)
 			p->tail->next = head;
 		else
@@ -296,7 +320,6 @@ void
 dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
 {
 	uint64_t now = dmx_now_ns(), since, ms;
-	dmx_job *j;
 	int i;
 
 	memset(out, 0, sizeof(*out));
@@ -305,8 +328,7 @@ dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
 	out->max_threads = p->max_threads;
 	out->workers = p->nthreads;
 	out->idle = p->on_demand ? 0 : p->idle;
-	for (j = p->head; j != NULL; j = j->next)
-		out->queued++;
+	out->queued = p->qlen;
 	pthread_mutex_unlock(&p->mu);
 	out->busy = p->on_demand ? out->workers : out->workers - out->idle;
 	for (i = 0; !p->on_demand && i < p->nthreads; i++) {

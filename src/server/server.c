@@ -32,7 +32,9 @@ typedef struct dmx_listener {
 struct dmx_server {
 	const dmx_config *cfg;
 	const dmx_router *router;
-	dmx_pool	*pool;
+	dmx_pool	*pool;		/* the shared pool */
+	dmx_pool	**own_pools;	/* plugins' own pools */
+	size_t		 nown;
 	int		 epfd;
 	dmx_ev		 wake_ev;
 	int		 wakefd;	/* eventfd: attention list non-empty */
@@ -214,6 +216,7 @@ dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
 	dmx_server *s;
 	struct epoll_event ev;
 	sigset_t set;
+	size_t i;
 
 	s = calloc(1, sizeof(*s));
 	if (s == NULL) {
@@ -255,9 +258,28 @@ dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
 	ev.data.ptr = &s->sig_ev;
 	epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->sigfd, &ev);
 
-	s->pool = dmx_pool_new(cfg->workers, cfg->max_threads, err, errlen);
+	s->pool = dmx_pool_new(cfg->workers, cfg->max_threads, cfg->queue, err,
+	    errlen);
 	if (s->pool == NULL)
 		goto fail;
+	/* plugins with `workers:` get a pool of their own, so that a slow
+	 * plugin cannot starve the others */
+	s->own_pools = calloc(dmx_router_count(router) + 1,
+	    sizeof(*s->own_pools));
+	if (s->own_pools == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	for (i = 0; i < dmx_router_count(router); i++) {
+		dmx_plugin *pl = dmx_router_at(router, i)->plugin;
+
+		if (pl->workers == 0 || pl->pool != NULL)
+			continue;
+		pl->pool = dmx_pool_new(pl->workers, 0, pl->queue, err, errlen);
+		if (pl->pool == NULL)
+			goto fail;
+		s->own_pools[s->nown++] = pl->pool;
+	}
 	return s;
 fail:
 	dmx_server_free(s);
@@ -526,6 +548,9 @@ dmx_server_free(dmx_server *s)
 	/* runs every queued job; their replies go nowhere and their
 	 * connections are freed by the last of them */
 	dmx_pool_free(s->pool);
+	while (s->nown > 0)
+		dmx_pool_free(s->own_pools[--s->nown]);
+	free(s->own_pools);
 	free(s->listeners);
 	if (s->epfd >= 0)
 		close(s->epfd);

@@ -175,11 +175,12 @@ int  dmx_server_stopping(const dmx_server *s);
 
 /* nworkers > 0: a fixed pool. 0: on-demand, one thread per job up to
  * max_threads. Returns NULL with a reason in err. */
-dmx_pool *dmx_pool_new(int nworkers, int max_threads, char *err,
-    size_t errlen);
-/* Queue a list of n jobs linked by ->next. In on-demand mode, jobs past the
- * thread cap (or whose thread cannot start) are not run: they come back as a
- * list in *rejected for the caller to answer -32010. */
+dmx_pool *dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
+    char *err, size_t errlen);
+/* Queue a list of n jobs linked by ->next. Jobs past the queue bound, or in
+ * on-demand mode past the thread cap (or whose thread cannot start), are not
+ * run: they come back as a list in *rejected for the caller to answer
+ * -32010. */
 void dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
     dmx_job **rejected);
 /* Run every queued job, stop the threads and free. */
