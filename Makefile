@@ -10,6 +10,7 @@
 # On a Debian machine, missing build/test packages are installed first
 # (apt-get, as root); elsewhere the missing ones are named.
 
+SHELL	:= /bin/bash
 BUILD	?= build
 CC	?= cc
 CFLAGS	?= -O2 -g
@@ -166,6 +167,35 @@ tsan:
 valgrind: all
 	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t
 
+# ---- fuzzing (clang's libFuzzer: Debian clang + libclang-rt-14-dev) ----
+FUZZ_SECONDS ?= 60
+FUZZ_CC	?= clang
+FUZZ_FLAGS = -std=gnu11 -g -O1 -Iinclude -fsanitize=fuzzer,address,undefined \
+	     -fno-sanitize-recover=all $(DEP_CFLAGS)
+FUZZ_OUT = build-fuzz
+
+$(FUZZ_OUT)/fuzz_wire: t/fuzz/fuzz_wire.c src/common/wire.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(MSGPACK_LIBS)
+
+$(FUZZ_OUT)/fuzz_config: t/fuzz/fuzz_config.c src/server/config.c src/common/buf.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS)
+
+# Each target runs FUZZ_SECONDS from the seed corpus in t/fuzz/corpus (new
+# inputs go to a scratch copy, not into the tree); a crash fails the target
+# and leaves the input in $(FUZZ_OUT)/.
+fuzz: $(FUZZ_OUT)/fuzz_wire $(FUZZ_OUT)/fuzz_config
+	@for t in wire config; do \
+	  rm -rf $(FUZZ_OUT)/corpus-$$t; mkdir -p $(FUZZ_OUT)/corpus-$$t; \
+	  cp t/fuzz/corpus/$$t/* $(FUZZ_OUT)/corpus-$$t/; \
+	  echo "fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	  $(FUZZ_OUT)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 \
+	    -artifact_prefix=$(FUZZ_OUT)/crash-$$t- -print_final_stats=1 \
+	    $(FUZZ_OUT)/corpus-$$t 2>&1 | grep -E 'stat::number_of_executed_units|Done|ERROR|SUMMARY' ; \
+	  test $${PIPESTATUS[0]:-0} = 0 || exit 1; \
+	done
+
 # ---- install ----
 PREFIX	?= /usr/local
 DESTDIR	?=
@@ -202,9 +232,9 @@ uninstall:
 	rm -rf $(D)/include/demux $(D)/lib/demux $(D)/share/demux
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz
 
-.PHONY: all deps test run asan tsan valgrind clean bench bench-bin install uninstall
+.PHONY: all deps test run asan tsan valgrind clean bench bench-bin install uninstall fuzz
 .SECONDARY:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
