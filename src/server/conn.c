@@ -29,6 +29,8 @@
 #define READ_BUDGET	(4u << 20)	/* bytes per readable event, fairness */
 #define WRITE_IOV	64		/* responses per writev */
 #define JOB_KEEP	(64u << 10)	/* buffer kept by a recycled job */
+#define MAX_INVALID	64		/* $/error notices before we hang up */
+#define CHECK_EVERY	256		/* frames between back-pressure checks */
 
 /* ---- jobs ---- */
 
@@ -293,6 +295,21 @@ send_error_notice(dmx_conn *c, int64_t code, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	dmx_debug("conn %u: $/error %lld: %s", c->id, (long long)code, msg);
+	if (++c->invalid > MAX_INVALID) {
+		/* a peer that keeps sending what is not a request (random
+		 * bytes are mostly valid msgpack integers) would make us
+		 * answer every byte: hang up instead */
+		if (c->invalid == MAX_INVALID + 1) {
+			dmx_info("conn %u: %u invalid messages: closing", c->id,
+			    MAX_INVALID);
+			snprintf(msg, sizeof(msg), "too many invalid messages "
+			    "(%u); closing the connection", MAX_INVALID);
+			code = DMX_E_INVALID_REQUEST;
+			c->invalid++;	/* this notice is the last */
+		} else {
+			return;
+		}
+	}
 	j = job_get(c);
 	if (j == NULL)
 		return;
@@ -534,11 +551,11 @@ fatal_frame(dmx_conn *c, const uint8_t *p, size_t n, int why)
 			    " over max_frame (%zu bytes)", cfg->max_frame);
 		dmx_info("conn %u: frame over max_frame (%zu bytes): closing",
 		    c->id, cfg->max_frame);
-	} else {
+	} else if (why == DMX_SCAN_INVALID) {
 		send_error_notice(c, DMX_E_PARSE, "parse error: not valid "
 		    "MessagePack; closing the connection");
 		dmx_info("conn %u: not MessagePack: closing", c->id);
-	}
+	}	/* else: too many invalid messages, already said */
 	if (!c->is_sock) {
 		dmx_conn_stop_reading(c);
 		return;
@@ -579,9 +596,21 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 {
 	const dmx_config *cfg = dmx_server_config(c->srv);
 	size_t off = 0, flen;
-	int rc;
+	unsigned frames = 0;
+	int rc, full;
 
 	while (off < n && !c->rd_closed && !c->discard) {
+		/* back pressure inside a read, not only between reads: one
+		 * 256 KiB read can hold tens of thousands of tiny frames */
+		if (++frames % CHECK_EVERY == 0) {
+			pthread_mutex_lock(&c->mu);
+			full = c->inflight >= cfg->max_inflight;
+			pthread_mutex_unlock(&c->mu);
+			if (full) {
+				c->rbuf_pending = 1;
+				break;
+			}
+		}
 		rc = dmx_scan_frame(&c->scan, p + off, n - off, cfg->max_frame,
 		    &flen);
 		if (rc == DMX_SCAN_MORE)
@@ -592,6 +621,10 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 		}
 		dispatch(c, p + off, flen, bt);
 		off += flen;
+		if (c->invalid > MAX_INVALID) {
+			fatal_frame(c, p + off, 0, DMX_SCAN_INVALID + 100);
+			return n;
+		}
 	}
 	return off;
 }
@@ -626,6 +659,29 @@ dmx_conn_on_readable(dmx_conn *c)
 	}
 	bt.nq = 0;
 	while (!c->rd_closed && !c->discard && total < READ_BUDGET) {
+		if (c->rbuf_pending) {
+			/* frames left unparsed by back pressure come first;
+			 * no epoll event will announce them */
+			c->rbuf_pending = 0;
+			used = parse(c, (uint8_t *)c->rbuf.data, c->rbuf.len,
+			    &bt);
+			if (c->rd_closed || c->discard)
+				break;
+			dmx_buf_consume(&c->rbuf, used);
+			if (c->rbuf_pending) {
+				pthread_mutex_lock(&c->mu);
+				paused = c->inflight >= cfg->max_inflight;
+				if (paused)
+					c->paused = 1;
+				pthread_mutex_unlock(&c->mu);
+				if (paused) {
+					dmx_server_epoll_mod(c->srv, c,
+					    c->events & ~(uint32_t)EPOLLIN);
+					break;
+				}
+				continue;
+			}
+		}
 		if (c->rbuf.len > 0) {
 			/* continuing a partial frame: read into its buffer */
 			size_t need = dmx_scan_need(&c->scan);
@@ -734,7 +790,10 @@ dmx_conn_attend(dmx_conn *c)
 	}
 	if (resume && !c->rd_closed) {
 		dmx_server_epoll_mod(c->srv, c, c->events | EPOLLIN);
-		/* data may already be waiting: level-triggered epoll reports it */
+		/* data waiting in the socket is reported by level-triggered
+		 * epoll; frames already read but not parsed are not */
+		if (c->rbuf_pending)
+			dmx_conn_on_readable(c);
 	}
 	if (want_out && !(c->events & EPOLLOUT))
 		dmx_server_epoll_mod(c->srv, c, c->events | EPOLLOUT);

@@ -88,6 +88,8 @@ struct dmx_conn {
 	int		 discard;	/* after a fatal frame: drain input */
 	size_t		 discarded;	/* bytes thrown away since */
 	int		 wr_shut;	/* shutdown(SHUT_WR) done */
+	int		 rbuf_pending;	/* rbuf holds frames not yet parsed */
+	unsigned	 invalid;	/* $/error notices sent */
 	dmx_conn	*prev, *next;	/* srv->conns */
 
 	/* protected by mu */

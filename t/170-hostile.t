@@ -1,0 +1,190 @@
+#!/usr/bin/python3
+# 170-hostile.t - 10,000 malformed, truncated, oversized and wrongly typed
+# messages over many connections, plus abrupt disconnects with calls in
+# flight, while a well-behaved client runs on its own connection: the good
+# client sees no error, demuxd's memory stays bounded, nothing crashes.
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+import msgpack
+
+BUILD = os.path.abspath(os.environ.get("BUILD", "build"))
+n_tests = failed = 0
+
+
+def ok(cond, desc):
+    global n_tests, failed
+    n_tests += 1
+    failed += 0 if cond else 1
+    print("%sok %d - %s" % ("" if cond else "not ", n_tests, desc), flush=True)
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def bad_messages(rng):
+    """One hostile byte string of a random kind."""
+    k = rng.randrange(10)
+    if k == 0:
+        return b"\xc1" + os.urandom(rng.randrange(1, 64))     # not msgpack
+    if k == 1:                                               # truncated
+        m = msgpack.packb([0, rng.randrange(2**32), "echo.echo", ["x" * 50]])
+        return m[:rng.randrange(1, len(m))]
+    if k == 2:
+        return b"\xdb\xff\xff\xff\xff"                          # 4 GiB str
+    if k == 3:
+        return msgpack.packb([0, 1, "echo.echo", ["y" * 70000]])  # > max_frame
+    if k == 4:
+        return msgpack.packb(rng.choice([7, "s", {"a": 1}, [], [0], [5, 1, 2],
+                                         [1, 2, None, None]]))
+    if k == 5:
+        return msgpack.packb([0, rng.randrange(2**32), 42, []])   # bad method
+    if k == 6:
+        return msgpack.packb([0, rng.randrange(2**32), "echo.echo", "notarray"])
+    if k == 7:
+        return msgpack.packb([0, rng.randrange(2**32), "no.such." + "z" * 500,
+                              []])
+    if k == 8:
+        return msgpack.packb([2, "sleep.sleep", ["x"]])          # bad notify
+    return os.urandom(rng.randrange(1, 200))                    # noise
+
+
+def hostile(sock_path, seed, count, stats):
+    rng = random.Random(seed)
+    sent = 0
+    while sent < count:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        try:
+            s.connect(sock_path)
+            # a few messages per connection, then read a little or vanish
+            for _ in range(rng.randrange(1, 20)):
+                s.sendall(bad_messages(rng))
+                sent += 1
+            if rng.random() < 0.3:
+                # calls in flight, then an abrupt disconnect
+                s.sendall(b"".join(msgpack.packb([0, i, "sleep.sleep", [5]])
+                                   for i in range(50)))
+            elif rng.random() < 0.5:
+                try:
+                    s.settimeout(0.05)
+                    s.recv(65536)
+                except (socket.timeout, OSError):
+                    pass
+        except OSError:
+            stats["conn_errors"] += 1
+        finally:
+            s.close()
+
+
+def main():
+    d = tempfile.mkdtemp(prefix="demux-t.")
+    conf = os.path.join(d, "demux.yaml")
+    with open(conf, "w") as f:
+        f.write('listen: "unix:demux.sock"\nworkers: 4\nmax_frame: 64KiB\n'
+                "plugins:\n  - name: echo\n    path: %s/plugins/echo.so\n"
+                "  - name: sleep\n    path: %s/plugins/sleep.so\n"
+                % (BUILD, BUILD))
+    srv = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
+                           stderr=subprocess.PIPE, text=True)
+    for line in srv.stderr:             # READY: it accepts connections
+        if "READY" in line:
+            break
+    sock_path = os.path.join(d, "demux.sock")
+    try:
+        threading.Thread(target=lambda: [None for _ in srv.stderr],
+                         daemon=True).start()
+        good = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        good.connect(sock_path)
+        good.settimeout(30)
+        rss0 = rss_kb(srv.pid)
+
+        stop = threading.Event()
+        good_stats = {"calls": 0, "bad": 0, "during": 0}
+
+        def good_client():
+            u = msgpack.Unpacker(raw=False)
+            i = 0
+            while not stop.is_set() or good_stats["calls"] < 20:
+                i += 1
+                payload = "good-%d" % i
+                good.sendall(msgpack.packb([0, i, "echo.echo", [payload]]))
+                got = None
+                while got is None:
+                    data = good.recv(65536)
+                    if not data:
+                        good_stats["bad"] += 1
+                        return
+                    u.feed(data)
+                    for m in u:
+                        got = m
+                if got != [1, i, None, [payload]]:
+                    good_stats["bad"] += 1
+                good_stats["calls"] += 1
+                if not stop.is_set():
+                    good_stats["during"] += 1
+        gt = threading.Thread(target=good_client)
+        gt.start()
+
+        stats = {"conn_errors": 0}
+        hs = [threading.Thread(target=hostile,
+                               args=(sock_path, seed, 1250, stats))
+              for seed in range(8)]
+        [h.start() for h in hs]
+        [h.join() for h in hs]
+        stop.set()
+        gt.join()
+
+        ok(srv.poll() is None, "demuxd is still running after 10,000 "
+           "hostile messages on many connections")
+        ok(good_stats["bad"] == 0 and good_stats["during"] > 0,
+           "the good client's %d calls (%d during the attack) all answered "
+           "correctly" % (good_stats["calls"], good_stats["during"]))
+        rss1 = rss_kb(srv.pid)
+        if os.environ.get("T_DEBUG"):
+            os.system("grep -E 'Rss|Size' /proc/%d/smaps_rollup; "
+                      "awk '/^[0-9a-f]+-/ {r=$0} /^Rss:/ && $2 > 4096 "
+                      "{print r, $2}' /proc/%d/smaps" % (srv.pid, srv.pid))
+        ok(rss1 - rss0 < 64 * 1024, "demuxd's memory stayed bounded "
+           "(RSS %d kB -> %d kB)" % (rss0, rss1))
+        # hostile connections close once their answers are out and their
+        # last jobs finish: watch $/stats until only ours is left
+        u = msgpack.Unpacker(raw=False, strict_map_key=False)
+        conns = None
+        for i in range(2000):
+            good.sendall(msgpack.packb([0, 10**6 + i, "$/stats", []]))
+            st = None
+            while st is None:
+                u.feed(good.recv(1 << 20))
+                for m in u:
+                    st = m
+            conns = st[3]["server"]["connections"]
+            if conns <= 1:
+                break
+            threading.Event().wait(0.01)
+        ok(conns == 1, "every abandoned connection was cleaned up (%d open)"
+           % conns)
+        good.close()
+    finally:
+        if srv.poll() is None:
+            srv.send_signal(signal.SIGTERM)
+            srv.wait(60)
+    ok(srv.returncode == 0, "demuxd exits 0 on SIGTERM (status %r)"
+       % srv.returncode)
+    print("1..%d" % n_tests)
+    sys.exit(1 if failed else 0)
+
+
+signal.alarm(240)
+main()
