@@ -40,7 +40,8 @@ class Server:
         self.sock = os.path.join(self.dir, "demux.sock")
         conf = os.path.join(self.dir, "demux.yaml")
         with open(conf, "w") as f:
-            f.write('listen: "unix:demux.sock"\nworkers: 4\n' + extra +
+            f.write('listen: "unix:demux.sock"\n' +
+                    ("" if "workers:" in extra else "workers: 4\n") + extra +
                     "plugins:\n"
                     "  - name: echo\n    path: %s/plugins/echo.so\n"
                     "  - name: sleep\n    path: %s/plugins/sleep.so\n"
@@ -267,16 +268,55 @@ def graceful_stop():
     first = read_messages(s, 1)
     ok(first == [[1, 99, None, "pong"]], "8 slow requests in flight")
     srv.proc.send_signal(signal.SIGTERM)
-    got = read_until_eof(s)
-    ok(sorted(m[1] for m in got) == list(range(8)) and
-       all(m[2] is None and m[3] == 300 for m in got),
-       "SIGTERM: every request in flight is still answered, then EOF")
+    u = msgpack.Unpacker(raw=False)
+    got = []
+    while [2, "$/drain", []] not in got:
+        u.feed(s.recv(65536))
+        got.extend(u)
+    ok([2, "$/drain", []] in got,
+       "SIGTERM: the client is sent the notification $/drain")
+    s.sendall(msgpack.packb([0, 50, "echo.echo", [1]]))
+    got += read_until_eof(s)
+    resp = [m for m in got if m[0] == 1]
+    ok(sorted(m[1] for m in resp if m[1] < 8) == list(range(8)) and
+       all(m[2] is None and m[3] == 300 for m in resp if m[1] < 8),
+       "every request in flight is still answered, then EOF")
+    late = [m for m in resp if m[1] == 50]
+    ok(late and late[0][2][0] == -32012,
+       "a request sent after $/drain is answered -32012 (%r)" % late)
     rc = srv.proc.wait(60)
     ok(rc == 0, "demuxd exits 0 after answering them")
     ok(not os.path.exists(srv.sock), "the socket file is removed")
     srv.log_thread.join(30)      # ends at the log's EOF
     ok(any("<kv> fini" in line for line in srv.log),
        "plugins' fini ran (kv logged it)")
+
+
+def drain_timeout():
+    srv = Server("workers: 1\ndrain_timeout_ms: 300\n")
+    s = srv.connect()
+    # one running, one queued behind it (1 worker); the ping proves both
+    # were read and dispatched
+    s.sendall(msgpack.packb([0, 1, "sleep.sleep", [3000]]) +
+              msgpack.packb([0, 2, "sleep.sleep", [3000]]) +
+              msgpack.packb([0, 3, "$/ping", []]))
+    ok(read_messages(s, 1) == [[1, 3, None, "pong"]], "two slow requests in "
+       "flight (one running, one queued)")
+    t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    got = read_until_eof(s)
+    dt = time.monotonic() - t0
+    r = {m[1]: m for m in got if m[0] == 1}
+    ok(1 in r and r[1][2][0] == -32012 and "still running" in r[1][2][1],
+       "drain_timeout_ms passed: the running request is answered -32012 "
+       "(%r)" % (r.get(1),))
+    ok(2 in r and r[2][2][0] == -32012 and "not executed" in r[2][2][1],
+       "...and the queued one too, as not executed (%r)" % (r.get(2),))
+    ok(dt < 2.0, "...after the 300 ms drain timeout, not the 3 s handlers "
+       "(%.2f s)" % dt)
+    rc = srv.proc.wait(10)
+    ok(rc == 0 and time.monotonic() - t0 < 2.5,
+       "demuxd exits 0 without waiting for the stuck handler")
 
 
 def main():
@@ -296,6 +336,7 @@ def main():
     ok(rc == 0, "demuxd exits 0 on SIGTERM")
     back_pressure()
     graceful_stop()
+    drain_timeout()
     print("1..%d" % n_tests)
     sys.exit(1 if failed else 0)
 

@@ -258,14 +258,30 @@ cleanup_dir(t_server *s)
 	rmdir(s->dir);
 }
 
+static int server_reap(t_server *s);
+
 int
 t_server_stop(t_server *s)
 {
-	int st = 0;
-
 	if (s->pid <= 0)
 		return -1;
 	kill(s->pid, SIGTERM);
+	return server_reap(s);
+}
+
+int
+t_server_wait(t_server *s)
+{
+	if (s->pid <= 0)
+		return -1;
+	return server_reap(s);
+}
+
+static int
+server_reap(t_server *s)
+{
+	int st = 0;
+
 	while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
 		;
 	forget_server(s->pid);

@@ -35,6 +35,9 @@ int  t_server_start(t_server *s, const char *yaml, ...);
 /* SIGTERM, wait, clean up. Returns the exit status (or 128+signal); under
  * valgrind, 99 means it found leaks or errors. */
 int  t_server_stop(t_server *s);
+/* Wait for a server that is already stopping (no signal sent); returns as
+ * t_server_stop does. */
+int  t_server_wait(t_server *s);
 /* Kill with SIGKILL and reap (a crash, from the clients' point of view). */
 void t_server_kill(t_server *s);
 

@@ -25,7 +25,7 @@ import threading
 import msgpack
 
 __all__ = ["Mux", "MuxError", "RemoteError", "ClosedError",
-           "ConnectionLost", "Timeout"]
+           "ConnectionLost", "Timeout", "Draining"]
 
 
 class MuxError(Exception):
@@ -48,6 +48,10 @@ class ClosedError(MuxError):
 
 class ConnectionLost(MuxError):
     """The connection broke; the effect of calls in flight is unknown."""
+
+
+class Draining(MuxError):
+    """The server sent $/drain: the call was not sent; retry elsewhere."""
 
 
 class Timeout(MuxError):
@@ -186,6 +190,13 @@ class Mux:
 
     def _on_message(self, msg):
         if not isinstance(msg, list) or not msg:
+            return
+        if msg[0] == 2 and len(msg) == 3 and msg[1] == "$/drain":
+            # the server is stopping: send nothing new on this connection
+            with self._lock:
+                if self._closed is None:
+                    self._closed = Draining("the server is draining: not "
+                                            "sent, safe to retry elsewhere")
             return
         if msg[0] == 1 and len(msg) == 4:
             with self._lock:

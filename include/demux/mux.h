@@ -47,7 +47,8 @@ extern "C" {
 	XX(ENOMEM,  -5,  "out of memory")					\
 	XX(EINVAL,  -6,  "invalid argument")				\
 	XX(EPROTO,  -7,  "the server broke the protocol")		\
-	XX(ETOOBIG, -8,  "message larger than the limit")
+	XX(ETOOBIG, -8,  "message larger than the limit")			\
+	XX(EDRAINING, -9, "the server is draining: not sent, safe to retry elsewhere")
 
 enum mux_err {
 #define MUX_XX(name, val, desc) MUX_##name = (val),
@@ -121,6 +122,10 @@ MUX_API void mux_free(mux_t *m);
 /* Largest response accepted (default 64 MiB); a bigger one breaks the
  * connection with MUX_ETOOBIG rather than growing memory without bound. */
 MUX_API void mux_set_max_frame(mux_t *m, size_t bytes);
+
+/* Nonzero once the server sent $/drain: calls made after that fail with
+ * MUX_EDRAINING without being sent; calls in flight still get answers. */
+MUX_API int mux_draining(mux_t *m);
 
 /* Responses that arrived for calls that had already timed out. */
 MUX_API uint64_t mux_late_responses(mux_t *m);

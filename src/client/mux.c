@@ -108,6 +108,7 @@ struct mux {
 	_Atomic int	 freeing;	/* mux_free waits for users == 0 */
 	pthread_cond_t	 users_cv;	/* mu: users dropped to 0 */
 	uint64_t	 late;		/* mu: responses nobody waited for */
+	_Atomic int	 draining;	/* the server sent $/drain */
 };
 
 const char *
@@ -400,8 +401,13 @@ enter(mux_t *m, mux_result *res)
 
 	atomic_fetch_add(&m->users, 1);
 	pthread_mutex_lock(&m->mu);
-	if (atomic_load(&m->state) == MUX_OPEN)
-		return MUX_OK;
+	if (atomic_load(&m->state) == MUX_OPEN) {
+		if (!atomic_load(&m->draining))
+			return MUX_OK;
+		if (res != NULL)
+			res->message = strdup(mux_strerror(MUX_EDRAINING));
+		return MUX_EDRAINING;
+	}
 	rc = atomic_load(&m->state) == MUX_CLOSED ? MUX_ECLOSED : MUX_ECONN;
 	if (res != NULL)
 		res->message = strdup(rc == MUX_ECONN && m->why[0] ? m->why :
@@ -710,6 +716,11 @@ on_notify(mux_t *m, dmx_rd *r)
 
 	if (dmx_rd_str(r, &meth, &ml) != 0)
 		return;
+	if (ml == 7 && memcmp(meth, "$/drain", 7) == 0) {
+		/* send nothing new on this connection */
+		atomic_store(&m->draining, 1);
+		return;
+	}
 	if (ml == 7 && memcmp(meth, "$/error", 7) == 0 &&
 	    dmx_rd_array(r, &n) == 0 && n >= 2 && dmx_rd_int(r, &code) == 0 &&
 	    dmx_rd_str(r, &msg, &sl) == 0) {
@@ -1028,6 +1039,12 @@ mux_set_max_frame(mux_t *m, size_t bytes)
 {
 	if (bytes >= 64)
 		m->max_frame = bytes;
+}
+
+int
+mux_draining(mux_t *m)
+{
+	return atomic_load(&m->draining);
 }
 
 uint64_t

@@ -170,6 +170,13 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 	j->head.host = &pl->host;
 	j->errored = 0;
 	j->out.len = 0;
+	{
+		int st = DMX_JOB_QUEUED;
+
+		if (!atomic_compare_exchange_strong(&j->state, &st,
+		    DMX_JOB_RUNNING))
+			return;		/* answered early: never runs */
+	}
 	msgpack_packer_init(&j->pk, &j->out, dmx_buf_pack_write);
 
 	rc = msgpack_unpack(j->in.data + j->params_off, j->params_len, &off,
@@ -223,6 +230,17 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 send:
 	if (j->notify)
 		j->out.len = 0;
+	{
+		int st = DMX_JOB_RUNNING;
+
+		if (!atomic_compare_exchange_strong(&j->state, &st,
+		    DMX_JOB_DONE)) {
+			/* answered early meanwhile (and counted then): the
+			 * result arrives too late and is dropped */
+			j->out.len = 0;
+			return;
+		}
+	}
 	/* the answer is ready: account for it */
 	{
 		dmx_method_stats *ms = &rt->stats->m;

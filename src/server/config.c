@@ -516,6 +516,10 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				return cfg_fail(c, v, "max_connections: must be "
 				    "at least 1");
 			cfg->max_connections = (unsigned)u;
+		} else if (strcmp(key, "drain_timeout_ms") == 0) {
+			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
+				return -1;
+			cfg->drain_timeout_ms = (unsigned)u;
 		} else if (strcmp(key, "log_level") == 0) {
 			static const char *const lv[] = { "error", "warn",
 			    "info", "debug" };
@@ -549,7 +553,8 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 		} else {
 			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
 			    "workers, max_threads, queue, max_frame, max_inflight, "
-			    "max_connections, log_level, metrics, access_log or "
+			    "max_connections, drain_timeout_ms, log_level, metrics, "
+			    "access_log or "
 			    "plugins)", key);
 		}
 	}
@@ -567,6 +572,7 @@ dmx_config_defaults(dmx_config *cfg)
 	cfg->max_frame = DMX_DEFAULT_MAX_FRAME;
 	cfg->max_inflight = DMX_DEFAULT_MAX_INFLIGHT;
 	cfg->max_connections = DMX_DEFAULT_MAX_CONNECTIONS;
+	cfg->drain_timeout_ms = DMX_DEFAULT_DRAIN_TIMEOUT_MS;
 	cfg->log_level = -1;
 }
 

@@ -39,6 +39,7 @@ typedef struct dmx_config {
 	size_t		 max_frame;	/* largest message accepted, bytes */
 	unsigned	 max_inflight;	/* per connection */
 	unsigned	 max_connections;
+	unsigned	 drain_timeout_ms; /* SIGTERM: wait this long for in-flight */
 	int		 log_level;	/* -1: not set in the file */
 	char		*metrics;	/* "tcp:HOST:PORT" for GET /metrics, or NULL */
 	int		 metrics_line, metrics_col;
@@ -51,6 +52,7 @@ typedef struct dmx_config {
 #define DMX_DEFAULT_MAX_INFLIGHT	4096u
 #define DMX_DEFAULT_MAX_CONNECTIONS	10000u
 #define DMX_DEFAULT_MAX_THREADS		1024
+#define DMX_DEFAULT_DRAIN_TIMEOUT_MS	30000u
 
 /*
  * Read and validate FILE. On success fill *cfg (free with dmx_config_free)

@@ -43,18 +43,21 @@ job_get(dmx_conn *c)
 	j = c->free_jobs;
 	if (j != NULL)
 		c->free_jobs = j->next;
-	c->inflight++;
-	pthread_mutex_unlock(&c->mu);
-	if (j == NULL) {
-		j = calloc(1, sizeof(*j));
-		if (j == NULL) {
-			pthread_mutex_lock(&c->mu);
-			c->inflight--;
-			pthread_mutex_unlock(&c->mu);
-			return NULL;
-		}
+	else if ((j = calloc(1, sizeof(*j))) != NULL)
 		j->conn = c;
+	if (j != NULL) {
+		c->inflight++;
+		atomic_store_explicit(&j->state, DMX_JOB_QUEUED,
+		    memory_order_relaxed);
+		j->fl_prev = NULL;
+		j->fl_next = c->flight;
+		if (c->flight)
+			c->flight->fl_prev = j;
+		c->flight = j;
 	}
+	pthread_mutex_unlock(&c->mu);
+	if (j == NULL)
+		return NULL;
 	j->next = NULL;
 	j->route = NULL;
 	j->notify = 0;
@@ -86,6 +89,12 @@ job_recycle_locked(dmx_conn *c, dmx_job *j)
 
 	dmx_buf_shrink(&j->in, JOB_KEEP);
 	dmx_buf_shrink(&j->out, JOB_KEEP);
+	if (j->fl_prev)
+		j->fl_prev->fl_next = j->fl_next;
+	else
+		c->flight = j->fl_next;
+	if (j->fl_next)
+		j->fl_next->fl_prev = j->fl_prev;
 	j->next = c->free_jobs;
 	c->free_jobs = j;
 	c->inflight--;
@@ -427,6 +436,16 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 
 		dmx_access_log(c->id, (uint32_t)msgid, notify, m, ml, code != 0,
 		    code, 0);
+		return;
+	}
+	if (c->draining) {
+		/* after $/drain: nothing new runs here */
+		if (!notify)
+			dmx_conn_reply_error(c, (uint32_t)msgid,
+			    DMX_E_SHUTTING_DOWN, "shutting down: not executed, "
+			    "safe to retry elsewhere");
+		dmx_access_log(c->id, (uint32_t)msgid, notify, m, ml, 1,
+		    DMX_E_SHUTTING_DOWN, 0);
 		return;
 	}
 	rt = dmx_router_find(dmx_server_router(c->srv), m, ml);
@@ -778,7 +797,13 @@ dmx_conn_attend(dmx_conn *c)
 		dmx_conn_release(c);
 		return;
 	}
-	if (c->rd_closed && idle && !flushing) {
+	if ((c->rd_closed || c->draining) && idle && !flushing) {
+		dmx_conn_release(c);
+		return;
+	}
+	if (c->draining && c->abandoned && !flushing) {
+		/* drain timeout: the -32012 answers are out; the stuck jobs
+		 * will find the connection gone */
 		dmx_conn_release(c);
 		return;
 	}
@@ -799,6 +824,81 @@ dmx_conn_attend(dmx_conn *c)
 		dmx_server_epoll_mod(c->srv, c, c->events | EPOLLOUT);
 	else if (!want_out && (c->events & EPOLLOUT))
 		dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLOUT);
+}
+
+/* ---- drain ---- */
+
+void
+dmx_conn_drain(dmx_conn *c)
+{
+	dmx_job *j;
+
+	if (c->draining)
+		return;
+	c->draining = 1;
+	/* [2, "$/drain", []]: send nothing new on this connection */
+	j = job_get(c);
+	if (j != NULL) {
+		dmx_buf_append(&j->out, "\x93\x02\xa7$/drain\x90", 11);
+		dmx_conn_send(j);
+	}
+	pthread_mutex_lock(&c->mu);
+	c->closing = 1;			/* wake us when idle */
+	dmx_server_attn(c->srv, c);
+	pthread_mutex_unlock(&c->mu);
+}
+
+unsigned
+dmx_conn_abandon(dmx_conn *c)
+{
+	struct { uint32_t msgid; int ran; } *ans = NULL;
+	unsigned n = 0, cap = 0, i;
+	dmx_job *j;
+	int st;
+
+	pthread_mutex_lock(&c->mu);
+	for (j = c->flight; j != NULL; j = j->fl_next) {
+		if (j->route == NULL)
+			continue;	/* a host-made reply, not a request */
+		st = atomic_load(&j->state);
+		if ((st != DMX_JOB_QUEUED && st != DMX_JOB_RUNNING) ||
+		    !atomic_compare_exchange_strong(&j->state, &st,
+		    DMX_JOB_ANSWERED))
+			continue;
+		{
+			dmx_method_stats *ms = &j->route->stats->m;
+
+			atomic_fetch_add(&ms->calls, 1);
+			dmx_method_error(ms, DMX_E_SHUTTING_DOWN);
+			atomic_fetch_sub(&ms->in_flight, 1);
+		}
+		if (j->notify)
+			continue;
+		if (n == cap) {
+			void *p = realloc(ans, (cap ? cap * 2 : 16) *
+			    sizeof(*ans));
+
+			if (p == NULL)
+				break;
+			ans = p;
+			cap = cap ? cap * 2 : 16;
+		}
+		ans[n].msgid = j->msgid;
+		ans[n].ran = st == DMX_JOB_RUNNING;
+		n++;
+	}
+	pthread_mutex_unlock(&c->mu);
+	for (i = 0; i < n; i++)
+		dmx_conn_reply_error(c, ans[i].msgid, DMX_E_SHUTTING_DOWN,
+		    "shutting down: drain_timeout_ms passed; %s",
+		    ans[i].ran ? "the handler was still running, its result "
+		    "will be dropped" : "not executed, safe to retry");
+	free(ans);
+	c->abandoned = 1;
+	pthread_mutex_lock(&c->mu);
+	dmx_server_attn(c->srv, c);
+	pthread_mutex_unlock(&c->mu);
+	return n;
 }
 
 /* ---- lifetime ---- */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "log.h"
@@ -209,6 +210,15 @@ main(int argc, char **argv)
 	    cfg.workers == 0 ? cfg.max_threads : cfg.workers);
 	if (dmx_server_run(srv) != 0)
 		rc = 1;
+	if (dmx_server_busy_workers(srv) > 0) {
+		/* handlers still running past drain_timeout_ms: their threads
+		 * cannot be stopped safely, nor can their plugins' fini run
+		 * under them; every client has had its answer */
+		dmx_warn("%d handler(s) still running after drain_timeout_ms: "
+		    "exiting without waiting for them (their plugins' fini "
+		    "is not called)", dmx_server_busy_workers(srv));
+		_exit(rc);
+	}
 out:
 	/* the metrics thread reads the server: stop it first; then the
 	 * workers (they run plugin code), then the plugins' fini */

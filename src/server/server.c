@@ -47,6 +47,8 @@ struct dmx_server {
 	unsigned	 next_id;
 	int		 stdio;		/* serving one stdio connection */
 	_Atomic int	 stopping;	/* read by the metrics thread too */
+	uint64_t	 drain_deadline; /* ns; 0 until a signal */
+	int		 abandoned;	/* the drain deadline passed */
 	dmx_buf		 scratch;
 	dmx_server_stats stats;
 
@@ -432,13 +434,51 @@ begin_stop(dmx_server *s, const char *why)
 	if (s->stopping)
 		return;
 	s->stopping = 1;
-	dmx_info("%s: stopping; answering %u connection(s)' accepted requests",
-	    why, s->nconns);
+	s->drain_deadline = dmx_now_ns() +
+	    (uint64_t)s->cfg->drain_timeout_ms * 1000000u;
+	dmx_info("%s: draining: no new connections, $/drain to %u "
+	    "connection(s), new requests answered -32012, up to %u ms for "
+	    "those in flight", why, s->nconns, s->cfg->drain_timeout_ms);
 	close_listeners(s);
 	for (c = s->conns; c != NULL; c = next) {
 		next = c->next;
-		dmx_conn_stop_reading(c);
+		if (s->stdio)
+			dmx_conn_stop_reading(c);
+		else
+			dmx_conn_drain(c);
 	}
+}
+
+/* The drain deadline passed: answer what is still in flight -32012. */
+static void
+abandon_all(dmx_server *s)
+{
+	dmx_conn *c, *next;
+	unsigned n = 0;
+
+	s->abandoned = 1;
+	for (c = s->conns; c != NULL; c = next) {
+		next = c->next;
+		n += dmx_conn_abandon(c);
+	}
+	dmx_warn("drain_timeout_ms (%u) passed: %u request(s) still in "
+	    "flight answered -32012", s->cfg->drain_timeout_ms, n);
+}
+
+int
+dmx_server_busy_workers(dmx_server *s)
+{
+	dmx_pool_info pi;
+	size_t i;
+	int busy;
+
+	dmx_pool_info_get(s->pool, 0, &pi);
+	busy = pi.on_demand ? pi.workers : pi.busy;
+	for (i = 0; i < s->nown; i++) {
+		dmx_pool_info_get(s->own_pools[i], 0, &pi);
+		busy += pi.busy;
+	}
+	return busy;
 }
 
 static void
@@ -484,11 +524,34 @@ int
 dmx_server_run(dmx_server *s)
 {
 	struct epoll_event evs[256];
-	int n, i, woke;
+	int n, i, woke, timeout;
+	uint64_t now;
 
-	while (!(s->stopping && s->conns == NULL) &&
-	    !(s->stdio && s->conns == NULL)) {
-		n = epoll_wait(s->epfd, evs, 256, -1);
+	for (;;) {
+		if ((s->stopping || s->stdio) && s->conns == NULL) {
+			/* handlers of connections that went away may still
+			 * run: their plugins' fini must wait for them, up to
+			 * the drain deadline */
+			if (s->abandoned || dmx_server_busy_workers(s) == 0)
+				break;
+		}
+		timeout = -1;
+		if (s->stopping && !s->abandoned) {
+			now = dmx_now_ns();
+			if (now >= s->drain_deadline) {
+				abandon_all(s);
+				on_wake(s, 0);
+				continue;
+			}
+			timeout = (int)((s->drain_deadline - now) / 1000000u) + 1;
+			/* nothing signals a worker becoming idle: look again
+			 * soon while only workers remain */
+			if (s->conns == NULL && timeout > 10)
+				timeout = 10;
+		} else if (s->stdio && s->conns == NULL) {
+			timeout = 10;
+		}
+		n = epoll_wait(s->epfd, evs, 256, timeout);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;

@@ -48,10 +48,21 @@ typedef struct dmx_server dmx_server;
 typedef struct dmx_conn dmx_conn;
 typedef struct dmx_pool dmx_pool;
 
+/* A job's state: who may answer it. Changed by compare-and-swap, so that a
+ * result and an early answer (drain timeout) cannot both be sent. */
+enum dmx_job_state {
+	DMX_JOB_QUEUED = 0,	/* waiting for a worker */
+	DMX_JOB_RUNNING,	/* in process_transaction */
+	DMX_JOB_DONE,		/* its own answer is (being) sent */
+	DMX_JOB_ANSWERED,	/* answered early: do not run / drop result */
+};
+
 /* One transaction. Owned by its connection (free list); see conn.c. */
 typedef struct dmx_job {
 	struct demux_call_head head;	/* first: what plugin.h's wrappers read */
 	struct dmx_job	*next;		/* pool queue, output queue, free list */
+	struct dmx_job	*fl_prev, *fl_next; /* conn's in-flight list (mu) */
+	_Atomic int	 state;		/* enum dmx_job_state */
 	dmx_conn	*conn;
 	const dmx_route	*route;		/* NULL for host-made replies */
 	uint32_t	 msgid;
@@ -106,6 +117,9 @@ struct dmx_conn {
 	dmx_conn	*attn_next;
 	unsigned	 inflight;	/* jobs not yet recycled */
 	dmx_job		*free_jobs;
+	dmx_job		*flight;	/* jobs taken and not yet recycled */
+	int		 draining;	/* I/O thread: $/drain sent */
+	int		 abandoned;	/* I/O thread: drain timed out */
 };
 
 /* Create the server from a validated config and loaded plugins (not owned:
@@ -144,6 +158,13 @@ void dmx_conn_reply_error(dmx_conn *c, uint32_t msgid, int64_t code,
 int  dmx_builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m,
     uint32_t ml);		/* returns 0, or the error code it answered */
 
+/* Drain: send $/drain; from now on requests are answered -32012 and the
+ * connection closes once idle. (I/O thread) */
+void dmx_conn_drain(dmx_conn *c);
+/* Drain timeout: answer -32012 to every request still queued or running;
+ * their results, if they ever come, are dropped. (I/O thread) */
+unsigned dmx_conn_abandon(dmx_conn *c);
+
 /* Stop reading for good (shutdown). (I/O thread) */
 void dmx_conn_stop_reading(dmx_conn *c);
 /* Act on what workers reported. (I/O thread) */
@@ -172,6 +193,8 @@ int  dmx_server_epoll_mod(dmx_server *s, dmx_conn *c, uint32_t events);
 /* Large scratch buffer for reads of connections with no partial frame. */
 dmx_buf *dmx_server_scratch(dmx_server *s);
 int  dmx_server_stopping(const dmx_server *s);
+/* Handlers still running in any pool (after a drain timeout). */
+int  dmx_server_busy_workers(dmx_server *s);
 
 /* ---- pool.c ---- */
 
