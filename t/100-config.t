@@ -196,6 +196,17 @@ X
 run "$DEMUXD" --check -c "$f"
 is "$rc" 0 "a plugin with its own workers and queue, and a shared queue bound"
 
+f=$(conf badmethod <<X
+plugins:
+  - name: sleep
+    path: $BUILD/plugins/sleep.so
+    methods:
+      nap: { timeout_ms: 10 }
+X
+)
+run "$DEMUXD" --check -c "$f"
+like "$out" "$f:5:7: plugin 'sleep' has no method 'nap'" "a timeout for a method the plugin does not serve"
+
 # a configuration named without a folder: its plugin paths are relative to
 # the current folder (dlopen would otherwise search the library path)
 mkdir "$TMP/here" && cp "$BUILD/plugins/echo.so" "$TMP/here/echo.so"

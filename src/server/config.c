@@ -333,6 +333,56 @@ fail:
 	return -1;
 }
 
+/* methods: { NAME: { timeout_ms: N }, ... } */
+static int
+load_methods(cfg_ctx *c, dmx_conf_plugin *p, yaml_node_t *v)
+{
+	yaml_node_pair_t *pr, *q;
+	size_t n;
+
+	if (v->type != YAML_MAPPING_NODE)
+		return cfg_fail(c, v, "methods: expected a mapping of method "
+		    "names to settings, got %s", node_kind(v));
+	if (check_dup_keys(c, v) != 0)
+		return -1;
+	n = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
+	p->methods = calloc(n ? n : 1, sizeof(*p->methods));
+	if (p->methods == NULL)
+		return cfg_fail(c, v, "out of memory");
+	for (pr = v->data.mapping.pairs.start; pr < v->data.mapping.pairs.top;
+	    pr++) {
+		yaml_node_t *k = yaml_document_get_node(&c->doc, pr->key);
+		yaml_node_t *s = yaml_document_get_node(&c->doc, pr->value);
+		dmx_conf_method *m = &p->methods[p->nmethods];
+
+		m->line = (int)k->start_mark.line + 1;
+		m->col = (int)k->start_mark.column + 1;
+		if (s->type != YAML_MAPPING_NODE)
+			return cfg_fail(c, s, "methods: %s: expected a mapping "
+			    "(timeout_ms)", scalar(k));
+		if (check_dup_keys(c, s) != 0)
+			return -1;
+		m->name = strdup(scalar(k));
+		p->nmethods++;
+		for (q = s->data.mapping.pairs.start;
+		    q < s->data.mapping.pairs.top; q++) {
+			yaml_node_t *kk = yaml_document_get_node(&c->doc, q->key);
+			yaml_node_t *vv = yaml_document_get_node(&c->doc,
+			    q->value);
+			unsigned long long u;
+
+			if (strcmp(scalar(kk), "timeout_ms") != 0)
+				return cfg_fail(c, kk, "methods: %s: unknown key "
+				    "'%s' (expected timeout_ms)", m->name,
+				    scalar(kk));
+			if (get_uint(c, vv, "timeout_ms", 0, 86400000u, &u) != 0)
+				return -1;
+			m->timeout_ms = (unsigned)u;
+		}
+	}
+	return 0;
+}
+
 static int
 load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 {
@@ -387,6 +437,15 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 			if (u == 0)
 				return cfg_fail(c, v, "queue: must be at least 1");
 			p->queue = (unsigned)u;
+		} else if (strcmp(key, "timeout_ms") == 0) {
+			unsigned long long u;
+
+			if (get_uint(c, v, "timeout_ms", 0, 86400000u, &u) != 0)
+				return -1;
+			p->timeout_ms = (unsigned)u;
+		} else if (strcmp(key, "methods") == 0) {
+			if (load_methods(c, p, v) != 0)
+				return -1;
 		} else if (strcmp(key, "config") == 0) {
 			dmx_buf b = DMX_BUF_INIT;
 			msgpack_packer pk;
@@ -400,7 +459,8 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 			p->config_len = b.len;
 		} else {
 			return cfg_fail(c, k, "plugins: unknown key '%s' (expected "
-			    "name, path, workers, queue or config)", key);
+			    "name, path, workers, queue, timeout_ms, methods or "
+			    "config)", key);
 		}
 	}
 	if (p->queue > 0 && p->workers == 0)
@@ -653,6 +713,9 @@ dmx_config_free(dmx_config *cfg)
 		free(cfg->plugins[i].name);
 		free(cfg->plugins[i].path);
 		free(cfg->plugins[i].config);
+		for (size_t k = 0; k < cfg->plugins[i].nmethods; k++)
+			free(cfg->plugins[i].methods[k].name);
+		free(cfg->plugins[i].methods);
 	}
 	free(cfg->plugins);
 	free(cfg->metrics);

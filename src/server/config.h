@@ -19,6 +19,12 @@ typedef struct dmx_conf_listen {
 	int	line, col;
 } dmx_conf_listen;
 
+typedef struct dmx_conf_method {
+	char	*name;		/* after the dot */
+	unsigned timeout_ms;
+	int	 line, col;
+} dmx_conf_method;
+
 typedef struct dmx_conf_plugin {
 	char   *name;		/* routing prefix; NULL: the plugin's own name */
 	char   *path;		/* resolved against the YAML file's folder */
@@ -26,6 +32,9 @@ typedef struct dmx_conf_plugin {
 	size_t	config_len;
 	int	workers;	/* its own pool of this size; 0: the shared one */
 	unsigned queue;		/* bound on its queued jobs; 0: none */
+	unsigned timeout_ms;	/* deadline of its methods; 0: none */
+	dmx_conf_method *methods; /* per-method settings */
+	size_t	nmethods;
 	int	line, col;	/* of the list entry */
 } dmx_conf_plugin;
 

@@ -47,6 +47,7 @@ job_get(dmx_conn *c)
 		j->conn = c;
 	if (j != NULL) {
 		c->inflight++;
+		j->seq++;
 		atomic_store_explicit(&j->state, DMX_JOB_QUEUED,
 		    memory_order_relaxed);
 		j->fl_prev = NULL;
@@ -99,7 +100,7 @@ job_recycle_locked(dmx_conn *c, dmx_job *j)
 	c->free_jobs = j;
 	c->inflight--;
 	if (c->released)
-		return c->inflight == 0;
+		return c->inflight == 0 && c->timers == 0;
 	/* wake the I/O thread only for what it must act on: reading can
 	 * resume, or a closing connection has gone idle */
 	if ((c->paused && c->inflight <= cfg->max_inflight / 2) ||
@@ -480,6 +481,13 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	j->t_dispatch = dmx_now_ns();
 	atomic_fetch_add_explicit(&rt->stats->m.in_flight, 1,
 	    memory_order_relaxed);
+	if (rt->timeout_ms > 0) {
+		pthread_mutex_lock(&c->mu);
+		c->timers++;
+		pthread_mutex_unlock(&c->mu);
+		dmx_server_timer_add(c->srv, c, j, j->t_dispatch +
+		    (uint64_t)rt->timeout_ms * 1000000u);
+	}
 	j->params_off = (uint32_t)(r.p - p);
 	j->params_len = (uint32_t)(len - j->params_off);
 	{
@@ -826,6 +834,56 @@ dmx_conn_attend(dmx_conn *c)
 		dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLOUT);
 }
 
+/* ---- deadlines ---- */
+
+void
+dmx_conn_expire(dmx_conn *c, dmx_job *j, uint64_t seq, unsigned timeout_ms)
+{
+	const dmx_route *rt = NULL;
+	uint32_t msgid = 0;
+	int st = -1, answer = 0, notify = 0, last;
+
+	pthread_mutex_lock(&c->mu);
+	if (j->seq == seq) {
+		st = atomic_load(&j->state);
+		if ((st == DMX_JOB_QUEUED || st == DMX_JOB_RUNNING) &&
+		    atomic_compare_exchange_strong(&j->state, &st,
+		    DMX_JOB_ANSWERED)) {
+			answer = 1;
+			rt = j->route;
+			msgid = j->msgid;
+			notify = j->notify;
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (answer) {
+		dmx_method_stats *ms = &rt->stats->m;
+
+		atomic_fetch_add(&rt->stats->timeouts, 1);
+		atomic_fetch_add(&ms->calls, 1);
+		dmx_method_error(ms, DMX_E_TIMED_OUT);
+		atomic_fetch_sub(&ms->in_flight, 1);
+		if (st == DMX_JOB_RUNNING)
+			dmx_warn("%s: still running %u ms after its start "
+			    "(timeout_ms %u): answered -32011, its worker is "
+			    "stuck until the handler returns", rt->name,
+			    timeout_ms, timeout_ms);
+		dmx_access_log(c->id, msgid, notify, rt->name, rt->len, 1,
+		    DMX_E_TIMED_OUT, (uint64_t)timeout_ms * 1000000u);
+		if (!notify && !c->released)
+			dmx_conn_reply_error(c, msgid, DMX_E_TIMED_OUT, "timed "
+			    "out: %s took longer than %u ms; its result will be "
+			    "dropped", rt->name, timeout_ms);
+	}
+	pthread_mutex_lock(&c->mu);
+	c->timers--;
+	last = c->released && c->inflight == 0 && c->timers == 0 &&
+	    !c->writing;
+	pthread_mutex_unlock(&c->mu);
+	if (last)
+		conn_free(c);
+}
+
 /* ---- drain ---- */
 
 void
@@ -932,7 +990,7 @@ dmx_conn_release(dmx_conn *c)
 	pthread_mutex_lock(&c->mu);
 	c->released = 1;
 	c->broken = 1;
-	last = c->inflight == 0 && !c->writing;
+	last = c->inflight == 0 && c->timers == 0 && !c->writing;
 	if (!last && !c->writing && c->oq_head != NULL)
 		last = flush_locked(c);		/* recycles queued replies */
 	pthread_mutex_unlock(&c->mu);

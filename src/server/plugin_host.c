@@ -177,6 +177,28 @@ dmx_plugin_load(const dmx_conf_plugin *cp, const char *file, char *err,
 	}
 	if (load_methods(p, cp, file, err, errlen) != 0)
 		goto fail;
+	/* deadlines: the plugin's, then each method's own */
+	p->timeout_ms = calloc(p->nmethods, sizeof(*p->timeout_ms));
+	if (p->timeout_ms == NULL) {
+		load_fail(err, errlen, file, cp, "out of memory");
+		goto fail;
+	}
+	for (size_t i = 0; i < p->nmethods; i++)
+		p->timeout_ms[i] = cp->timeout_ms;
+	for (size_t k = 0; k < cp->nmethods; k++) {
+		size_t i;
+
+		for (i = 0; i < p->nmethods; i++)
+			if (strcmp(d->methods[i], cp->methods[k].name) == 0)
+				break;
+		if (i == p->nmethods) {
+			snprintf(err, errlen, "%s:%d:%d: plugin '%s' has no "
+			    "method '%s'", file, cp->methods[k].line,
+			    cp->methods[k].col, p->name, cp->methods[k].name);
+			goto fail;
+		}
+		p->timeout_ms[i] = cp->methods[k].timeout_ms;
+	}
 
 	/* the host table */
 	p->host.size = sizeof(demux_host);
@@ -235,6 +257,7 @@ dmx_plugin_unload(dmx_plugin *p)
 	for (i = 0; i < p->nmethods; i++)
 		free(p->methods[i]);
 	free(p->methods);
+	free(p->timeout_ms);
 	msgpack_zone_destroy(&p->cfg_zone);
 	free(p->cfg_raw);
 	free(p->name);

@@ -28,6 +28,7 @@ typedef struct dmx_plugin {
 	char		  **methods;	/* full names, "name.method" */
 	int		    workers;	/* own pool size from the YAML, or 0 */
 	unsigned	    queue;	/* its queue bound, or 0 */
+	unsigned	   *timeout_ms;	/* per method (nmethods), 0: none */
 	struct dmx_pool	   *pool;	/* its own pool (set by the server), or
 					 * NULL for the shared one */
 } dmx_plugin;

@@ -105,6 +105,8 @@ dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err, size_t errlen)
 			r->routes[k].len = strlen(r->routes[k].name);
 			r->routes[k].plugin = plugins[i];
 			r->routes[k].index = (int)j;
+			r->routes[k].timeout_ms = plugins[i]->timeout_ms ?
+			    plugins[i]->timeout_ms[j] : 0;
 		}
 	r->nroutes = total;
 	qsort(r->routes, total, sizeof(*r->routes), route_cmp);

@@ -21,6 +21,7 @@
  * (relaxed atomics): approximate by design. */
 typedef struct dmx_route_stats {
 	_Atomic uint32_t avg_ns;	/* moving average of the run time */
+	_Atomic uint64_t timeouts;	/* answered -32011 */
 	dmx_method_stats m;		/* what $/stats reports */
 } dmx_route_stats;
 
@@ -29,6 +30,7 @@ typedef struct dmx_route {
 	size_t		 len;
 	dmx_plugin	*plugin;
 	int		 index;		/* into plugin->desc->methods */
+	unsigned	 timeout_ms;	/* deadline; 0: none */
 	dmx_route_stats	*stats;		/* owned by the router, mutable */
 } dmx_route;
 

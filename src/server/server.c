@@ -22,6 +22,16 @@
 #include "log.h"
 #include "server.h"
 
+/* A deadline: a min-heap entry. The job may have finished (and even been
+ * reused: seq tells) by the time it comes up. */
+typedef struct dmx_timer {
+	uint64_t	 at;
+	uint64_t	 seq;
+	dmx_conn	*conn;
+	dmx_job		*job;
+	unsigned	 timeout_ms;
+} dmx_timer;
+
 typedef struct dmx_listener {
 	dmx_ev		ev;		/* first */
 	int		fd;
@@ -49,6 +59,8 @@ struct dmx_server {
 	_Atomic int	 stopping;	/* read by the metrics thread too */
 	uint64_t	 drain_deadline; /* ns; 0 until a signal */
 	int		 abandoned;	/* the drain deadline passed */
+	dmx_timer	*timers;	/* min-heap by `at` (I/O thread) */
+	size_t		 ntimers, captimers;
 	dmx_buf		 scratch;
 	dmx_server_stats stats;
 
@@ -449,6 +461,73 @@ begin_stop(dmx_server *s, const char *why)
 	}
 }
 
+void
+dmx_server_timer_add(dmx_server *s, dmx_conn *c, dmx_job *j, uint64_t at)
+{
+	dmx_timer t, *h;
+	size_t i;
+
+	if (s->ntimers == s->captimers) {
+		size_t cap = s->captimers ? s->captimers * 2 : 64;
+
+		h = realloc(s->timers, cap * sizeof(*h));
+		if (h == NULL) {
+			/* without memory the deadline is lost, not the job */
+			dmx_warn("out of memory for a deadline of %s",
+			    j->route->name);
+			pthread_mutex_lock(&c->mu);
+			c->timers--;
+			pthread_mutex_unlock(&c->mu);
+			return;
+		}
+		s->timers = h;
+		s->captimers = cap;
+	}
+	t.at = at;
+	t.seq = j->seq;
+	t.conn = c;
+	t.job = j;
+	t.timeout_ms = j->route->timeout_ms;
+	for (i = s->ntimers++; i > 0 && s->timers[(i - 1) / 2].at > at;
+	    i = (i - 1) / 2)
+		s->timers[i] = s->timers[(i - 1) / 2];
+	s->timers[i] = t;
+}
+
+static void
+timer_pop(dmx_server *s)
+{
+	dmx_timer last = s->timers[--s->ntimers];
+	size_t i = 0, k;
+
+	while ((k = 2 * i + 1) < s->ntimers) {
+		if (k + 1 < s->ntimers && s->timers[k + 1].at < s->timers[k].at)
+			k++;
+		if (last.at <= s->timers[k].at)
+			break;
+		s->timers[i] = s->timers[k];
+		i = k;
+	}
+	s->timers[i] = last;
+}
+
+/* Fire every deadline that has passed; return ms until the next, or -1. */
+static int
+run_timers(dmx_server *s)
+{
+	uint64_t now = dmx_now_ns();
+	dmx_timer t;
+
+	while (s->ntimers > 0 && s->timers[0].at <= now) {
+		t = s->timers[0];
+		timer_pop(s);
+		dmx_conn_expire(t.conn, t.job, t.seq, t.timeout_ms);
+	}
+	if (s->ntimers == 0)
+		return -1;
+	return (int)((s->timers[0].at - now) / 1000000u) + 1;
+}
+
 /* The drain deadline passed: answer what is still in flight -32012. */
 static void
 abandon_all(dmx_server *s)
@@ -535,7 +614,9 @@ dmx_server_run(dmx_server *s)
 			if (s->abandoned || dmx_server_busy_workers(s) == 0)
 				break;
 		}
-		timeout = -1;
+		timeout = run_timers(s);
+		if (timeout >= 0)
+			on_wake(s, 0);	/* act on what the answers changed */
 		if (s->stopping && !s->abandoned) {
 			now = dmx_now_ns();
 			if (now >= s->drain_deadline) {
@@ -543,7 +624,13 @@ dmx_server_run(dmx_server *s)
 				on_wake(s, 0);
 				continue;
 			}
-			timeout = (int)((s->drain_deadline - now) / 1000000u) + 1;
+			{
+				int d = (int)((s->drain_deadline - now) /
+				    1000000u) + 1;
+
+				if (timeout < 0 || d < timeout)
+					timeout = d;
+			}
 			/* nothing signals a worker becoming idle: look again
 			 * soon while only workers remain */
 			if (s->conns == NULL && timeout > 10)
@@ -621,6 +708,14 @@ dmx_server_free(dmx_server *s)
 		close(s->wakefd);
 	if (s->sigfd >= 0)
 		close(s->sigfd);
+	/* deadlines still pending hold their connections: let them go */
+	while (s->ntimers > 0) {
+		dmx_timer t = s->timers[0];
+
+		timer_pop(s);
+		dmx_conn_expire(t.conn, t.job, t.seq, t.timeout_ms);
+	}
+	free(s->timers);
 	dmx_buf_release(&s->scratch);
 	pthread_mutex_destroy(&s->attn_mu);
 	free(s);

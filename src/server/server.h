@@ -63,6 +63,7 @@ typedef struct dmx_job {
 	struct dmx_job	*next;		/* pool queue, output queue, free list */
 	struct dmx_job	*fl_prev, *fl_next; /* conn's in-flight list (mu) */
 	_Atomic int	 state;		/* enum dmx_job_state */
+	uint64_t	 seq;		/* bumped on every reuse (mu) */
 	dmx_conn	*conn;
 	const dmx_route	*route;		/* NULL for host-made replies */
 	uint32_t	 msgid;
@@ -118,6 +119,7 @@ struct dmx_conn {
 	unsigned	 inflight;	/* jobs not yet recycled */
 	dmx_job		*free_jobs;
 	dmx_job		*flight;	/* jobs taken and not yet recycled */
+	unsigned	 timers;	/* deadline entries that point here */
 	int		 draining;	/* I/O thread: $/drain sent */
 	int		 abandoned;	/* I/O thread: drain timed out */
 };
@@ -157,6 +159,15 @@ void dmx_conn_reply_error(dmx_conn *c, uint32_t msgid, int64_t code,
 /* Serve a $/ method (builtins.c). (I/O thread) */
 int  dmx_builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m,
     uint32_t ml);		/* returns 0, or the error code it answered */
+
+/* A job's deadline passed (I/O thread): if that job (seq) is still queued
+ * or running, answer -32011 and drop its result. Drops the timer's claim on
+ * the connection (may free it). */
+void dmx_conn_expire(dmx_conn *c, dmx_job *j, uint64_t seq,
+    unsigned timeout_ms);
+/* Register a deadline for a job just dispatched (I/O thread). */
+void dmx_server_timer_add(dmx_server *s, dmx_conn *c, dmx_job *j,
+    uint64_t at);
 
 /* Drain: send $/drain; from now on requests are answered -32012 and the
  * connection closes once idle. (I/O thread) */
