@@ -101,6 +101,25 @@ typedef struct mux_result {
 MUX_API int mux_call(mux_t *m, const char *method, const void *params, size_t len,
     mux_result *res, int timeout_ms);
 
+/*
+ * Cancelling a call from another thread: pass a token to mux_call_token,
+ * then mux_cancel(m, &token) from any thread. The server answers a call it
+ * has not started with -32800 (it never runs), and asks a running handler to
+ * give up (demux_cancelled()); a result that wins the race is returned as
+ * usual. A call that times out is cancelled on the server the same way.
+ * Initialise with MUX_TOKEN_INIT; one call per token at a time.
+ */
+typedef struct mux_token {
+	unsigned long long opaque;	/* accessed atomically by libmux */
+} mux_token;
+#define MUX_TOKEN_INIT { 0 }
+
+MUX_API int mux_call_token(mux_t *m, const char *method, const void *params,
+    size_t len, mux_result *res, int timeout_ms, mux_token *tok);
+/* Returns MUX_OK if the cancel request was sent, MUX_EINVAL if the token
+ * has no call in flight. */
+MUX_API int mux_cancel(mux_t *m, mux_token *tok);
+
 /* Send a notification: no answer, no wait beyond handing it to the kernel
  * (or to the reader thread when the connection is full). */
 MUX_API int mux_notify(mux_t *m, const char *method, const void *params, size_t len);

@@ -41,7 +41,7 @@ extern "C" {
 
 #define DEMUX_PLUGIN_MAGIC	0x444d5850u	/* "DMXP" */
 #define DEMUX_ABI_MAJOR		1
-#define DEMUX_ABI_MINOR		0
+#define DEMUX_ABI_MINOR		1	/* 1.1: demux_host.cancelled */
 
 #define DEMUX_PLUGIN_ENTRY	demux_plugin_entry
 #define DEMUX_PLUGIN_ENTRY_NAME	"demux_plugin_entry"
@@ -65,6 +65,7 @@ enum demux_log_level {
 /* Protocol error codes a plugin may answer with besides its own (>= 1). */
 #define DEMUX_E_INVALID_PARAMS	(-32602)
 #define DEMUX_E_INTERNAL	(-32603)
+#define DEMUX_E_CANCELLED	(-32800)	/* give up after demux_cancelled() */
 
 /* One transaction in progress. Opaque; valid only during process_transaction. */
 typedef struct demux_call demux_call;
@@ -123,6 +124,14 @@ typedef struct demux_host {
 	/* Like error, with the backtrace of the calling thread as trace. */
 	void (*error_bt)(demux_call *c, int64_t code, const char *fmt,
 	    va_list ap);
+
+	/* ---- ABI 1.1 ---- */
+
+	/* Nonzero once the client cancelled this call ($/cancelRequest). A
+	 * long handler may check it and give up with
+	 * demux_error(call, DEMUX_E_CANCELLED, ...); a result it returns
+	 * anyway is delivered (it won the race). */
+	int (*cancelled)(demux_call *c);
 } demux_host;
 
 /* True if the host provides function `fn` (a field of demux_host). */
@@ -202,6 +211,15 @@ demux_error_trace(demux_call *c, int64_t code, const char *trace,
 	va_start(ap, fmt);
 	((struct demux_call_head *)c)->host->error(c, code, trace, fmt, ap);
 	va_end(ap);
+}
+
+/* demux_host.cancelled, or 0 on a host older than ABI 1.1. */
+static inline int
+demux_cancelled(demux_call *c)
+{
+	const demux_host *h = ((struct demux_call_head *)c)->host;
+
+	return DEMUX_HOST_HAS(h, cancelled) ? h->cancelled(c) : 0;
 }
 
 static inline void DEMUX_PRINTF(3, 4)

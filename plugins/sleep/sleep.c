@@ -9,6 +9,7 @@
 #include <demux/plugin.h>
 
 #define SLEEP_E_NEGATIVE 1
+#define SLICE_MS 10	/* how often a long sleep checks for cancellation */
 
 static const char *const methods[] = { "sleep", NULL };
 
@@ -17,7 +18,7 @@ sleep_process(void *state, const demux_request *req, demux_call *call)
 {
 	const msgpack_object *p = req->params;
 	struct timespec ts;
-	int64_t ms;
+	int64_t ms, slept, slice;
 
 	(void)state;
 	if (p->via.array.size != 1 ||
@@ -40,10 +41,20 @@ sleep_process(void *state, const demux_request *req, demux_call *call)
 		return;
 	}
 	ms = (int64_t)p->via.array.ptr[0].via.u64;
-	ts.tv_sec = ms / 1000;
-	ts.tv_nsec = (ms % 1000) * 1000000L;
-	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-		;
+	/* sleep in slices so that a cancelled call gives up early */
+	for (slept = 0; slept < ms; slept += slice) {
+		slice = ms - slept < SLICE_MS ? ms - slept : SLICE_MS;
+		if (demux_cancelled(call)) {
+			demux_error(call, DEMUX_E_CANCELLED, "sleep.sleep "
+			    "cancelled after %lld of %lld ms", (long long)slept,
+			    (long long)ms);
+			return;
+		}
+		ts.tv_sec = slice / 1000;
+		ts.tv_nsec = (slice % 1000) * 1000000L;
+		while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+			;
+	}
 	msgpack_pack_int64(demux_result(call), ms);
 }
 

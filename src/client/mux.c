@@ -484,9 +484,45 @@ check_params(const void *params, size_t len)
 	return 0;
 }
 
+/* [2, "$/cancelRequest", [msgid]]: best effort, from any thread. */
+static void
+send_cancel(mux_t *m, uint32_t msgid)
+{
+	unsigned char p[6] = { 0x91, 0xce };
+
+	p[2] = (unsigned char)(msgid >> 24);
+	p[3] = (unsigned char)(msgid >> 16);
+	p[4] = (unsigned char)(msgid >> 8);
+	p[5] = (unsigned char)msgid;
+	if (atomic_load(&m->state) != MUX_OPEN)
+		return;
+	pthread_mutex_lock(&m->wmu);
+	queue_msg(m, DMX_MSG_NOTIFY, 0, "$/cancelRequest", p, sizeof(p));
+	pthread_mutex_unlock(&m->wmu);
+}
+
+int
+mux_cancel(mux_t *m, mux_token *tok)
+{
+	unsigned long long v;
+
+	if (m == NULL || tok == NULL ||
+	    (v = __atomic_load_n(&tok->opaque, __ATOMIC_ACQUIRE)) == 0)
+		return MUX_EINVAL;
+	send_cancel(m, (uint32_t)(v - 1));
+	return MUX_OK;
+}
+
 int
 mux_call(mux_t *m, const char *method, const void *params, size_t len,
     mux_result *res, int timeout_ms)
+{
+	return mux_call_token(m, method, params, len, res, timeout_ms, NULL);
+}
+
+int
+mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
+    mux_result *res, int timeout_ms, mux_token *tok)
 {
 	mux_pending p;
 	struct timespec dl;
@@ -524,6 +560,9 @@ mux_call(mux_t *m, const char *method, const void *params, size_t len,
 		goto out;
 	}
 	pthread_mutex_unlock(&m->mu);
+	if (tok != NULL)	/* msgid + 1: 0 means no call */
+		__atomic_store_n(&tok->opaque, (unsigned long long)p.msgid + 1,
+		    __ATOMIC_RELEASE);
 	pthread_mutex_lock(&m->wmu);
 	rc = queue_msg(m, DMX_MSG_REQUEST, p.msgid, method, params, len);
 	pthread_mutex_unlock(&m->wmu);
@@ -540,7 +579,11 @@ mux_call(mux_t *m, const char *method, const void *params, size_t len,
 		goto out;
 	}
 	rc = wait_done(m, &p, timeout_ms > 0 ? &dl : NULL);
+	if (rc == MUX_ETIMEDOUT)
+		send_cancel(m, p.msgid);	/* stop the work on the server */
 out:
+	if (tok != NULL)
+		__atomic_store_n(&tok->opaque, 0, __ATOMIC_RELEASE);
 	leave(m);
 	if (rc != MUX_OK && rc != MUX_EREMOTE && res->message == NULL)
 		res->message = strdup(mux_strerror(rc));

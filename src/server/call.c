@@ -71,7 +71,14 @@ static int
 code_allowed(int64_t code)
 {
 	return code >= 1 || code == DMX_E_INVALID_PARAMS ||
-	    code == DMX_E_INTERNAL;
+	    code == DMX_E_INTERNAL || code == DMX_E_CANCELLED;
+}
+
+static int
+host_cancelled(demux_call *c)
+{
+	return atomic_load_explicit(&((dmx_job *)c)->cancel,
+	    memory_order_relaxed);
 }
 
 static void
@@ -131,6 +138,7 @@ dmx_host_fill(demux_host *h)
 	h->result = host_result;
 	h->error = host_error;
 	h->error_bt = host_error_bt;
+	h->cancelled = host_cancelled;
 }
 
 /* ---- running a job ---- */
@@ -211,6 +219,13 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 	atomic_fetch_sub_explicit(&rt->stats->m.running, 1, memory_order_relaxed);
 	note_run_time(rt, now_ns() - t0);
 
+	if (!j->errored && j->out.len == j->result_off &&
+	    atomic_load_explicit(&j->cancel, memory_order_relaxed)) {
+		/* cancelled while running, and the handler gave up without
+		 * an answer */
+		dmx_job_set_error(j, DMX_E_CANCELLED, "cancelled while running",
+		    NULL);
+	}
 	if (!j->errored) {
 		rlen = j->out.len - j->result_off;
 		if (j->out.data == NULL && j->out.len > 0) {

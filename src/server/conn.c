@@ -48,6 +48,7 @@ job_get(dmx_conn *c)
 	if (j != NULL) {
 		c->inflight++;
 		j->seq++;
+		atomic_store_explicit(&j->cancel, 0, memory_order_relaxed);
 		atomic_store_explicit(&j->state, DMX_JOB_QUEUED,
 		    memory_order_relaxed);
 		j->fl_prev = NULL;
@@ -430,6 +431,16 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		else
 			dmx_conn_reply_error(c, (uint32_t)msgid, DMX_E_INVALID_REQUEST,
 			    "invalid request: params must be an array");
+		return;
+	}
+	if (notify && ml == 15 && memcmp(m, "$/cancelRequest", 15) == 0) {
+		/* [2, "$/cancelRequest", [msgid]] (LSP) */
+		dmx_rd pr = r;
+		uint64_t id;
+
+		if (dmx_rd_array(&pr, &n) == 0 && n >= 1 &&
+		    dmx_rd_uint(&pr, &id) == 0 && id <= UINT32_MAX)
+			dmx_conn_cancel(c, (uint32_t)id);
 		return;
 	}
 	if (ml >= 2 && m[0] == '$' && m[1] == '/') {
@@ -882,6 +893,43 @@ dmx_conn_expire(dmx_conn *c, dmx_job *j, uint64_t seq, unsigned timeout_ms)
 	pthread_mutex_unlock(&c->mu);
 	if (last)
 		conn_free(c);
+}
+
+/* ---- cancellation ---- */
+
+void
+dmx_conn_cancel(dmx_conn *c, uint32_t msgid)
+{
+	const dmx_route *rt = NULL;
+	dmx_job *j;
+	int st = -1, answered = 0;
+
+	pthread_mutex_lock(&c->mu);
+	for (j = c->flight; j != NULL; j = j->fl_next) {
+		if (j->route == NULL || j->notify || j->msgid != msgid)
+			continue;
+		st = atomic_load(&j->state);
+		if (st == DMX_JOB_QUEUED && atomic_compare_exchange_strong(
+		    &j->state, &st, DMX_JOB_ANSWERED)) {
+			answered = 1;
+			rt = j->route;
+		} else if (st == DMX_JOB_RUNNING) {
+			atomic_store(&j->cancel, 1);
+		}
+		break;
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (answered) {
+		dmx_method_stats *ms = &rt->stats->m;
+
+		atomic_fetch_add(&ms->calls, 1);
+		dmx_method_error(ms, DMX_E_CANCELLED);
+		atomic_fetch_sub(&ms->in_flight, 1);
+		dmx_conn_reply_error(c, msgid, DMX_E_CANCELLED, "cancelled "
+		    "before it ran");
+		dmx_access_log(c->id, msgid, 0, rt->name, rt->len, 1,
+		    DMX_E_CANCELLED, 0);
+	}
 }
 
 /* ---- drain ---- */

@@ -64,6 +64,7 @@ typedef struct dmx_job {
 	struct dmx_job	*fl_prev, *fl_next; /* conn's in-flight list (mu) */
 	_Atomic int	 state;		/* enum dmx_job_state */
 	uint64_t	 seq;		/* bumped on every reuse (mu) */
+	_Atomic int	 cancel;	/* $/cancelRequest arrived while running */
 	dmx_conn	*conn;
 	const dmx_route	*route;		/* NULL for host-made replies */
 	uint32_t	 msgid;
@@ -165,6 +166,9 @@ int  dmx_builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m,
  * the connection (may free it). */
 void dmx_conn_expire(dmx_conn *c, dmx_job *j, uint64_t seq,
     unsigned timeout_ms);
+/* $/cancelRequest [msgid] (I/O thread): a queued request is answered
+ * -32800 and never runs; a running one is flagged for demux_cancelled(). */
+void dmx_conn_cancel(dmx_conn *c, uint32_t msgid);
 /* Register a deadline for a job just dispatched (I/O thread). */
 void dmx_server_timer_add(dmx_server *s, dmx_conn *c, dmx_job *j,
     uint64_t at);
