@@ -576,6 +576,17 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				return cfg_fail(c, v, "max_connections: must be "
 				    "at least 1");
 			cfg->max_connections = (unsigned)u;
+		} else if (strcmp(key, "max_output") == 0) {
+			if (get_uint(c, v, key, 1, 1ull << 34, &u) != 0)
+				return -1;
+			if (u < 4096)
+				return cfg_fail(c, v, "max_output: must be at "
+				    "least 4096 bytes");
+			cfg->max_output = (size_t)u;
+		} else if (strcmp(key, "idle_timeout_ms") == 0) {
+			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
+				return -1;
+			cfg->idle_timeout_ms = (unsigned)u;
 		} else if (strcmp(key, "drain_timeout_ms") == 0) {
 			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
 				return -1;
@@ -613,7 +624,8 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 		} else {
 			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
 			    "workers, max_threads, queue, max_frame, max_inflight, "
-			    "max_connections, drain_timeout_ms, log_level, metrics, "
+			    "max_connections, max_output, idle_timeout_ms, "
+			    "drain_timeout_ms, log_level, metrics, "
 			    "access_log or "
 			    "plugins)", key);
 		}
@@ -633,6 +645,7 @@ dmx_config_defaults(dmx_config *cfg)
 	cfg->max_inflight = DMX_DEFAULT_MAX_INFLIGHT;
 	cfg->max_connections = DMX_DEFAULT_MAX_CONNECTIONS;
 	cfg->drain_timeout_ms = DMX_DEFAULT_DRAIN_TIMEOUT_MS;
+	cfg->max_output = DMX_DEFAULT_MAX_OUTPUT;
 	cfg->log_level = -1;
 }
 

@@ -49,6 +49,8 @@ typedef struct dmx_config {
 	unsigned	 max_inflight;	/* per connection */
 	unsigned	 max_connections;
 	unsigned	 drain_timeout_ms; /* SIGTERM: wait this long for in-flight */
+	size_t		 max_output;	/* unsent reply bytes per connection */
+	unsigned	 idle_timeout_ms; /* close idle connections; 0: never */
 	int		 log_level;	/* -1: not set in the file */
 	char		*metrics;	/* "tcp:HOST:PORT" for GET /metrics, or NULL */
 	int		 metrics_line, metrics_col;
@@ -62,6 +64,7 @@ typedef struct dmx_config {
 #define DMX_DEFAULT_MAX_CONNECTIONS	10000u
 #define DMX_DEFAULT_MAX_THREADS		1024
 #define DMX_DEFAULT_DRAIN_TIMEOUT_MS	30000u
+#define DMX_DEFAULT_MAX_OUTPUT		(16u << 20)
 
 /*
  * Read and validate FILE. On success fill *cfg (free with dmx_config_free)

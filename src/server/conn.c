@@ -104,7 +104,8 @@ job_recycle_locked(dmx_conn *c, dmx_job *j)
 		return c->inflight == 0 && c->timers == 0;
 	/* wake the I/O thread only for what it must act on: reading can
 	 * resume, or a closing connection has gone idle */
-	if ((c->paused && c->inflight <= cfg->max_inflight / 2) ||
+	if ((c->paused && c->inflight <= cfg->max_inflight / 2 &&
+	    c->oq_bytes <= cfg->max_output / 2) ||
 	    (c->closing && c->inflight == 0))
 		dmx_server_attn(c->srv, c);
 	return 0;
@@ -168,6 +169,7 @@ flush_locked(dmx_conn *c)
 			break;
 		}
 		left = (size_t)n;
+		c->oq_bytes -= left;
 		atomic_fetch_add_explicit(&dmx_server_stats_get(c->srv)->bytes_out,
 		    (uint64_t)n, memory_order_relaxed);
 		while (c->oq_head != NULL) {
@@ -192,6 +194,7 @@ flush_locked(dmx_conn *c)
 		}
 		c->oq_head = c->oq_tail = NULL;
 		c->oq_off = 0;
+		c->oq_bytes = 0;
 	}
 	c->writing = 0;
 	return last;
@@ -218,6 +221,7 @@ send_run(dmx_conn *c, dmx_job *head, dmx_job *tail)
 		else
 			c->oq_head = j;
 		c->oq_tail = j;
+		c->oq_bytes += j->out.len;
 	}
 	/* an active writer, or the I/O thread after EPOLLOUT, takes them */
 	if (!c->writing && !c->want_out && c->oq_head != NULL)
@@ -642,7 +646,8 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 		 * 256 KiB read can hold tens of thousands of tiny frames */
 		if (++frames % CHECK_EVERY == 0) {
 			pthread_mutex_lock(&c->mu);
-			full = c->inflight >= cfg->max_inflight;
+			full = c->inflight >= cfg->max_inflight ||
+			    c->oq_bytes >= cfg->max_output;
 			pthread_mutex_unlock(&c->mu);
 			if (full) {
 				c->rbuf_pending = 1;
@@ -708,7 +713,8 @@ dmx_conn_on_readable(dmx_conn *c)
 			dmx_buf_consume(&c->rbuf, used);
 			if (c->rbuf_pending) {
 				pthread_mutex_lock(&c->mu);
-				paused = c->inflight >= cfg->max_inflight;
+				paused = c->inflight >= cfg->max_inflight ||
+				    c->oq_bytes >= cfg->max_output;
 				if (paused)
 					c->paused = 1;
 				pthread_mutex_unlock(&c->mu);
@@ -752,6 +758,7 @@ dmx_conn_on_readable(dmx_conn *c)
 			break;
 		}
 		total += (size_t)n;
+		c->last_active = dmx_now_ns();
 		atomic_fetch_add_explicit(&dmx_server_stats_get(c->srv)->bytes_in,
 		    (uint64_t)n, memory_order_relaxed);
 		if (c->rbuf.len > 0) {
@@ -778,7 +785,8 @@ dmx_conn_on_readable(dmx_conn *c)
 		}
 		/* back pressure: stop reading while too much is in flight */
 		pthread_mutex_lock(&c->mu);
-		paused = c->inflight >= cfg->max_inflight;
+		paused = c->inflight >= cfg->max_inflight ||
+		    c->oq_bytes >= cfg->max_output;
 		if (paused)
 			c->paused = 1;
 		pthread_mutex_unlock(&c->mu);
@@ -787,8 +795,8 @@ dmx_conn_on_readable(dmx_conn *c)
 			    c->events & ~(uint32_t)EPOLLIN);
 			break;
 		}
-		if ((size_t)n < room)
-			break;		/* drained the socket */
+		if ((size_t)n < room && !c->rbuf_pending)
+			break;		/* drained the socket, parsed it all */
 	}
 	submit(c, &bt);
 }
@@ -805,7 +813,8 @@ dmx_conn_attend(dmx_conn *c)
 	c->attn = 0;
 	want_out = c->want_out;
 	broken = c->broken;
-	resume = c->paused && c->inflight <= cfg->max_inflight / 2;
+	resume = c->paused && c->inflight <= cfg->max_inflight / 2 &&
+	    c->oq_bytes <= cfg->max_output / 2;
 	if (resume)
 		c->paused = 0;
 	idle = c->inflight == 0;

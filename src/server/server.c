@@ -59,6 +59,7 @@ struct dmx_server {
 	_Atomic int	 stopping;	/* read by the metrics thread too */
 	uint64_t	 drain_deadline; /* ns; 0 until a signal */
 	int		 abandoned;	/* the drain deadline passed */
+	uint64_t	 next_idle_check; /* ns */
 	dmx_timer	*timers;	/* min-heap by `at` (I/O thread) */
 	size_t		 ntimers, captimers;
 	dmx_buf		 scratch;
@@ -206,6 +207,7 @@ conn_new(dmx_server *s, int rfd, int wfd, int is_sock)
 	c->wfd = wfd;
 	c->is_sock = is_sock;
 	c->id = ++s->next_id;
+	c->last_active = dmx_now_ns();
 	pthread_mutex_init(&c->mu, NULL);
 	if (dmx_server_epoll_mod(s, c, EPOLLIN) != 0) {
 		pthread_mutex_destroy(&c->mu);
@@ -528,6 +530,41 @@ run_timers(dmx_server *s)
 	return (int)((s->timers[0].at - now) / 1000000u) + 1;
 }
 
+/*
+ * idle_timeout_ms: close connections that have sent nothing and have nothing
+ * in flight for that long (a slowloris, or a client that forgot us). One
+ * scan every quarter of the timeout; returns ms until the next scan.
+ */
+static int
+close_idle(dmx_server *s)
+{
+	uint64_t now = dmx_now_ns(), idle_ns, step;
+	dmx_conn *c, *next;
+	unsigned inflight;
+
+	if (s->cfg->idle_timeout_ms == 0 || s->stopping)
+		return -1;
+	idle_ns = (uint64_t)s->cfg->idle_timeout_ms * 1000000u;
+	step = idle_ns / 4 > 1000000u ? idle_ns / 4 : 1000000u;
+	if (now < s->next_idle_check)
+		return (int)((s->next_idle_check - now) / 1000000u) + 1;
+	s->next_idle_check = now + step;
+	for (c = s->conns; c != NULL; c = next) {
+		next = c->next;
+		if (c->rd_closed || c->discard || now - c->last_active < idle_ns)
+			continue;
+		pthread_mutex_lock(&c->mu);
+		inflight = c->inflight;
+		pthread_mutex_unlock(&c->mu);
+		if (inflight > 0)
+			continue;
+		dmx_debug("conn %u: idle for %u ms: closing", c->id,
+		    s->cfg->idle_timeout_ms);
+		dmx_conn_stop_reading(c);
+	}
+	return (int)(step / 1000000u) + 1;
+}
+
 /* The drain deadline passed: answer what is still in flight -32012. */
 static void
 abandon_all(dmx_server *s)
@@ -617,6 +654,15 @@ dmx_server_run(dmx_server *s)
 		timeout = run_timers(s);
 		if (timeout >= 0)
 			on_wake(s, 0);	/* act on what the answers changed */
+		{
+			int idle = close_idle(s);
+
+			if (idle >= 0) {
+				on_wake(s, 0);
+				if (timeout < 0 || idle < timeout)
+					timeout = idle;
+			}
+		}
 		if (s->stopping && !s->abandoned) {
 			now = dmx_now_ns();
 			if (now >= s->drain_deadline) {

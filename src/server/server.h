@@ -104,11 +104,13 @@ struct dmx_conn {
 	int		 rbuf_pending;	/* rbuf holds frames not yet parsed */
 	unsigned	 invalid;	/* $/error notices sent */
 	dmx_conn	*prev, *next;	/* srv->conns */
+	uint64_t	 last_active;	/* ns: last read or answer in flight */
 
 	/* protected by mu */
 	pthread_mutex_t	 mu;
 	dmx_job		*oq_head, *oq_tail; /* responses to write */
 	size_t		 oq_off;	/* bytes of oq_head already written */
+	size_t		 oq_bytes;	/* queued reply bytes not yet written */
 	int		 writing;	/* a thread is in flush */
 	int		 want_out;	/* socket full: waiting for EPOLLOUT */
 	int		 broken;	/* write failed or closing: drop output */
