@@ -37,10 +37,13 @@ ld(_Atomic uint64_t *v)
 }
 
 static void
-pack_method(msgpack_packer *pk, const dmx_route *rt)
+pack_method(msgpack_packer *pk, dmx_server *s, const dmx_route *rt)
 {
 	dmx_method_stats *ms = &rt->stats->m;
-	uint64_t inflight = ld(&ms->in_flight), running = ld(&ms->running);
+	uint64_t calls = ld(&ms->calls), disp = ld(&ms->dispatched);
+	uint64_t inflight = disp > calls ? disp - calls : 0;
+	uint64_t running = dmx_pool_running(rt->plugin->pool ?
+	    rt->plugin->pool : dmx_server_pool(s), rt, NULL);
 	uint64_t total = ld(&ms->errors_other), cnt[DMX_ERR_SLOTS];
 	int64_t code[DMX_ERR_SLOTS];
 	unsigned used, i, j, n = 0;
@@ -67,7 +70,7 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 
 	pk_str(pk, rt->name);
 	msgpack_pack_map(pk, 7);
-	pk_kv_u64(pk, "calls", ld(&ms->calls));
+	pk_kv_u64(pk, "calls", calls);
 	pk_kv_u64(pk, "errors_total", total);
 	pk_str(pk, "errors");
 	msgpack_pack_map(pk, n + (ld(&ms->errors_other) ? 1 : 0));
@@ -146,12 +149,15 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 
 		for (i = 0; i < n; i++) {
 			const dmx_route *rt = dmx_router_at(r, i);
+			uint64_t nc = ld(&rt->stats->m.calls),
+			    nd = ld(&rt->stats->m.dispatched);
 
 			if (rt->plugin != seen[j])
 				continue;
-			busy += ld(&rt->stats->m.running);
-			inflight += ld(&rt->stats->m.in_flight);
+			inflight += nd > nc ? nd - nc : 0;
 		}
+		busy = dmx_pool_running(seen[j]->pool ? seen[j]->pool :
+		    dmx_server_pool(s), NULL, seen[j]);
 		dmx_pool *pool = seen[j]->pool ? seen[j]->pool :
 		    dmx_server_pool(s);
 		dmx_pool_info own;
@@ -174,7 +180,7 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 	pk_str(&pk, "methods");
 	msgpack_pack_map(&pk, n);
 	for (i = 0; i < n; i++)
-		pack_method(&pk, dmx_router_at(r, i));
+		pack_method(&pk, s, dmx_router_at(r, i));
 }
 
 int

@@ -165,14 +165,14 @@ note_run_time(const dmx_route *rt, uint64_t ns)
 }
 
 void
-dmx_job_run(dmx_job *j, msgpack_zone *zone)
+dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 {
 	const dmx_route *rt = j->route;
 	const dmx_plugin *pl = rt->plugin;
 	msgpack_object params;
 	demux_request req;
 	size_t off = 0, rlen;
-	uint64_t t0;
+	uint64_t t0, t1 = 0;
 	int rc;
 
 	j->head.host = &pl->host;
@@ -213,11 +213,10 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone)
 	req.raw = j->in.data + j->params_off;
 	req.raw_len = j->params_len;
 
-	t0 = now_ns();
-	atomic_fetch_add_explicit(&rt->stats->m.running, 1, memory_order_relaxed);
+	t0 = *now;
 	pl->desc->process_transaction(pl->state, &req, (demux_call *)j);
-	atomic_fetch_sub_explicit(&rt->stats->m.running, 1, memory_order_relaxed);
-	note_run_time(rt, now_ns() - t0);
+	t1 = *now = now_ns();
+	note_run_time(rt, t1 - t0);
 
 	if (!j->errored && j->out.len == j->result_off &&
 	    atomic_load_explicit(&j->cancel, memory_order_relaxed)) {
@@ -263,13 +262,12 @@ send:
 		atomic_fetch_add_explicit(&ms->calls, 1, memory_order_relaxed);
 		if (j->errored)
 			dmx_method_error(ms, j->err_code);
-		uint64_t dt = now_ns() - j->t_dispatch;
+		uint64_t end = t1 ? t1 : (*now = now_ns());
+		uint64_t dt = end > j->t_dispatch ? end - j->t_dispatch : 0;
 
 		dmx_hist_record(&ms->latency, dt);
 		if (dmx_access_enabled())
 			dmx_access_log(j->conn->id, j->msgid, j->notify,
 			    rt->name, rt->len, j->errored, j->err_code, dt);
-		atomic_fetch_sub_explicit(&ms->in_flight, 1,
-		    memory_order_relaxed);
 	}
 }

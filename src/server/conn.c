@@ -493,8 +493,10 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	j->route = rt;
 	j->msgid = (uint32_t)msgid;
 	j->notify = (uint8_t)notify;
-	j->t_dispatch = dmx_now_ns();
-	atomic_fetch_add_explicit(&rt->stats->m.in_flight, 1,
+	j->t_dispatch = c->last_active;	/* when this read happened */
+	/* the I/O thread is the only writer: no read-modify-write needed */
+	atomic_store_explicit(&rt->stats->m.dispatched, atomic_load_explicit(
+	    &rt->stats->m.dispatched, memory_order_relaxed) + 1,
 	    memory_order_relaxed);
 	if (rt->timeout_ms > 0) {
 		pthread_mutex_lock(&c->mu);
@@ -552,8 +554,6 @@ submit(dmx_conn *c, batch *bt)
 			atomic_fetch_add_explicit(&ms->calls, 1,
 			    memory_order_relaxed);
 			dmx_method_error(ms, DMX_E_OVERLOADED);
-			atomic_fetch_sub_explicit(&ms->in_flight, 1,
-			    memory_order_relaxed);
 			dmx_access_log(c->id, rej->msgid, rej->notify,
 			    rej->route->name, rej->route->len, 1,
 			    DMX_E_OVERLOADED, 0);
@@ -882,7 +882,6 @@ dmx_conn_expire(dmx_conn *c, dmx_job *j, uint64_t seq, unsigned timeout_ms)
 		atomic_fetch_add(&rt->stats->timeouts, 1);
 		atomic_fetch_add(&ms->calls, 1);
 		dmx_method_error(ms, DMX_E_TIMED_OUT);
-		atomic_fetch_sub(&ms->in_flight, 1);
 		if (st == DMX_JOB_RUNNING)
 			dmx_warn("%s: still running %u ms after its start "
 			    "(timeout_ms %u): answered -32011, its worker is "
@@ -933,7 +932,6 @@ dmx_conn_cancel(dmx_conn *c, uint32_t msgid)
 
 		atomic_fetch_add(&ms->calls, 1);
 		dmx_method_error(ms, DMX_E_CANCELLED);
-		atomic_fetch_sub(&ms->in_flight, 1);
 		dmx_conn_reply_error(c, msgid, DMX_E_CANCELLED, "cancelled "
 		    "before it ran");
 		dmx_access_log(c->id, msgid, 0, rt->name, rt->len, 1,
@@ -985,7 +983,6 @@ dmx_conn_abandon(dmx_conn *c)
 
 			atomic_fetch_add(&ms->calls, 1);
 			dmx_method_error(ms, DMX_E_SHUTTING_DOWN);
-			atomic_fetch_sub(&ms->in_flight, 1);
 		}
 		if (j->notify)
 			continue;

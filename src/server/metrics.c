@@ -118,8 +118,11 @@ render(dmx_server *s, dmx_buf *b)
 	for (i = 0; i < n; i++) {
 		const dmx_route *rt = dmx_router_at(r, i);
 
+		uint64_t c = ld(&rt->stats->m.calls),
+		    d = ld(&rt->stats->m.dispatched);
+
 		out(b, "demux_method_in_flight{method=\"%s\"} %llu\n",
-		    rt->name, (unsigned long long)ld(&rt->stats->m.in_flight));
+		    rt->name, (unsigned long long)(d > c ? d - c : 0));
 	}
 	out(b, "# HELP demux_method_latency_seconds From read to answer.\n"
 	    "# TYPE demux_method_latency_seconds summary\n");
@@ -133,9 +136,9 @@ render(dmx_server *s, dmx_buf *b)
 			    "quantile=\"%g\"} %.9f\n", rt->name, qs[k],
 			    (double)dmx_hist_quantile(h, qs[k]) / 1e9);
 		out(b, "demux_method_latency_seconds_sum{method=\"%s\"} %.9f\n",
-		    rt->name, (double)ld(&h->sum_ns) / 1e9);
+		    rt->name, dmx_hist_sum_ns(h) / 1e9);
 		out(b, "demux_method_latency_seconds_count{method=\"%s\"} "
-		    "%llu\n", rt->name, (unsigned long long)ld(&h->n));
+		    "%llu\n", rt->name, (unsigned long long)dmx_hist_count(h));
 	}
 }
 

@@ -70,6 +70,7 @@ worker_main(void *arg)
 	dmx_pool *p = arg;
 	msgpack_zone zone;
 	dmx_job *j, *last, *next;
+	uint64_t now;
 	int n, me = atomic_fetch_add(&p->next_index, 1);
 
 	msgpack_zone_init(&zone, 4096);
@@ -108,12 +109,15 @@ worker_main(void *arg)
 		pthread_mutex_unlock(&p->mu);
 		if (chain)
 			pthread_cond_signal(&p->cv);
+		/* one clock read per batch: a batch is one slow job, or
+		 * fast ones */
+		now = dmx_now_ns();
+		atomic_store_explicit(&p->busy_since[me], now,
+		    memory_order_relaxed);
 		for (next = j; next != NULL; next = next->next) {
 			atomic_store_explicit(&p->busy_route[me], next->route,
 			    memory_order_relaxed);
-			atomic_store_explicit(&p->busy_since[me], dmx_now_ns(),
-			    memory_order_relaxed);
-			dmx_job_run(next, &zone);
+			dmx_job_run(next, &zone, &now);
 			msgpack_zone_clear(&zone);
 		}
 		atomic_store_explicit(&p->busy_since[me], 0,
@@ -136,10 +140,11 @@ ondemand_thread(void *arg)
 {
 	ondemand_arg a = *(ondemand_arg *)arg;
 	msgpack_zone zone;
+	uint64_t now = dmx_now_ns();
 
 	free(arg);
 	msgpack_zone_init(&zone, 4096);
-	dmx_job_run(a.job, &zone);
+	dmx_job_run(a.job, &zone, &now);
 	msgpack_zone_destroy(&zone);
 	dmx_conn_send(a.job);
 	/* dmx_pool_free waits for nthreads to reach 0, so a.pool is alive */
@@ -359,6 +364,25 @@ dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const dmx_plugin *pl)
 		    memory_order_relaxed);
 		if (since != 0 && since <= now && rt != NULL &&
 		    rt->plugin == pl && (now - since) / 1000000u >= stuck_ms)
+			n++;
+	}
+	return n;
+}
+
+unsigned
+dmx_pool_running(dmx_pool *p, const dmx_route *rt, const dmx_plugin *pl)
+{
+	const dmx_route *cur;
+	unsigned n = 0;
+	int i;
+
+	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
+		if (atomic_load_explicit(&p->busy_since[i],
+		    memory_order_relaxed) == 0)
+			continue;
+		cur = atomic_load_explicit(&p->busy_route[i],
+		    memory_order_relaxed);
+		if (cur != NULL && (rt ? cur == rt : cur->plugin == pl))
 			n++;
 	}
 	return n;

@@ -104,7 +104,7 @@ struct dmx_conn {
 	int		 rbuf_pending;	/* rbuf holds frames not yet parsed */
 	unsigned	 invalid;	/* $/error notices sent */
 	dmx_conn	*prev, *next;	/* srv->conns */
-	uint64_t	 last_active;	/* ns: last read or answer in flight */
+	uint64_t	 last_active;	/* ns: last read (I/O thread) */
 
 	/* protected by mu */
 	pthread_mutex_t	 mu;
@@ -190,8 +190,10 @@ void dmx_conn_attend(dmx_conn *c);
 void dmx_conn_release(dmx_conn *c);
 
 /* Run a routed job on a worker: decode, call the plugin, validate. The reply
- * is then in j->out (empty for a notification); the caller sends it. */
-void dmx_job_run(dmx_job *j, msgpack_zone *zone);
+ * is then in j->out (empty for a notification); the caller sends it. *now
+ * is a recent clock reading (ns) on entry and the end time on return: jobs
+ * run back to back share readings (a clock read is not free on every VM). */
+void dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now);
 /* Make `out` hold an error response for the job's msgid. */
 void dmx_job_set_error(dmx_job *j, int64_t code, const char *msg,
     const char *trace);
@@ -240,6 +242,9 @@ typedef struct dmx_pool_info {
 	uint64_t	 longest_ms;
 } dmx_pool_info;
 void dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out);
+/* Workers running route rt now (or, with rt NULL, any method of pl). */
+unsigned dmx_pool_running(dmx_pool *p, const dmx_route *rt,
+    const dmx_plugin *pl);
 /* Workers stuck (over stuck_ms) in a method of plugin pl. */
 unsigned dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms,
     const dmx_plugin *pl);

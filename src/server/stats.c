@@ -46,8 +46,7 @@ dmx_hist_record(dmx_hist *h, uint64_t ns)
 
 	atomic_fetch_add_explicit(&h->count[bucket(ns)], 1,
 	    memory_order_relaxed);
-	atomic_fetch_add_explicit(&h->sum_ns, ns, memory_order_relaxed);
-	atomic_fetch_add_explicit(&h->n, 1, memory_order_relaxed);
+
 	m = atomic_load_explicit(&h->max_ns, memory_order_relaxed);
 	while (ns > m && !atomic_compare_exchange_weak_explicit(&h->max_ns, &m,
 	    ns, memory_order_relaxed, memory_order_relaxed))
@@ -78,6 +77,33 @@ dmx_hist_quantile(const dmx_hist *h, double q)
 		}
 	}
 	return max;
+}
+
+uint64_t
+dmx_hist_count(const dmx_hist *h)
+{
+	uint64_t n = 0;
+	unsigned b;
+
+	for (b = 0; b < DMX_HIST_N; b++)
+		n += atomic_load_explicit(&h->count[b], memory_order_relaxed);
+	return n;
+}
+
+double
+dmx_hist_sum_ns(const dmx_hist *h)
+{
+	double sum = 0;
+	uint64_t lo = 0, hi;
+	unsigned b;
+
+	for (b = 0; b < DMX_HIST_N; b++) {
+		hi = bucket_top(b);
+		sum += (double)atomic_load_explicit(&h->count[b],
+		    memory_order_relaxed) * ((double)lo + (double)hi) / 2;
+		lo = hi + 1;
+	}
+	return sum;
 }
 
 void
