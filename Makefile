@@ -46,6 +46,7 @@ TOOL_SRC = src/tools/muxcall.c src/tools/json.c
 
 PLUGINS	= echo sleep kv
 TEST_PLUGINS = badabi badmagic nosym initfail faulty
+TPLUGIN_VER = $(BUILD)/t/plugins/v1.so $(BUILD)/t/plugins/v2.so
 C_TESTS	= $(patsubst t/%.c,%,$(wildcard t/[0-9]*.c t/recipe.c))
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -59,7 +60,8 @@ PLUGIN_SO = $(patsubst %,$(BUILD)/plugins/%.so,$(PLUGINS))
 TPLUGIN_SO = $(patsubst %,$(BUILD)/t/plugins/%.so,$(TEST_PLUGINS))
 TEST_BIN = $(patsubst %,$(BUILD)/t/%,$(C_TESTS))
 
-all: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) $(TEST_BIN)
+all: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) \
+     $(TPLUGIN_VER) $(TEST_BIN)
 
 # ---- dependencies (Debian) ----
 DEB_PKGS = pkg-config libyaml-dev libmsgpack-dev libjansson-dev libmicrohttpd-dev \
@@ -127,6 +129,12 @@ $(BUILD)/t/plugins/%.so: t/plugins/%.c include/demux/plugin.h | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ \
 	  $(filter %.c,$^) $(MSGPACK_LIBS)
+
+# the same test plugin built twice: a reload must really swap the code
+$(BUILD)/t/plugins/v%.so: t/plugins/versioned.c include/demux/plugin.h | $(BUILD)/.deps
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) \
+	  -DVERSION='"v$*"' -o $@ $(filter %.c,$^) $(MSGPACK_LIBS)
 
 # ---- tests ----
 # Unit tests link the sources they test directly; the rest use libmux.a.

@@ -109,7 +109,7 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 	msgpack_pack_map(&pk, 4);
 
 	pk_str(&pk, "server");
-	msgpack_pack_map(&pk, 8);
+	msgpack_pack_map(&pk, 9);
 	pk_str(&pk, "state");
 	pk_str(&pk, dmx_server_stopping(s) ? "draining" : "serving");
 	pk_kv_u64(&pk, "uptime_s", (dmx_now_ns() - st->started_ns) /
@@ -120,6 +120,7 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 	pk_kv_u64(&pk, "bytes_in", ld(&st->bytes_in));
 	pk_kv_u64(&pk, "bytes_out", ld(&st->bytes_out));
 	pk_kv_u64(&pk, "reloads", ld(&st->reloads));
+	pk_kv_u64(&pk, "reload_failures", ld(&st->reload_failures));
 
 	pk_str(&pk, "pool");
 	msgpack_pack_map(&pk, 7);

@@ -114,6 +114,7 @@ main(int argc, char **argv)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);	/* reload */
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -177,6 +178,7 @@ main(int argc, char **argv)
 		rc = 1;
 		goto out;
 	}
+	dmx_server_set_plugins(srv, plugins, nloaded);
 	if (stdio) {
 		if (dmx_server_add_stdio(srv, err, sizeof(err)) != 0) {
 			fprintf(stderr, "demuxd: %s\n", err);
@@ -227,7 +229,7 @@ out:
 	dmx_access_close();
 	dmx_router_free(router);
 	for (i = nloaded; i-- > 0;)
-		dmx_plugin_unload(plugins[i]);
+		dmx_plugin_unload(plugins[i]);	/* NULL if a reload did */
 	free(plugins);
 	if (rc == 0 && !check)
 		dmx_info("stopped");

@@ -83,6 +83,11 @@ render(dmx_server *s, dmx_buf *b)
 	out(b, "# HELP demux_reloads_total Configuration reloads.\n"
 	    "# TYPE demux_reloads_total counter\ndemux_reloads_total %llu\n",
 	    (unsigned long long)ld(&st->reloads));
+	out(b, "# HELP demux_reload_failures_total Reloads refused (the "
+	    "running configuration was kept).\n"
+	    "# TYPE demux_reload_failures_total counter\n"
+	    "demux_reload_failures_total %llu\n",
+	    (unsigned long long)ld(&st->reload_failures));
 	out(b, "# HELP demux_workers Worker threads by state.\n"
 	    "# TYPE demux_workers gauge\ndemux_workers{state=\"busy\"} %d\n"
 	    "demux_workers{state=\"idle\"} %d\n", pi.busy, pi.idle);

@@ -8,6 +8,10 @@
  * plugin's build does not have is never read), then the rest.
  */
 #include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,9 +97,88 @@ load_methods(dmx_plugin *p, const dmx_conf_plugin *cp, const char *file,
 	return 0;
 }
 
+void
+dmx_plugin_signature(const dmx_conf_plugin *cp, char *buf, size_t len)
+{
+	uint64_t h = 1469598103934665603ull;
+	struct stat st;
+	size_t i;
+	int n;
+
+	memset(&st, 0, sizeof(st));
+	stat(cp->path, &st);
+	for (i = 0; i < cp->config_len; i++)
+		h = (h ^ (unsigned char)cp->config[i]) * 1099511628211ull;
+	for (i = 0; i < cp->nmethods; i++) {
+		const char *m = cp->methods[i].name;
+
+		while (*m)
+			h = (h ^ (unsigned char)*m++) * 1099511628211ull;
+		h = (h ^ cp->methods[i].timeout_ms) * 1099511628211ull;
+	}
+	n = snprintf(buf, len, "%s|%s|%llu:%llu:%lld:%lld.%09ld|w%d q%u t%u "
+	    "h%016llx", cp->name ? cp->name : "", cp->path,
+	    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
+	    (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+	    st.st_mtim.tv_nsec, cp->workers, cp->queue, cp->timeout_ms,
+	    (unsigned long long)h);
+	(void)n;
+}
+
+static dmx_plugin *plugin_load(const dmx_conf_plugin *cp, const char *file,
+    const char *open_path, char *err, size_t errlen);
+
 dmx_plugin *
 dmx_plugin_load(const dmx_conf_plugin *cp, const char *file, char *err,
     size_t errlen)
+{
+	return plugin_load(cp, file, cp->path, err, errlen);
+}
+
+dmx_plugin *
+dmx_plugin_load_fresh(const dmx_conf_plugin *cp, const char *file,
+    char *err, size_t errlen)
+{
+	static unsigned n;
+	char tmp[128], buf[65536];
+	dmx_plugin *p;
+	ssize_t r;
+	int in, out;
+
+	snprintf(tmp, sizeof(tmp), "%s/demuxd-%d-%u.so", getenv("TMPDIR") ?
+	    getenv("TMPDIR") : "/tmp", (int)getpid(), ++n);
+	in = open(cp->path, O_RDONLY | O_CLOEXEC);
+	out = in < 0 ? -1 : open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+	    0700);
+	if (in < 0 || out < 0) {
+		snprintf(err, errlen, "%s:%d:%d: plugin %s: cannot copy for "
+		    "loading: %s", file, cp->line, cp->col, cp->path,
+		    strerror(errno));
+		if (in >= 0)
+			close(in);
+		return NULL;
+	}
+	while ((r = read(in, buf, sizeof(buf))) > 0)
+		if (write(out, buf, (size_t)r) != r) {
+			r = -1;
+			break;
+		}
+	close(in);
+	close(out);
+	if (r < 0) {
+		unlink(tmp);
+		snprintf(err, errlen, "%s:%d:%d: plugin %s: cannot copy for "
+		    "loading", file, cp->line, cp->col, cp->path);
+		return NULL;
+	}
+	p = plugin_load(cp, file, tmp, err, errlen);
+	unlink(tmp);	/* the mapping stays; the name is not needed */
+	return p;
+}
+
+static dmx_plugin *
+plugin_load(const dmx_conf_plugin *cp, const char *file, const char *open_path,
+    char *err, size_t errlen)
 {
 	demux_plugin_entry_fn entry;
 	const demux_plugin *d;
@@ -115,8 +198,9 @@ dmx_plugin_load(const dmx_conf_plugin *cp, const char *file, char *err,
 		load_fail(err, errlen, file, cp, "out of memory");
 		goto fail;
 	}
+	dmx_plugin_signature(cp, p->sig, sizeof(p->sig));
 	dlerror();
-	p->handle = dlopen(cp->path, RTLD_NOW | RTLD_LOCAL);
+	p->handle = dlopen(open_path, RTLD_NOW | RTLD_LOCAL);
 	if (p->handle == NULL) {
 		e = dlerror();
 		load_fail(err, errlen, file, cp, "cannot load: %s",

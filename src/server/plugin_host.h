@@ -31,6 +31,8 @@ typedef struct dmx_plugin {
 	unsigned	   *timeout_ms;	/* per method (nmethods), 0: none */
 	struct dmx_pool	   *pool;	/* its own pool (set by the server), or
 					 * NULL for the shared one */
+	char		    sig[256];	/* what it was loaded from: a reload
+					 * keeps it only if this is unchanged */
 } dmx_plugin;
 
 /*
@@ -40,6 +42,14 @@ typedef struct dmx_plugin {
  */
 dmx_plugin *dmx_plugin_load(const dmx_conf_plugin *cp, const char *file,
     char *err, size_t errlen);
+/* The same, loading a private copy of the file so that a .so changed at the
+ * same path gets a new handle (dlopen of a path already loaded would return
+ * the old one). Used by reloads. */
+dmx_plugin *dmx_plugin_load_fresh(const dmx_conf_plugin *cp, const char *file,
+    char *err, size_t errlen);
+/* The identity of a configured plugin: its name, file (device, inode, size,
+ * mtime), settings and config. Equal signatures: nothing to reload. */
+void dmx_plugin_signature(const dmx_conf_plugin *cp, char *buf, size_t len);
 
 /* Call fini (if init succeeded), dlclose and free. NULL is a no-op. */
 void dmx_plugin_unload(dmx_plugin *p);

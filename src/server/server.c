@@ -36,12 +36,21 @@ typedef struct dmx_listener {
 	dmx_ev		ev;		/* first */
 	int		fd;
 	dmx_uri		uri;
-	const char     *text;		/* as configured */
+	char	       *text;		/* as configured (owned) */
+	struct dmx_listener *next;
 } dmx_listener;
 
+/* A plugin swapped out by a reload, waiting for its last job. */
+typedef struct dmx_retired {
+	dmx_plugin	   *plugin;
+	const dmx_router   *router;	/* whose routes count its jobs */
+	struct dmx_retired *next;
+} dmx_retired;
+
 struct dmx_server {
-	const dmx_config *cfg;
-	const dmx_router *router;
+	/* swapped by a reload; workers and the metrics thread read them */
+	const dmx_config *_Atomic cfg;
+	const dmx_router *_Atomic router;
 	dmx_pool	*pool;		/* the shared pool */
 	dmx_pool	**own_pools;	/* plugins' own pools */
 	size_t		 nown;
@@ -50,8 +59,20 @@ struct dmx_server {
 	int		 wakefd;	/* eventfd: attention list non-empty */
 	dmx_ev		 sig_ev;
 	int		 sigfd;
-	dmx_listener	*listeners;
-	size_t		 nlisteners;
+	dmx_listener	*listeners;	/* list */
+	/* reloads: generations the server made and owns, and plugins waiting
+	 * for their last job */
+	dmx_plugin	**initial;	/* main's plugin array (entries may be
+					 * unloaded and set to NULL here) */
+	size_t		 ninitial;
+	dmx_plugin	**live;		/* plugins of the current generation */
+	size_t		 nlive;
+	dmx_config	**cfgs;		/* configurations loaded by reloads */
+	size_t		 ncfgs;
+	dmx_router	**routers;	/* routers built by reloads */
+	size_t		 nrouters;
+	dmx_retired	*retired;
+	unsigned	 generation;
 	dmx_conn	*conns;		/* I/O thread only */
 	unsigned	 nconns;
 	unsigned	 next_id;
@@ -225,6 +246,11 @@ conn_new(dmx_server *s, int rfd, int wfd, int is_sock)
 	return c;
 }
 
+static int own_pool_add(dmx_server *s, dmx_pool *p);
+static void reload(dmx_server *s);
+static void reap_retired(dmx_server *s);
+static void plugin_drop(dmx_server *s, dmx_plugin *p);
+
 dmx_server *
 dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
     size_t errlen)
@@ -265,6 +291,7 @@ dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
 	s->sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (s->sigfd < 0) {
 		snprintf(err, errlen, "signalfd: %s", strerror(errno));
@@ -280,21 +307,17 @@ dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
 		goto fail;
 	/* plugins with `workers:` get a pool of their own, so that a slow
 	 * plugin cannot starve the others */
-	s->own_pools = calloc(dmx_router_count(router) + 1,
-	    sizeof(*s->own_pools));
-	if (s->own_pools == NULL) {
-		snprintf(err, errlen, "out of memory");
-		goto fail;
-	}
 	for (i = 0; i < dmx_router_count(router); i++) {
 		dmx_plugin *pl = dmx_router_at(router, i)->plugin;
 
 		if (pl->workers == 0 || pl->pool != NULL)
 			continue;
 		pl->pool = dmx_pool_new(pl->workers, 0, pl->queue, err, errlen);
-		if (pl->pool == NULL)
+		if (pl->pool == NULL || own_pool_add(s, pl->pool) != 0) {
+			snprintf(err, errlen, "cannot start the pool of plugin "
+			    "'%s'", pl->name);
 			goto fail;
-		s->own_pools[s->nown++] = pl->pool;
+		}
 	}
 	return s;
 fail:
@@ -302,37 +325,61 @@ fail:
 	return NULL;
 }
 
+/* Open one listener; -1 with err. */
+static dmx_listener *
+listener_open(dmx_server *s, const char *text, char *err, size_t errlen)
+{
+	struct epoll_event ev;
+	dmx_listener *l = calloc(1, sizeof(*l));
+
+	if (l == NULL || (l->text = strdup(text)) == NULL) {
+		free(l);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	l->ev.kind = DMX_EV_LISTEN;
+	if (dmx_uri_parse(l->text, &l->uri, err, errlen) != 0 ||
+	    (l->fd = dmx_uri_listen(&l->uri, 1024, err, errlen)) < 0) {
+		free(l->text);
+		free(l);
+		return NULL;
+	}
+	memset(&ev, 0, sizeof(ev));
+	ev.events = EPOLLIN;
+	ev.data.ptr = l;
+	epoll_ctl(s->epfd, EPOLL_CTL_ADD, l->fd, &ev);
+	dmx_info("listening on %s", l->text);
+	return l;
+}
+
+static void
+listener_close(dmx_server *s, dmx_listener *l)
+{
+	epoll_ctl(s->epfd, EPOLL_CTL_DEL, l->fd, NULL);
+	close(l->fd);
+	if (l->uri.kind == DMX_URI_UNIX)
+		unlink(l->uri.path);
+	free(l->text);
+	free(l);
+}
+
 int
 dmx_server_listen(dmx_server *s, char *err, size_t errlen)
 {
 	const dmx_config *cfg = s->cfg;
-	struct epoll_event ev;
+	dmx_listener *l, **tail = &s->listeners;
 	char e[512];
 	size_t i;
 
-	s->listeners = calloc(cfg->nlisten ? cfg->nlisten : 1,
-	    sizeof(*s->listeners));
-	if (s->listeners == NULL) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
 	for (i = 0; i < cfg->nlisten; i++) {
-		dmx_listener *l = &s->listeners[i];
-
-		l->ev.kind = DMX_EV_LISTEN;
-		l->text = cfg->listen[i].uri;
-		if (dmx_uri_parse(l->text, &l->uri, e, sizeof(e)) != 0 ||
-		    (l->fd = dmx_uri_listen(&l->uri, 1024, e, sizeof(e))) < 0) {
+		l = listener_open(s, cfg->listen[i].uri, e, sizeof(e));
+		if (l == NULL) {
 			snprintf(err, errlen, "%s:%d:%d: listen: %s", cfg->file,
 			    cfg->listen[i].line, cfg->listen[i].col, e);
 			return -1;
 		}
-		s->nlisteners++;
-		memset(&ev, 0, sizeof(ev));
-		ev.events = EPOLLIN;
-		ev.data.ptr = l;
-		epoll_ctl(s->epfd, EPOLL_CTL_ADD, l->fd, &ev);
-		dmx_info("listening on %s", l->text);
+		*tail = l;
+		tail = &l->next;
 	}
 	return 0;
 }
@@ -425,19 +472,292 @@ on_accept(dmx_server *s, dmx_listener *l)
 static void
 close_listeners(dmx_server *s)
 {
+	dmx_listener *l;
+
+	while ((l = s->listeners) != NULL) {
+		s->listeners = l->next;
+		listener_close(s, l);
+	}
+}
+
+
+/* ---- reload (SIGHUP) ---- */
+
+static int
+own_pool_add(dmx_server *s, dmx_pool *p)
+{
+	dmx_pool **a = realloc(s->own_pools, (s->nown + 1) * sizeof(*a));
+
+	if (a == NULL)
+		return -1;
+	s->own_pools = a;
+	s->own_pools[s->nown++] = p;
+	return 0;
+}
+
+static void
+own_pool_remove(dmx_server *s, dmx_pool *p)
+{
 	size_t i;
 
-	for (i = 0; i < s->nlisteners; i++) {
-		dmx_listener *l = &s->listeners[i];
+	for (i = 0; i < s->nown; i++)
+		if (s->own_pools[i] == p) {
+			s->own_pools[i] = s->own_pools[--s->nown];
+			return;
+		}
+}
 
-		if (l->fd < 0)
-			continue;
-		epoll_ctl(s->epfd, EPOLL_CTL_DEL, l->fd, NULL);
-		close(l->fd);
-		l->fd = -1;
-		if (l->uri.kind == DMX_URI_UNIX)
-			unlink(l->uri.path);
+static int
+ptr_add(void ***arr, size_t *n, void *p)
+{
+	void **a = realloc(*arr, (*n + 1) * sizeof(*a));
+
+	if (a == NULL)
+		return -1;
+	*arr = a;
+	a[(*n)++] = p;
+	return 0;
+}
+
+void
+dmx_server_set_plugins(dmx_server *s, dmx_plugin **plugins, size_t n)
+{
+	s->initial = plugins;
+	s->ninitial = n;
+	s->live = calloc(n ? n : 1, sizeof(*s->live));
+	if (s->live != NULL) {
+		memcpy(s->live, plugins, n * sizeof(*plugins));
+		s->nlive = n;
 	}
+}
+
+/* Unload a plugin whose last job is done; forget it in main's array. */
+static void
+plugin_drop(dmx_server *s, dmx_plugin *p)
+{
+	size_t i;
+
+	if (p->pool != NULL) {
+		own_pool_remove(s, p->pool);
+		dmx_pool_free(p->pool);
+		p->pool = NULL;
+	}
+	for (i = 0; i < s->ninitial; i++)
+		if (s->initial[i] == p)
+			s->initial[i] = NULL;
+	dmx_plugin_unload(p);
+}
+
+/* Retired plugins whose jobs have all been answered: fini, dlclose. */
+static void
+reap_retired(dmx_server *s)
+{
+	dmx_retired **pp = &s->retired, *r;
+	size_t i, n;
+	uint64_t inflight;
+
+	while ((r = *pp) != NULL) {
+		inflight = 0;
+		n = dmx_router_count(r->router);
+		for (i = 0; i < n; i++) {
+			const dmx_route *rt = dmx_router_at(r->router, i);
+			uint64_t c, d;
+
+			if (rt->plugin != r->plugin)
+				continue;
+			c = atomic_load(&rt->stats->m.calls);
+			d = atomic_load(&rt->stats->m.dispatched);
+			inflight += d > c ? d - c : 0;
+		}
+		if (inflight == 0 && dmx_pool_running(r->plugin->pool ?
+		    r->plugin->pool : s->pool, NULL, r->plugin) == 0) {
+			dmx_info("reload: plugin '%s' (%s) had its last job: "
+			    "unloading the old code", r->plugin->name,
+			    r->plugin->path);
+			plugin_drop(s, r->plugin);
+			*pp = r->next;
+			free(r);
+		} else {
+			pp = &r->next;
+		}
+	}
+}
+
+/* Make the listeners match the new configuration; keep what is unchanged. */
+static void
+relisten(dmx_server *s, const dmx_config *cfg)
+{
+	dmx_listener *l, **pp, *keep = NULL, **ktail = &keep;
+	char err[512];
+	size_t i;
+
+	for (i = 0; i < cfg->nlisten; i++) {
+		for (pp = &s->listeners; (l = *pp) != NULL; pp = &l->next)
+			if (strcmp(l->text, cfg->listen[i].uri) == 0)
+				break;
+		if (l != NULL) {
+			*pp = l->next;
+		} else if ((l = listener_open(s, cfg->listen[i].uri, err,
+		    sizeof(err))) == NULL) {
+			dmx_warn("reload: %s:%d:%d: listen: %s", cfg->file,
+			    cfg->listen[i].line, cfg->listen[i].col, err);
+			continue;
+		}
+		l->next = NULL;
+		*ktail = l;
+		ktail = &l->next;
+	}
+	while ((l = s->listeners) != NULL) {	/* no longer configured */
+		s->listeners = l->next;
+		dmx_info("reload: no longer listening on %s", l->text);
+		listener_close(s, l);
+	}
+	s->listeners = keep;
+}
+
+/*
+ * Re-read the configuration. Anything wrong (the YAML, a plugin that does
+ * not load) leaves the running configuration exactly as it was. Otherwise:
+ * unchanged plugins are kept as they are (same instance, same state), new
+ * and changed ones are loaded from a private copy of their file (a changed
+ * .so at the same path really is new code), routing switches in one store,
+ * jobs already dispatched finish on the code they started with, and old
+ * plugins are finalised and unloaded once their last job is answered.
+ */
+static void
+reload(dmx_server *s)
+{
+	const dmx_config *old = s->cfg;
+	const dmx_router *old_router = s->router;
+	dmx_config *cfg;
+	dmx_plugin **np = NULL;
+	char *fresh = NULL, err[1024], sig[256];
+	dmx_router *r = NULL;
+	size_t i, k, nfresh = 0, nretired = 0;
+
+	if (old->file == NULL) {
+		dmx_warn("reload: no configuration file to read");
+		return;
+	}
+	dmx_info("reload: reading %s", old->file);
+	cfg = calloc(1, sizeof(*cfg));
+	if (cfg == NULL || dmx_config_load(old->file, cfg, err,
+	    sizeof(err)) != 0) {
+		dmx_warn("reload: %s; keeping the running configuration",
+		    cfg ? err : "out of memory");
+		free(cfg);
+		atomic_fetch_add(&s->stats.reload_failures, 1);
+		return;
+	}
+	np = calloc(cfg->nplugins ? cfg->nplugins : 1, sizeof(*np));
+	fresh = calloc(cfg->nplugins ? cfg->nplugins : 1, 1);
+	if (np == NULL || fresh == NULL) {
+		snprintf(err, sizeof(err), "out of memory");
+		goto fail;
+	}
+	for (i = 0; i < cfg->nplugins; i++) {
+		dmx_plugin_signature(&cfg->plugins[i], sig, sizeof(sig));
+		for (k = 0; k < s->nlive; k++)
+			if (strcmp(s->live[k]->sig, sig) == 0)
+				break;
+		if (k < s->nlive) {
+			np[i] = s->live[k];
+			continue;
+		}
+		np[i] = dmx_plugin_load_fresh(&cfg->plugins[i], cfg->file, err,
+		    sizeof(err));
+		if (np[i] == NULL)
+			goto fail;
+		fresh[i] = 1;
+		nfresh++;
+	}
+	for (i = 0; i < cfg->nplugins; i++)
+		for (k = 0; k < i; k++)
+			if (strcmp(np[i]->name, np[k]->name) == 0) {
+				snprintf(err, sizeof(err), "%s:%d:%d: duplicate "
+				    "plugin '%s'", cfg->file,
+				    cfg->plugins[i].line, cfg->plugins[i].col,
+				    np[i]->name);
+				goto fail;
+			}
+	r = dmx_router_new(np, cfg->nplugins, err, sizeof(err));
+	if (r == NULL)
+		goto fail;
+	for (i = 0; i < cfg->nplugins; i++) {
+		if (!fresh[i] || np[i]->workers == 0)
+			continue;
+		np[i]->pool = dmx_pool_new(np[i]->workers, 0, np[i]->queue,
+		    err, sizeof(err));
+		if (np[i]->pool == NULL || own_pool_add(s, np[i]->pool) != 0)
+			goto fail;
+	}
+	if (ptr_add((void ***)&s->cfgs, &s->ncfgs, cfg) != 0 ||
+	    ptr_add((void ***)&s->routers, &s->nrouters, r) != 0) {
+		snprintf(err, sizeof(err), "out of memory");
+		goto fail;
+	}
+
+	/* the switch: requests read from now on use the new routes */
+	relisten(s, cfg);
+	atomic_store(&s->router, r);
+	atomic_store(&s->cfg, cfg);
+	if (cfg->workers != old->workers || cfg->max_threads != old->max_threads)
+		dmx_warn("reload: the shared pool's size changes on restart "
+		    "only");
+	if (cfg->log_level >= 0)
+		dmx_log_set_level(cfg->log_level);
+
+	/* plugins no longer configured as they were: retire them */
+	for (k = 0; k < s->nlive; k++) {
+		dmx_retired *rt;
+
+		for (i = 0; i < cfg->nplugins && np[i] != s->live[k]; i++)
+			;
+		if (i < cfg->nplugins)
+			continue;
+		rt = calloc(1, sizeof(*rt));
+		if (rt == NULL) {
+			dmx_warn("reload: out of memory: plugin '%s' stays "
+			    "loaded", s->live[k]->name);
+			continue;
+		}
+		rt->plugin = s->live[k];
+		rt->router = old_router;
+		rt->next = s->retired;
+		s->retired = rt;
+		nretired++;
+	}
+	free(s->live);
+	s->live = np;
+	s->nlive = cfg->nplugins;
+	free(fresh);
+	atomic_fetch_add(&s->stats.reloads, 1);
+	dmx_info("reload: %s: %zu plugin(s): %zu kept, %zu loaded, %zu to be "
+	    "unloaded after their last job", cfg->file, cfg->nplugins,
+	    cfg->nplugins - nfresh, nfresh, nretired);
+	reap_retired(s);
+	return;
+fail:
+	dmx_warn("reload: %s; keeping the running configuration", err);
+	atomic_fetch_add(&s->stats.reload_failures, 1);
+	for (i = 0; np != NULL && i < cfg->nplugins; i++)
+		if (fresh[i] && np[i] != NULL) {
+			if (np[i]->pool != NULL) {
+				own_pool_remove(s, np[i]->pool);
+				dmx_pool_free(np[i]->pool);
+				np[i]->pool = NULL;
+			}
+			dmx_plugin_unload(np[i]);
+		}
+	if (s->nrouters > 0 && s->routers[s->nrouters - 1] == r)
+		s->nrouters--;
+	if (s->ncfgs > 0 && s->cfgs[s->ncfgs - 1] == cfg)
+		s->ncfgs--;
+	dmx_router_free(r);
+	dmx_config_free(cfg);
+	free(cfg);
+	free(np);
+	free(fresh);
 }
 
 static void
@@ -603,6 +923,11 @@ on_signal(dmx_server *s)
 	struct signalfd_siginfo si;
 
 	while (read(s->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		if (si.ssi_signo == SIGHUP) {
+			if (!s->stopping && !s->stdio)
+				reload(s);
+			continue;
+		}
 		if (s->stopping) {
 			/* a second signal: the operator will not wait */
 			dmx_warn("%s again: exiting without waiting for "
@@ -654,6 +979,13 @@ dmx_server_run(dmx_server *s)
 		timeout = run_timers(s);
 		if (timeout >= 0)
 			on_wake(s, 0);	/* act on what the answers changed */
+		if (s->retired != NULL) {
+			/* nothing signals a retired plugin's last job: look
+			 * again soon */
+			reap_retired(s);
+			if (s->retired != NULL && (timeout < 0 || timeout > 20))
+				timeout = 20;
+		}
 		{
 			int idle = close_idle(s);
 
@@ -747,6 +1079,39 @@ dmx_server_free(dmx_server *s)
 	while (s->nown > 0)
 		dmx_pool_free(s->own_pools[--s->nown]);
 	free(s->own_pools);
+	/* what reloads loaded: the plugins no longer in main's array (every
+	 * job is done: the pools were joined above), their routers and
+	 * configurations */
+	{
+		size_t i, k;
+
+		while (s->retired != NULL) {
+			dmx_retired *r = s->retired;
+
+			s->retired = r->next;
+			r->plugin->pool = NULL;	/* freed above */
+			plugin_drop(s, r->plugin);
+			free(r);
+		}
+		for (i = 0; i < s->nlive; i++) {
+			for (k = 0; k < s->ninitial; k++)
+				if (s->initial[k] == s->live[i])
+					break;
+			if (k == s->ninitial) {
+				s->live[i]->pool = NULL;
+				dmx_plugin_unload(s->live[i]);
+			}
+		}
+		free(s->live);
+		for (i = 0; i < s->nrouters; i++)
+			dmx_router_free(s->routers[i]);
+		free(s->routers);
+		for (i = 0; i < s->ncfgs; i++) {
+			dmx_config_free(s->cfgs[i]);
+			free(s->cfgs[i]);
+		}
+		free(s->cfgs);
+	}
 	free(s->listeners);
 	if (s->epfd >= 0)
 		close(s->epfd);

@@ -131,6 +131,11 @@ struct dmx_conn {
  * they must outlive the server). Returns NULL with a reason in err. */
 dmx_server *dmx_server_new(const dmx_config *cfg, const dmx_router *router,
     char *err, size_t errlen);
+/* The plugins of the configuration (main's array): a reload keeps those
+ * that did not change and unloads the others once idle, setting their
+ * entries to NULL; the caller unloads the non-NULL ones after
+ * dmx_server_free. */
+void dmx_server_set_plugins(dmx_server *s, dmx_plugin **plugins, size_t n);
 /* Listen on every configured address; -1 with "FILE:LINE:COL: ..." in err. */
 int  dmx_server_listen(dmx_server *s, char *err, size_t errlen);
 /* Serve one connection on stdin/stdout; the loop ends when it closes. */

@@ -65,6 +65,7 @@ typedef struct dmx_server_stats {
 	_Atomic uint64_t bytes_out;
 	_Atomic uint64_t requests;	/* frames dispatched */
 	_Atomic uint64_t reloads;
+	_Atomic uint64_t reload_failures;	/* SIGHUPs that changed nothing */
 } dmx_server_stats;
 
 uint64_t dmx_now_ns(void);
