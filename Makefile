@@ -173,7 +173,7 @@ tsan:
 	  SAN="-fsanitize=thread -fno-omit-frame-pointer" test
 
 valgrind: all
-	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t
+	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t t/200-reload.t
 
 # ---- fuzzing (clang's libFuzzer: Debian clang + libclang-rt-14-dev) ----
 FUZZ_SECONDS ?= 60

@@ -142,12 +142,25 @@ def main():
                                args=(sock_path, seed, 1250, stats))
               for seed in range(8)]
         [h.start() for h in hs]
+
+        # abrupt disconnects with thousands of calls in flight
+        def abrupt():
+            for _ in range(4):
+                a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                a.connect(sock_path)
+                a.sendall(b"".join(msgpack.packb([0, i, "sleep.sleep", [0]])
+                                   for i in range(3000)))
+                a.close()
+        ab = threading.Thread(target=abrupt)
+        ab.start()
         [h.join() for h in hs]
+        ab.join()
         stop.set()
         gt.join()
 
         ok(srv.poll() is None, "demuxd is still running after 10,000 "
-           "hostile messages on many connections")
+           "hostile messages on many connections and 4 abrupt disconnects "
+           "with 3000 calls in flight each")
         ok(good_stats["bad"] == 0 and good_stats["during"] > 0,
            "the good client's %d calls (%d during the attack) all answered "
            "correctly" % (good_stats["calls"], good_stats["during"]))

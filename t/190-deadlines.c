@@ -50,6 +50,12 @@ main(void)
 	    "handler's 600", dt);
 	mux_result_free(&r);
 
+	/* while the handler overruns, its worker counts as stuck */
+	rc = mux_call(m, "$/stats", NULL, 0, &r, 5000);
+	ok(rc == MUX_OK && memmem(r.data, r.len, "\xa5stuck\x01", 7),
+	    "$/stats counts the worker stuck past its deadline");
+	mux_result_free(&r);
+
 	/* the handler returns at 600 ms; nothing must be sent for it. No
 	 * event marks "nothing arrived", so wait past it. */
 	nanosleep(&wait, NULL);

@@ -321,6 +321,17 @@ dmx_pool_free(dmx_pool *p)
 	free(p);
 }
 
+/* A worker is stuck past its method's deadline, or past stuck_ms for a
+ * method without one. */
+static uint64_t
+stuck_limit(dmx_pool *p, int i, uint64_t stuck_ms)
+{
+	const dmx_route *rt = atomic_load_explicit(&p->busy_route[i],
+	    memory_order_relaxed);
+
+	return rt != NULL && rt->timeout_ms > 0 ? rt->timeout_ms : stuck_ms;
+}
+
 void
 dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
 {
@@ -344,7 +355,7 @@ dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
 		ms = (now - since) / 1000000u;
 		if (ms > out->longest_ms)
 			out->longest_ms = ms;
-		if (ms >= stuck_ms)
+		if (ms >= stuck_limit(p, i, stuck_ms))
 			out->stuck++;
 	}
 }
@@ -363,7 +374,8 @@ dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const dmx_plugin *pl)
 		rt = atomic_load_explicit(&p->busy_route[i],
 		    memory_order_relaxed);
 		if (since != 0 && since <= now && rt != NULL &&
-		    rt->plugin == pl && (now - since) / 1000000u >= stuck_ms)
+		    rt->plugin == pl && (now - since) / 1000000u >=
+		    stuck_limit(p, i, stuck_ms))
 			n++;
 	}
 	return n;
