@@ -31,6 +31,8 @@
 
 #include <demux/mux.h>
 
+#include "bench.h"
+
 typedef struct opts {
 	const char *uri, *label;
 	int threads, ncalls, srv_pid;
@@ -57,14 +59,6 @@ static mux_t *M;
 static int phase = PH_WARM;
 static pthread_barrier_t ready, go;
 
-static uint64_t
-now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 static void
 lat_push(lat_vec *l, uint64_t ns)
@@ -80,50 +74,8 @@ lat_push(lat_vec *l, uint64_t ns)
 	l->v[l->n++] = ns;
 }
 
-static int
-cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
 
-	return x < y ? -1 : x > y;
-}
 
-static double
-self_cpu_us(void)
-{
-	struct rusage ru;
-
-	getrusage(RUSAGE_SELF, &ru);
-	return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-	    (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-static double
-proc_cpu_us(int pid)
-{
-	char path[64], buf[1024], *p;
-	unsigned long long ut, st;
-	size_t n;
-	FILE *f;
-	int field = 3;
-
-	if (pid <= 0)
-		return -1;
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	if ((f = fopen(path, "r")) == NULL)
-		return -1;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	if ((p = strrchr(buf, ')')) == NULL)
-		return -1;
-	for (p += 2; *p && field < 14; p++)
-		if (*p == ' ')
-			field++;
-	if (sscanf(p, "%llu %llu", &ut, &st) != 2)
-		return -1;
-	return (double)(ut + st) * 1e6 / (double)sysconf(_SC_CLK_TCK);
-}
 
 /* One call; 0 if the right answer came back. */
 static int

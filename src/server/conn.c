@@ -686,15 +686,35 @@ dmx_conn_stop_reading(dmx_conn *c)
 	pthread_mutex_unlock(&c->mu);
 }
 
+/*
+ * Back pressure: if too many requests are in flight or too many reply bytes
+ * wait to be written, stop reading this connection (until half have gone,
+ * see job_recycle_locked). Returns 1 if reading was paused.
+ */
+static int
+pause_if_full(dmx_conn *c)
+{
+	const dmx_config *cfg = dmx_server_config(c->srv);
+	int full;
+
+	pthread_mutex_lock(&c->mu);
+	full = c->inflight >= cfg->max_inflight ||
+	    c->oq_bytes >= cfg->max_output;
+	if (full)
+		c->paused = 1;
+	pthread_mutex_unlock(&c->mu);
+	if (full)
+		dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLIN);
+	return full;
+}
+
 void
 dmx_conn_on_readable(dmx_conn *c)
 {
-	const dmx_config *cfg = dmx_server_config(c->srv);
 	dmx_buf *scratch = dmx_server_scratch(c->srv);
 	batch bt;
 	size_t total = 0, used, room;
 	ssize_t n;
-	int paused;
 
 	if (c->discard) {
 		drain_input(c);
@@ -712,17 +732,8 @@ dmx_conn_on_readable(dmx_conn *c)
 				break;
 			dmx_buf_consume(&c->rbuf, used);
 			if (c->rbuf_pending) {
-				pthread_mutex_lock(&c->mu);
-				paused = c->inflight >= cfg->max_inflight ||
-				    c->oq_bytes >= cfg->max_output;
-				if (paused)
-					c->paused = 1;
-				pthread_mutex_unlock(&c->mu);
-				if (paused) {
-					dmx_server_epoll_mod(c->srv, c,
-					    c->events & ~(uint32_t)EPOLLIN);
+				if (pause_if_full(c))
 					break;
-				}
 				continue;
 			}
 		}
@@ -783,18 +794,8 @@ dmx_conn_on_readable(dmx_conn *c)
 				break;
 			}
 		}
-		/* back pressure: stop reading while too much is in flight */
-		pthread_mutex_lock(&c->mu);
-		paused = c->inflight >= cfg->max_inflight ||
-		    c->oq_bytes >= cfg->max_output;
-		if (paused)
-			c->paused = 1;
-		pthread_mutex_unlock(&c->mu);
-		if (paused) {
-			dmx_server_epoll_mod(c->srv, c,
-			    c->events & ~(uint32_t)EPOLLIN);
+		if (pause_if_full(c))
 			break;
-		}
 		if ((size_t)n < room && !c->rbuf_pending)
 			break;		/* drained the socket, parsed it all */
 	}
