@@ -13,22 +13,11 @@ import time
 
 import msgpack
 
-BUILD = os.path.abspath(os.environ.get("BUILD", "build"))
-n_tests = failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tap import BUILD, done_testing, ok, rss_kb  # noqa: E402
 
 
-def ok(cond, desc):
-    global n_tests, failed
-    n_tests += 1
-    failed += 0 if cond else 1
-    print("%sok %d - %s" % ("" if cond else "not ", n_tests, desc), flush=True)
 
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
 
 
 def main():
@@ -120,8 +109,7 @@ def main():
         srv.send_signal(signal.SIGTERM)
         srv.wait(30)
     ok(srv.returncode == 0, "demuxd exits 0")
-    print("1..%d" % n_tests)
-    sys.exit(1 if failed else 0)
+    done_testing()
 
 
 signal.alarm(120)

@@ -14,22 +14,11 @@ import time
 
 import msgpack
 
-BUILD = os.path.abspath(os.environ.get("BUILD", "build"))
-n_tests = 0
-failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tap import BUILD, diag, done_testing, ok  # noqa: E402
 
 
-def ok(cond, desc):
-    global n_tests, failed
-    n_tests += 1
-    if not cond:
-        failed += 1
-    print("%sok %d - %s" % ("" if cond else "not ", n_tests, desc), flush=True)
-    return cond
 
-
-def diag(msg):
-    print("# " + str(msg).replace("\n", "\n# "), flush=True)
 
 
 class Server:
@@ -337,8 +326,7 @@ def main():
     back_pressure()
     graceful_stop()
     drain_timeout()
-    print("1..%d" % n_tests)
-    sys.exit(1 if failed else 0)
+    done_testing()
 
 
 signal.alarm(1200 if os.environ.get("DEMUX_VALGRIND") == "1" else 120)

@@ -14,16 +14,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "clients", "python"))
 from mux import (Mux, RemoteError, ClosedError, ConnectionLost,  # noqa: E402
                  Timeout)
+sys.path.insert(0, HERE)
+from tap import BUILD, done_testing, ok  # noqa: E402
 
-BUILD = os.path.abspath(os.environ.get("BUILD", "build"))
-n_tests = failed = 0
 
-
-def ok(cond, desc):
-    global n_tests, failed
-    n_tests += 1
-    failed += 0 if cond else 1
-    print("%sok %d - %s" % ("" if cond else "not ", n_tests, desc), flush=True)
 
 
 def start_server():
@@ -151,8 +145,7 @@ def main():
         if srv.poll() is None:
             srv.send_signal(signal.SIGTERM)
             srv.wait()
-    print("1..%d" % n_tests)
-    sys.exit(1 if failed else 0)
+    done_testing()
 
 
 signal.alarm(120)
