@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <msgpack.h>
+
 typedef struct dmx_buf {
 	char   *data;
 	size_t  len;	/* bytes in use */
@@ -33,5 +35,15 @@ void dmx_buf_shrink(dmx_buf *b, size_t keep);
 
 /* A msgpack_packer_write callback: `data` is a dmx_buf *. */
 int  dmx_buf_pack_write(void *data, const char *p, size_t n);
+
+/* Pack a NUL-terminated string (NULL packs ""). */
+static inline void
+dmx_pack_cstr(msgpack_packer *pk, const char *s)
+{
+	size_t n = s ? __builtin_strlen(s) : 0;
+
+	msgpack_pack_str(pk, n);
+	msgpack_pack_str_body(pk, s ? s : "", n);
+}
 
 #endif

@@ -15,18 +15,9 @@
 #define STUCK_MS 10000u
 
 static void
-pk_str(msgpack_packer *pk, const char *s)
-{
-	size_t n = strlen(s);
-
-	msgpack_pack_str(pk, n);
-	msgpack_pack_str_body(pk, s, n);
-}
-
-static void
 pk_kv_u64(msgpack_packer *pk, const char *k, uint64_t v)
 {
-	pk_str(pk, k);
+	dmx_pack_cstr(pk, k);
 	msgpack_pack_uint64(pk, v);
 }
 
@@ -68,11 +59,11 @@ pack_method(msgpack_packer *pk, dmx_server *s, const dmx_route *rt)
 		total += k;
 	}
 
-	pk_str(pk, rt->name);
+	dmx_pack_cstr(pk, rt->name);
 	msgpack_pack_map(pk, 7);
 	pk_kv_u64(pk, "calls", calls);
 	pk_kv_u64(pk, "errors_total", total);
-	pk_str(pk, "errors");
+	dmx_pack_cstr(pk, "errors");
 	msgpack_pack_map(pk, n + (ld(&ms->errors_other) ? 1 : 0));
 	for (i = 0; i < n; i++) {
 		snprintf(key, sizeof(key), "%lld", (long long)code[i]);
@@ -83,7 +74,7 @@ pack_method(msgpack_packer *pk, dmx_server *s, const dmx_route *rt)
 	pk_kv_u64(pk, "in_flight", inflight);
 	pk_kv_u64(pk, "running", running);
 	pk_kv_u64(pk, "queued", inflight > running ? inflight - running : 0);
-	pk_str(pk, "latency_us");
+	dmx_pack_cstr(pk, "latency_us");
 	msgpack_pack_map(pk, 4);
 	pk_kv_u64(pk, "p50", dmx_hist_quantile(&ms->latency, 0.50) / 1000);
 	pk_kv_u64(pk, "p90", dmx_hist_quantile(&ms->latency, 0.90) / 1000);
@@ -108,10 +99,10 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 	msgpack_packer_init(&pk, b, dmx_buf_pack_write);
 	msgpack_pack_map(&pk, 4);
 
-	pk_str(&pk, "server");
+	dmx_pack_cstr(&pk, "server");
 	msgpack_pack_map(&pk, 9);
-	pk_str(&pk, "state");
-	pk_str(&pk, dmx_server_stopping(s) ? "draining" : "serving");
+	dmx_pack_cstr(&pk, "state");
+	dmx_pack_cstr(&pk, dmx_server_stopping(s) ? "draining" : "serving");
 	pk_kv_u64(&pk, "uptime_s", (dmx_now_ns() - st->started_ns) /
 	    1000000000u);
 	pk_kv_u64(&pk, "connections", ld(&st->connections));
@@ -122,10 +113,10 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 	pk_kv_u64(&pk, "reloads", ld(&st->reloads));
 	pk_kv_u64(&pk, "reload_failures", ld(&st->reload_failures));
 
-	pk_str(&pk, "pool");
+	dmx_pack_cstr(&pk, "pool");
 	msgpack_pack_map(&pk, 7);
-	pk_str(&pk, "mode");
-	pk_str(&pk, pi.on_demand ? "on-demand" : "fixed");
+	dmx_pack_cstr(&pk, "mode");
+	dmx_pack_cstr(&pk, pi.on_demand ? "on-demand" : "fixed");
 	pk_kv_u64(&pk, "workers", (uint64_t)(pi.on_demand ? pi.max_threads :
 	    pi.workers));
 	pk_kv_u64(&pk, "busy", (uint64_t)pi.busy);
@@ -143,7 +134,7 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 		if (j == nplugins && nplugins < 256)
 			seen[nplugins++] = p;
 	}
-	pk_str(&pk, "plugins");
+	dmx_pack_cstr(&pk, "plugins");
 	msgpack_pack_map(&pk, nplugins);
 	for (j = 0; j < nplugins; j++) {
 		uint64_t busy = 0, inflight = 0;
@@ -164,12 +155,12 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 		dmx_pool_info own;
 
 		dmx_pool_info_get(pool, STUCK_MS, &own);
-		pk_str(&pk, seen[j]->name);
+		dmx_pack_cstr(&pk, seen[j]->name);
 		msgpack_pack_map(&pk, 7);
-		pk_str(&pk, "version");
-		pk_str(&pk, seen[j]->desc->version ? seen[j]->desc->version : "");
-		pk_str(&pk, "pool");
-		pk_str(&pk, seen[j]->pool ? "own" : "shared");
+		dmx_pack_cstr(&pk, "version");
+		dmx_pack_cstr(&pk, seen[j]->desc->version ? seen[j]->desc->version : "");
+		dmx_pack_cstr(&pk, "pool");
+		dmx_pack_cstr(&pk, seen[j]->pool ? "own" : "shared");
 		pk_kv_u64(&pk, "workers_busy", busy);
 		pk_kv_u64(&pk, "workers_idle", (uint64_t)own.idle);
 		pk_kv_u64(&pk, "queued", own.queued);
@@ -178,7 +169,7 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 		    seen[j]));
 	}
 
-	pk_str(&pk, "methods");
+	dmx_pack_cstr(&pk, "methods");
 	msgpack_pack_map(&pk, n);
 	for (i = 0; i < n; i++)
 		pack_method(&pk, s, dmx_router_at(r, i));

@@ -28,15 +28,6 @@ discard_write(void *data, const char *p, size_t n)
 	return 0;
 }
 
-static void
-pack_cstr(msgpack_packer *pk, const char *s)
-{
-	size_t n = s ? strlen(s) : 0;
-
-	msgpack_pack_str(pk, n);
-	msgpack_pack_str_body(pk, s ? s : "", n);
-}
-
 void
 dmx_job_set_error(dmx_job *j, int64_t code, const char *msg, const char *trace)
 {
@@ -51,9 +42,9 @@ dmx_job_set_error(dmx_job *j, int64_t code, const char *msg, const char *trace)
 	msgpack_pack_uint32(&pk, j->msgid);
 	msgpack_pack_array(&pk, trace ? 3 : 2);
 	msgpack_pack_int64(&pk, code);
-	pack_cstr(&pk, msg ? msg : dmx_wire_strerror(code));
+	dmx_pack_cstr(&pk, msg ? msg : dmx_wire_strerror(code));
 	if (trace)
-		pack_cstr(&pk, trace);
+		dmx_pack_cstr(&pk, trace);
 	msgpack_pack_nil(&pk);
 	/* a plugin still holding the packer must not append to the error */
 	j->pk.callback = discard_write;

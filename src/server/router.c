@@ -37,15 +37,6 @@ route_cmp(const void *a, const void *b)
 }
 
 static void
-pack_str(msgpack_packer *pk, const char *s)
-{
-	size_t n = strlen(s);
-
-	msgpack_pack_str(pk, n);
-	msgpack_pack_str_body(pk, s, n);
-}
-
-static void
 pack_descriptions(dmx_router *r, dmx_plugin *const *plugins, size_t n)
 {
 	msgpack_packer pk;
@@ -53,13 +44,13 @@ pack_descriptions(dmx_router *r, dmx_plugin *const *plugins, size_t n)
 
 	msgpack_packer_init(&pk, &r->methods, dmx_buf_pack_write);
 	msgpack_pack_array(&pk, r->nroutes + 5);
-	pack_str(&pk, "$/health");
-	pack_str(&pk, "$/methods");
-	pack_str(&pk, "$/ping");
-	pack_str(&pk, "$/plugins");
-	pack_str(&pk, "$/stats");
+	dmx_pack_cstr(&pk, "$/health");
+	dmx_pack_cstr(&pk, "$/methods");
+	dmx_pack_cstr(&pk, "$/ping");
+	dmx_pack_cstr(&pk, "$/plugins");
+	dmx_pack_cstr(&pk, "$/stats");
 	for (i = 0; i < r->nroutes; i++)
-		pack_str(&pk, r->routes[i].name);
+		dmx_pack_cstr(&pk, r->routes[i].name);
 
 	msgpack_packer_init(&pk, &r->plugins, dmx_buf_pack_write);
 	msgpack_pack_array(&pk, n);
@@ -67,16 +58,16 @@ pack_descriptions(dmx_router *r, dmx_plugin *const *plugins, size_t n)
 		const dmx_plugin *p = plugins[i];
 
 		msgpack_pack_map(&pk, 4);
-		pack_str(&pk, "name");
-		pack_str(&pk, p->name);
-		pack_str(&pk, "path");
-		pack_str(&pk, p->path);
-		pack_str(&pk, "version");
-		pack_str(&pk, p->desc->version ? p->desc->version : "");
-		pack_str(&pk, "methods");
+		dmx_pack_cstr(&pk, "name");
+		dmx_pack_cstr(&pk, p->name);
+		dmx_pack_cstr(&pk, "path");
+		dmx_pack_cstr(&pk, p->path);
+		dmx_pack_cstr(&pk, "version");
+		dmx_pack_cstr(&pk, p->desc->version ? p->desc->version : "");
+		dmx_pack_cstr(&pk, "methods");
 		msgpack_pack_array(&pk, p->nmethods);
 		for (j = 0; j < p->nmethods; j++)
-			pack_str(&pk, p->methods[j]);
+			dmx_pack_cstr(&pk, p->methods[j]);
 	}
 }
 
