@@ -476,7 +476,7 @@ test_close(void)
 	ok(fast && strstr(w[0].msg, "unknown") != NULL, "...promptly, and the "
 	    "error says the effect is unknown");
 	rc = mux_call(m, "$/ping", NULL, 0, &r, 5000);
-	ok(rc == MUX_ECONN, "later calls fail fast with MUX_ECONN");
+	ok(rc == MUX_ENOTCONN, "later calls fail fast with MUX_ENOTCONN (not sent)");
 	mux_result_free(&r);
 	mux_free(m);
 }

@@ -48,7 +48,8 @@ extern "C" {
 	XX(EINVAL,  -6,  "invalid argument")				\
 	XX(EPROTO,  -7,  "the server broke the protocol")		\
 	XX(ETOOBIG, -8,  "message larger than the limit")			\
-	XX(EDRAINING, -9, "the server is draining: not sent, safe to retry elsewhere")
+	XX(EDRAINING, -9, "the server is draining: not sent, safe to retry elsewhere") \
+	XX(ENOTCONN, -10, "not connected: the call was not sent, safe to retry")
 
 enum mux_err {
 #define MUX_XX(name, val, desc) MUX_##name = (val),
@@ -68,7 +69,9 @@ typedef struct mux mux_t;
  * Open a handle. Each returns the handle, or NULL with errno set and, when
  * err is not NULL, a reason in err (errlen bytes, MUX_ERRLEN is enough).
  *
- * mux_connect: "unix:PATH", "tcp:HOST:PORT" or "tcp:[IPv6]:PORT".
+ * mux_connect: "unix:PATH", "tcp:HOST:PORT" or "tcp:[IPv6]:PORT" (or a
+ *   list, as for mux_open); the same as mux_open with reconnect and health
+ *   checks off: once the connection breaks, calls fail with MUX_ENOTCONN.
  * mux_spawn: start argv[0] (searched in PATH) with argv as a child speaking on
  *   its stdin/stdout, e.g. {"demuxd", "--stdio", "-c", "demux.yaml", NULL};
  *   mux_free closes its pipes and reaps it.
@@ -78,6 +81,50 @@ typedef struct mux mux_t;
 MUX_API mux_t *mux_connect(const char *uri, char *err, size_t errlen);
 MUX_API mux_t *mux_spawn(char *const argv[], char *err, size_t errlen);
 MUX_API mux_t *mux_open_fds(int rfd, int wfd, char *err, size_t errlen);
+
+/*
+ * Options for mux_open. Initialise with mux_options_init (later versions
+ * only append fields; `size` tells the library which ones you know).
+ */
+typedef struct mux_options {
+	size_t	size;		/* sizeof(mux_options), set by mux_options_init */
+	int	reconnect;	/* 1 (default): reconnect broken endpoints in
+				 * the background; 0: an endpoint that breaks
+				 * stays down */
+	int	backoff_min_ms;	/* first reconnect delay (default 100) */
+	int	backoff_max_ms;	/* the delay doubles up to this (default 5000);
+				 * each delay is jittered to 50..100 % */
+	int	wait_connected;	/* a call made while no endpoint is connected:
+				 * 0 (default) fails at once with MUX_ENOTCONN;
+				 * 1 waits up to its timeout for one */
+	int	connect_timeout_ms; /* per TCP connect attempt (default 2000) */
+	int	health_interval_ms; /* ask each endpoint's $/health this often;
+				 * "draining" takes it out (default 1000; 0:
+				 * never, the $/drain notice still works) */
+	int	completion_fd;	/* async callbacks: 0 (default) run on a libmux
+				 * thread; 1 run in mux_dispatch, on your thread,
+				 * when mux_completion_fd is readable */
+	size_t	max_frame;	/* largest response (default 64 MiB) */
+} mux_options;
+
+MUX_API void mux_options_init(mux_options *o);
+
+/*
+ * Open a handle over one or more endpoints: a comma-separated list of
+ * addresses ("unix:a.sock,tcp:h2:7411"), each with its own connection. Each
+ * call goes to the connected endpoint with the fewest calls in flight; one
+ * that breaks is taken out and reconnected in the background; one whose
+ * server drains ($/drain, or "draining" from $/health) gets nothing new.
+ * A call answered -32010 (overloaded: not executed), or refused before it
+ * was sent, is retried once on another endpoint; a call whose effect is
+ * unknown (MUX_ECONN, MUX_ETIMEDOUT) never is.
+ *
+ * o may be NULL (the defaults). With reconnect on, mux_open succeeds even if
+ * no endpoint answers yet; with it off, every endpoint must connect. Returns
+ * NULL with a reason in err on a bad list or option.
+ */
+MUX_API mux_t *mux_open(const char *endpoints, const mux_options *o,
+    char *err, size_t errlen);
 
 /* A call's outcome. Fill with nothing; read after mux_call; release with
  * mux_result_free. */
@@ -123,6 +170,61 @@ MUX_API int mux_cancel(mux_t *m, mux_token *tok);
 /* Send a notification: no answer, no wait beyond handing it to the kernel
  * (or to the reader thread when the connection is full). */
 MUX_API int mux_notify(mux_t *m, const char *method, const void *params, size_t len);
+
+/*
+ * Asynchronous calls. mux_call_async sends the call and returns at once:
+ * MUX_OK, after which `cb` runs exactly once with the outcome; or an error
+ * (the call did not start, cb never runs). cb runs on a libmux thread, or in
+ * mux_dispatch with the completion_fd option; never on the caller's stack
+ * inside mux_call_async and never with a libmux lock held, so it may call
+ * libmux (mux_call_async, mux_call, mux_notify, mux_close; not mux_free).
+ * Callbacks run one at a time, in completion order: one that blocks delays
+ * the others.
+ *
+ * `res` belongs to libmux and is freed when cb returns; to keep a field, take
+ * it and set it to NULL. The timeout counts from the call (<= 0: none); a
+ * call that times out is cancelled on the server. params are copied.
+ */
+typedef void (*mux_callback)(void *user, int rc, mux_result *res);
+
+MUX_API int mux_call_async(mux_t *m, const char *method, const void *params,
+    size_t len, mux_callback cb, void *user, int timeout_ms);
+
+/*
+ * With the completion_fd option: an fd (owned by the handle) that polls
+ * readable while callbacks are ready; then call mux_dispatch, which runs
+ * them on the calling thread and returns how many ran. Without the option
+ * mux_completion_fd returns -1 and mux_dispatch 0. Call mux_dispatch from
+ * one thread at a time.
+ */
+MUX_API int mux_completion_fd(mux_t *m);
+MUX_API int mux_dispatch(mux_t *m);
+
+/* Counters of a handle since it was opened. */
+typedef struct mux_stats {
+	uint64_t calls;		/* calls sent (each retry counts again) */
+	uint64_t retries;	/* calls sent again on another endpoint */
+	uint64_t connects;	/* connections made, the first ones included */
+	uint64_t late;		/* answers to calls that had timed out */
+	unsigned endpoints;	/* in the list */
+	unsigned up;		/* connected and not draining */
+} mux_stats;
+
+MUX_API void mux_get_stats(mux_t *m, mux_stats *st);
+
+/* One endpoint's state; uri stays valid until mux_free. Returns MUX_EINVAL
+ * when i is past the last endpoint. */
+typedef struct mux_endpoint_info {
+	const char *uri;	/* as given, or "fd"/"spawn" */
+	int	 connected;
+	int	 draining;
+	unsigned inflight;
+	uint64_t calls;		/* calls sent to it */
+	uint64_t connects;
+	char	 why[MUX_ERRLEN]; /* while down: the last failure */
+} mux_endpoint_info;
+
+MUX_API int mux_endpoint(mux_t *m, unsigned i, mux_endpoint_info *info);
 
 /* Release what a mux_result holds and empty it. */
 MUX_API void mux_result_free(mux_result *res);

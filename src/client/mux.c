@@ -1,114 +1,141 @@
 /*
- * mux.c - libmux: the handle, its pending-call table, the writer path and
- * the reader thread. See include/demux/mux.h for the contract.
+ * mux.c - the libmux handle: endpoints and their connections, choosing one
+ * per call, retries, reconnects with backoff, waiting for a connection, and
+ * delivering async completions. See include/demux/mux.h for the contract and
+ * conn.h for one connection.
  *
  * DESIGN
  *
- * Every caller registers a `pending` record (on its own stack) under its
- * msgid in a hash table, appends its request to the handle's write buffer
- * and, if no other thread is writing, becomes the writer: it swaps the buffer
- * out and writes everything queued so far, its own request and any that other
- * callers appended meanwhile, so coinciding calls share one syscall. The fds
- * are non-blocking: when the kernel buffer is full the writer leaves the rest
- * to the reader thread (want_out), so no caller ever blocks in write and every
- * caller's timeout holds.
+ * A handle holds a fixed array of endpoints. Each endpoint's current
+ * connection (or NULL while it is down) is swapped only by the supervisor
+ * thread, under the write side of eplock; a caller picks a connection under
+ * the read side and takes a reference, so a swap never frees a connection a
+ * caller is using. The supervisor exists only when there is something to
+ * supervise (reconnects or health checks): it replaces broken connections,
+ * reconnects with jittered exponential backoff, asks $/health, sends calls
+ * that were waiting for a connection and fails those whose time ran out. It
+ * sleeps on a condition variable that connections kick when they stop.
  *
- * The reader thread polls the read fd (plus the write fd while want_out is
- * set, plus an eventfd used to wake it), frames responses with the same
- * scanner as the server, copies each result out, and completes the matching
- * record: it signals that caller's own condition variable, so one response
- * wakes exactly one thread. A response for an unknown msgid (its caller timed
- * out) is dropped and counted.
+ * Async calls are heap records holding an mc_call. The connection completes
+ * them on its reader thread by calling async_done, which either sends the
+ * call once more elsewhere (-32010, or refused before sending) or queues the
+ * completion. Queued completions run on one dispatcher thread, started on
+ * first use, or, with the completion_fd option, in mux_dispatch on the
+ * application's thread, signalled through an eventfd. Either way no callback
+ * runs on a reader thread, so a callback that blocks, or makes a blocking
+ * call, never stops responses from being read.
  *
- * When the connection breaks, every pending call fails with MUX_ECONN; after
- * mux_close with MUX_ECLOSED. The records live on the callers' stacks, so a
- * record is always completed (or removed by its own timed-out caller) under
- * the lock, and its caller frees nothing until it has seen `done`.
- *
- * Waiting: each caller sleeps on its own record's `done` word with a futex,
- * without holding or re-taking the handle's lock, so a completion costs one
- * FUTEX_WAKE of exactly that thread and no lock hand-off. The record lives on
- * the waiter's stack and may vanish the moment the waiter sees done == 1; a
- * wake that arrives after that hits memory that is still mapped and at worst
- * causes a spurious wake-up, which every waiter tolerates (the pattern of
- * glibc's own semaphores).
- *
- * Locks: m->mu guards the pending table and the state (callers inserting,
- * the reader completing); m->wmu guards the write buffers (callers queueing,
- * whoever writes). Two locks, because the reader and the writers would
- * otherwise contend for one on every message. Order: wmu before mu.
+ * Locks: eplock (endpoint connections), mu (supervisor state, parked calls,
+ * the up epoch), qmu (the completion queue). None is held while calling into
+ * a connection that may call back (mc_start, mc_unref), and none while a
+ * callback runs.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <linux/futex.h>
 #include <stdatomic.h>
 #include <sys/eventfd.h>
 #include <sys/random.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <msgpack.h>
 
-#include "../common/buf.h"
 #include "../common/uri.h"
 #include "../common/wire.h"
+#include "conn.h"
 #include "demux/mux.h"
 
 #define MUX_DEFAULT_MAX_FRAME	(64u << 20)
-#define READ_CHUNK		(256u << 10)
+#define E_OVERLOADED		(-32010)	/* not executed: retry elsewhere */
+#define HEALTH_TIMEOUT_MS	10000
 
 extern char **environ;
 
-enum mux_state { MUX_OPEN, MUX_CLOSED, MUX_BROKEN };
+struct mux;
 
-typedef struct mux_pending {
-	struct mux_pending *next;	/* hash chain (mu) */
-	uint32_t	 msgid;
-	int		 rc;		/* written before done */
-	mux_result	*res;		/* written before done */
-	_Atomic uint32_t done;		/* 0 -> 1 once, under mu; a futex */
-} mux_pending;
+/* The $/health probe of one endpoint; reused, one at a time. */
+typedef struct mux_probe {
+	mc_call		 call;
+	mux_result	 res;
+	struct mux_ep	*ep;
+	_Atomic int	 busy;
+} mux_probe;
+
+typedef struct mux_ep {
+	struct mux	*m;
+	unsigned	 idx;
+	char		*uri;		/* as given; "fd"/"spawn" */
+	dmx_uri		 addr;
+	int		 can_connect;	/* has an address (not fd/spawn) */
+	mc_conn		*conn;		/* eplock; NULL while down */
+	unsigned	 gen;		/* eplock: connections made */
+	/* supervisor only */
+	unsigned	 fails;		/* attempts failed in a row */
+	uint64_t	 retry_at;	/* next attempt, ns */
+	uint64_t	 health_at;	/* next $/health, ns */
+	char		 why[MUX_ERRLEN]; /* eplock: last failure */
+	mux_probe	 probe;
+	_Atomic int	 health_draining; /* $/health said "draining" */
+	_Atomic uint64_t calls;
+	_Atomic uint64_t connects;
+} mux_ep;
+
+typedef struct mux_async {
+	mc_call		 call;		/* first: conn.c hands us this */
+	mux_result	 res;
+	struct mux	*m;
+	mux_callback	 cb;
+	void		*user;
+	int		 rc;
+	int		 tried;		/* sent once more already */
+	unsigned	 ep;		/* where it was sent */
+	uint64_t	 deadline;	/* ns; 0 none */
+	struct mux_async *next;		/* parked list, completion queue */
+	const char	*method;	/* copies, kept for a resend */
+	const void	*params;
+	size_t		 len;
+	char		 store[];
+} mux_async;
 
 struct mux {
-	int		 rfd, wfd;
-	int		 is_sock;	/* send(MSG_NOSIGNAL) on wfd */
-	pid_t		 child;		/* mux_spawn, else 0 */
-	int		 wakefd;	/* eventfd: wake the reader */
-	pthread_t	 reader;
-	int		 reader_started;
-	size_t		 max_frame;
+	mux_options	 opt;
+	unsigned	 nep;
+	mux_ep		*ep;
+	pthread_rwlock_t eplock;
+	_Atomic unsigned rr;		/* rotates ties between endpoints */
+	_Atomic int	 closed;
+	_Atomic size_t	 max_frame;
 
-	pthread_mutex_t	 mu;		/* the table and the state */
-	pthread_mutex_t	 wmu;		/* the write buffers; taken before mu */
-	_Atomic int	 state;		/* enum mux_state; written under mu */
-	char		 why[MUX_ERRLEN]; /* mu: reason for BROKEN */
-	uint32_t	 next_id;	/* mu */
-	mux_pending	**buckets;	/* mu: power-of-two hash table */
-	size_t		 nbuckets;	/* mu */
-	size_t		 npending;	/* mu */
-	dmx_buf		 wbuf;		/* wmu: requests not yet being written */
-	dmx_buf		 wcur;		/* owned by the writer (writing=1) */
-	size_t		 wcur_off;	/* owned by the writer */
-	int		 writing;	/* wmu: a thread owns wcur */
-	int		 want_out;	/* wmu: the reader must finish the write */
+	pthread_mutex_t	 mu;
+	pthread_cond_t	 cv;		/* kicks the supervisor */
+	pthread_cond_t	 up_cv;		/* an endpoint connected; or closed */
+	uint64_t	 up_epoch;	/* mu: connections made so far */
+	int		 kick;		/* mu */
+	int		 stop;		/* mu: the supervisor must exit */
+	mux_async	*parked;	/* mu: async calls waiting for a conn */
+	pthread_t	 sup;
+	int		 sup_started;
+
+	pthread_mutex_t	 qmu;
+	pthread_cond_t	 qcv;
+	mux_async	*qhead, *qtail;	/* qmu: completions to deliver */
+	int		 qstop;		/* qmu: the dispatcher must exit */
+	pthread_t	 disp;
+	int		 disp_started;	/* qmu */
+	int		 qfd;		/* completion_fd: eventfd, else -1 */
+
 	_Atomic unsigned users;		/* threads inside API calls */
-	_Atomic int	 freeing;	/* mux_free waits for users == 0 */
-	pthread_cond_t	 users_cv;	/* mu: users dropped to 0 */
-	uint64_t	 late;		/* mu: responses nobody waited for */
-	_Atomic int	 draining;	/* the server sent $/drain */
+	_Atomic int	 freeing;
+	pthread_cond_t	 users_cv;	/* mu */
+
+	_Atomic uint64_t calls, retries, late_retired;
 };
 
 const char *
@@ -139,283 +166,43 @@ set_err(char *err, size_t errlen, const char *fmt, ...)
 }
 
 static void
-wake_reader(mux_t *m)
-{
-	uint64_t one = 1;
-
-	if (write(m->wakefd, &one, sizeof(one)) < 0) {
-		/* EAGAIN: the counter is already non-zero, it will wake */
-	}
-}
+set_msg(mux_result *res, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 static void
-futex_wake_one(_Atomic uint32_t *w)
+set_msg(mux_result *res, const char *fmt, ...)
 {
-	syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-}
-
-/* Sleep while *w == 0, at most *rel (NULL: no limit). Spurious returns are
- * fine: callers loop. */
-static void
-futex_wait_zero(_Atomic uint32_t *w, const struct timespec *rel)
-{
-	syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, 0, rel, NULL, 0);
-}
-
-/* Mark p finished (mu held) and wake its caller. */
-static void
-complete(mux_pending *p, int rc)
-{
-	p->rc = rc;
-	atomic_store_explicit(&p->done, 1, memory_order_release);
-	futex_wake_one(&p->done);
-}
-
-/* ---- pending table (mu held) ---- */
-
-static int
-table_grow(mux_t *m)
-{
-	size_t n = m->nbuckets ? m->nbuckets * 2 : 64, i;
-	mux_pending **b = calloc(n, sizeof(*b)), *p, *next;
-
-	if (b == NULL)
-		return -1;
-	for (i = 0; i < m->nbuckets; i++)
-		for (p = m->buckets[i]; p != NULL; p = next) {
-			next = p->next;
-			p->next = b[p->msgid & (n - 1)];
-			b[p->msgid & (n - 1)] = p;
-		}
-	free(m->buckets);
-	m->buckets = b;
-	m->nbuckets = n;
-	return 0;
-}
-
-static mux_pending **
-table_find(mux_t *m, uint32_t id)
-{
-	mux_pending **pp;
-
-	if (m->nbuckets == 0)
-		return NULL;
-	for (pp = &m->buckets[id & (m->nbuckets - 1)]; *pp != NULL;
-	    pp = &(*pp)->next)
-		if ((*pp)->msgid == id)
-			return pp;
-	return NULL;
-}
-
-/* Give p a msgid no call in flight uses and insert it. */
-static int
-table_insert(mux_t *m, mux_pending *p)
-{
-	if (m->npending >= m->nbuckets && table_grow(m) != 0)
-		return -1;
-	do
-		p->msgid = m->next_id++;
-	while (table_find(m, p->msgid) != NULL);
-	p->next = m->buckets[p->msgid & (m->nbuckets - 1)];
-	m->buckets[p->msgid & (m->nbuckets - 1)] = p;
-	m->npending++;
-	return 0;
-}
-
-static void
-table_remove(mux_t *m, mux_pending **pp)
-{
-	*pp = (*pp)->next;
-	m->npending--;
-}
-
-/* Complete p with a local error (mu held). */
-static void
-complete_local(mux_pending *p, int rc, const char *why)
-{
-	if (p->res->message == NULL)
-		p->res->message = strdup(why ? why : mux_strerror(rc));
-	complete(p, rc);
-}
-
-/* Fail every pending call (mu held). */
-static void
-fail_all(mux_t *m, int rc, const char *why)
-{
-	mux_pending *p, *next;
-	size_t i;
-
-	for (i = 0; i < m->nbuckets; i++) {
-		for (p = m->buckets[i]; p != NULL; p = next) {
-			next = p->next;
-			complete_local(p, rc, why);
-		}
-		m->buckets[i] = NULL;
-	}
-	m->npending = 0;
-	/* queued requests are dropped by the next writer, which checks the
-	 * state */
-}
-
-/* The connection is unusable (mu held). */
-static void
-set_broken(mux_t *m, const char *fmt, ...)
-{
-	char why[MUX_ERRLEN];
+	char buf[2 * MUX_ERRLEN];
 	va_list ap;
 
-	if (m->state != MUX_OPEN)
+	if (res->message != NULL)
 		return;
 	va_start(ap, fmt);
-	vsnprintf(why, sizeof(why), fmt, ap);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	m->state = MUX_BROKEN;
-	snprintf(m->why, sizeof(m->why), "%s", why);
-	fail_all(m, MUX_ECONN, why);
-	wake_reader(m);
+	res->message = strdup(buf);
 }
 
-/* ---- writing ---- */
-
-/*
- * Sockets have MSG_NOSIGNAL. A pipe to a child that died raises SIGPIPE, and a
- * library must not change the process's disposition, so block it in this
- * thread around the write and consume the one the write raised.
- */
-static ssize_t
-raw_write(mux_t *m, const void *p, size_t n)
-{
-	static const struct timespec zero = { 0, 0 };
-	sigset_t pipe_set, old;
-	ssize_t r;
-	int e;
-
-	if (m->is_sock)
-		return send(m->wfd, p, n, MSG_NOSIGNAL);
-	sigemptyset(&pipe_set);
-	sigaddset(&pipe_set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-	r = write(m->wfd, p, n);
-	e = errno;
-	if (r < 0 && e == EPIPE)
-		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
-			;
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	errno = e;
-	return r;
-}
-
-/*
- * Write queued requests until none are left or the fd is full. Called with wmu
- * held and writing == 0; drops wmu around each syscall. On EAGAIN the rest is
- * left to the reader thread (want_out).
- */
 static void
-flush_locked(mux_t *m)
+deadline_ts(struct timespec *ts, int timeout_ms)
 {
-	dmx_buf tmp;
-	ssize_t n;
-
-	m->writing = 1;
-	while (atomic_load(&m->state) == MUX_OPEN) {
-		if (m->wcur_off == m->wcur.len) {
-			m->wcur.len = 0;
-			m->wcur_off = 0;
-			if (m->wbuf.len == 0)
-				break;
-			tmp = m->wcur;
-			m->wcur = m->wbuf;
-			m->wbuf = tmp;
-		}
-		pthread_mutex_unlock(&m->wmu);
-		do
-			n = raw_write(m, m->wcur.data + m->wcur_off,
-			    m->wcur.len - m->wcur_off);
-		while (n < 0 && errno == EINTR);
-		pthread_mutex_lock(&m->wmu);
-		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			if (!m->want_out) {
-				m->want_out = 1;
-				wake_reader(m);
-			}
-			break;
-		}
-		if (n < 0) {
-			int e = errno;
-
-			pthread_mutex_lock(&m->mu);
-			set_broken(m, "connection lost (write: %s); the "
-			    "effect of calls in flight is unknown", strerror(e));
-			pthread_mutex_unlock(&m->mu);
-			break;
-		}
-		m->wcur_off += (size_t)n;
+	clock_gettime(CLOCK_MONOTONIC, ts);
+	ts->tv_sec += timeout_ms / 1000;
+	ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
 	}
-	if (atomic_load(&m->state) != MUX_OPEN) {
-		m->wcur.len = m->wcur_off = 0;
-		m->wbuf.len = 0;
-	}
-	m->writing = 0;
-}
-
-/* Queue one message (header + params) and write if nobody else is. wmu
- * held. */
-static int
-queue_msg(mux_t *m, int type, uint32_t msgid, const char *method,
-    const void *params, size_t len)
-{
-	msgpack_packer pk;
-	size_t mlen = strlen(method);
-
-	/* reserve everything first: the packer ignores a failing sink */
-	if (mlen > UINT32_MAX || dmx_buf_reserve(&m->wbuf, 16 + mlen + len) != 0)
-		return MUX_ENOMEM;
-	msgpack_packer_init(&pk, &m->wbuf, dmx_buf_pack_write);
-	if (type == DMX_MSG_REQUEST) {
-		msgpack_pack_array(&pk, 4);
-		msgpack_pack_uint8(&pk, DMX_MSG_REQUEST);
-		msgpack_pack_uint32(&pk, msgid);
-	} else {
-		msgpack_pack_array(&pk, 3);
-		msgpack_pack_uint8(&pk, DMX_MSG_NOTIFY);
-	}
-	msgpack_pack_str(&pk, mlen);
-	msgpack_pack_str_body(&pk, method, mlen);
-	if (len == 0)
-		msgpack_pack_array(&pk, 0);
-	else
-		dmx_buf_append(&m->wbuf, params, len);
-	if (!m->writing && !m->want_out)
-		flush_locked(m);
-	return MUX_OK;
 }
 
 /* ---- entering and leaving the API ---- */
 
-/* Count the caller in and take the lock; returns MUX_OK if the handle is
- * open. The lock is held on return either way. */
-static int
-enter(mux_t *m, mux_result *res)
+static void
+enter(mux_t *m)
 {
-	int rc;
-
 	atomic_fetch_add(&m->users, 1);
-	pthread_mutex_lock(&m->mu);
-	if (atomic_load(&m->state) == MUX_OPEN) {
-		if (!atomic_load(&m->draining))
-			return MUX_OK;
-		if (res != NULL)
-			res->message = strdup(mux_strerror(MUX_EDRAINING));
-		return MUX_EDRAINING;
-	}
-	rc = atomic_load(&m->state) == MUX_CLOSED ? MUX_ECLOSED : MUX_ECONN;
-	if (res != NULL)
-		res->message = strdup(rc == MUX_ECONN && m->why[0] ? m->why :
-		    mux_strerror(rc));
-	return rc;
 }
 
-/* Count the caller out (no lock held). */
 static void
 leave(mux_t *m)
 {
@@ -426,91 +213,236 @@ leave(mux_t *m)
 	}
 }
 
-/* Wait for p to finish, until *dl (CLOCK_MONOTONIC; NULL: no limit). */
-static int
-wait_done(mux_t *m, mux_pending *p, const struct timespec *dl)
-{
-	struct timespec now, rel;
-	mux_pending **pp;
-
-	for (;;) {
-		if (atomic_load_explicit(&p->done, memory_order_acquire))
-			return p->rc;
-		if (dl == NULL) {
-			futex_wait_zero(&p->done, NULL);
-			continue;
-		}
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		rel.tv_sec = dl->tv_sec - now.tv_sec;
-		rel.tv_nsec = dl->tv_nsec - now.tv_nsec;
-		if (rel.tv_nsec < 0) {
-			rel.tv_sec--;
-			rel.tv_nsec += 1000000000L;
-		}
-		if (rel.tv_sec >= 0) {
-			futex_wait_zero(&p->done, &rel);
-			continue;
-		}
-		/* timed out: unless the reader completed it meanwhile, take
-		 * the record out of the table so that nobody will */
-		pthread_mutex_lock(&m->mu);
-		if (!atomic_load_explicit(&p->done, memory_order_acquire)) {
-			pp = table_find(m, p->msgid);
-			if (pp != NULL && *pp == p)
-				table_remove(m, pp);
-			p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
-			p->rc = MUX_ETIMEDOUT;
-			atomic_store_explicit(&p->done, 1, memory_order_relaxed);
-		}
-		pthread_mutex_unlock(&m->mu);
-		return p->rc;
-	}
-}
-
 /* params must be exactly one msgpack array: anything else would corrupt the
  * stream for every other caller. */
 static int
-check_params(const void *params, size_t len)
+check_args(mux_t *m, const char *method, const void *params, size_t len,
+    mux_result *res)
 {
 	dmx_rd r;
 
-	if (len == 0)
-		return 0;
-	if (params == NULL)
-		return -1;
-	dmx_rd_init(&r, params, len);
-	if (!dmx_rd_is_array(&r) || dmx_wire_one_object(params, len) != len)
-		return -1;
-	return 0;
+	if (m == NULL || method == NULL || (len > 0 && params == NULL)) {
+		if (res != NULL)
+			set_msg(res, "invalid argument");
+		return MUX_EINVAL;
+	}
+	if (len > 0) {
+		dmx_rd_init(&r, params, len);
+		if (!dmx_rd_is_array(&r) ||
+		    dmx_wire_one_object(params, len) != len) {
+			if (res != NULL)
+				set_msg(res, "invalid argument: params must "
+				    "be one msgpack array");
+			return MUX_EINVAL;
+		}
+	}
+	if (len > atomic_load(&m->max_frame)) {
+		if (res != NULL)
+			set_msg(res, "params larger than the frame limit");
+		return MUX_ETOOBIG;
+	}
+	return MUX_OK;
 }
 
-/* [2, "$/cancelRequest", [msgid]]: best effort, from any thread. */
-static void
-send_cancel(mux_t *m, uint32_t msgid)
-{
-	unsigned char p[6] = { 0x91, 0xce };
+/* ---- choosing an endpoint ---- */
 
-	p[2] = (unsigned char)(msgid >> 24);
-	p[3] = (unsigned char)(msgid >> 16);
-	p[4] = (unsigned char)(msgid >> 8);
-	p[5] = (unsigned char)msgid;
-	if (atomic_load(&m->state) != MUX_OPEN)
-		return;
-	pthread_mutex_lock(&m->wmu);
-	queue_msg(m, DMX_MSG_NOTIFY, 0, "$/cancelRequest", p, sizeof(p));
-	pthread_mutex_unlock(&m->wmu);
+/*
+ * The open, non-draining connection with the fewest calls in flight, other
+ * than endpoint `skip` (-1: none); referenced, with its index. NULL when
+ * there is none, with *why MUX_ECLOSED, MUX_EDRAINING (some endpoint is up
+ * but draining) or MUX_ENOTCONN, and a reason in res.
+ */
+static mc_conn *
+pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
+    mux_result *res)
+{
+	mc_conn *best = NULL, *c;
+	unsigned i, k, start, n, bestn = ~0u, draining = 0;
+	char reason[MUX_ERRLEN] = "";
+
+	if (atomic_load(&m->closed)) {
+		*why = MUX_ECLOSED;
+		if (res != NULL)
+			set_msg(res, "the handle was closed (mux_close)");
+		return NULL;
+	}
+	start = m->nep > 1 ? atomic_fetch_add_explicit(&m->rr, 1,
+	    memory_order_relaxed) % m->nep : 0;
+	pthread_rwlock_rdlock(&m->eplock);
+	for (k = 0; k < m->nep; k++) {
+		i = start + k < m->nep ? start + k : start + k - m->nep;
+		c = m->ep[i].conn;
+		if ((int)i == skip)
+			continue;
+		if (c == NULL || !mc_is_open(c)) {
+			if (reason[0] == '\0') {
+				if (c != NULL)
+					mc_why(c, reason, sizeof(reason));
+				else
+					snprintf(reason, sizeof(reason), "%s",
+					    m->ep[i].why);
+			}
+			continue;
+		}
+		if (mc_is_draining(c) ||
+		    atomic_load_explicit(&m->ep[i].health_draining,
+		    memory_order_relaxed)) {
+			draining++;
+			continue;
+		}
+		n = mc_inflight(c);
+		if (n < bestn) {
+			best = c;
+			bestn = n;
+			*idx = i;
+		}
+	}
+	if (best != NULL) {
+		mc_ref(best);
+		*gen = m->ep[*idx].gen;
+	}
+	pthread_rwlock_unlock(&m->eplock);
+	if (best != NULL)
+		return best;
+	if (draining) {
+		*why = MUX_EDRAINING;
+		if (res != NULL)
+			set_msg(res, "%s", mux_strerror(MUX_EDRAINING));
+	} else {
+		*why = MUX_ENOTCONN;
+		if (res != NULL)
+			set_msg(res, "not connected%s%s%s; the call was not "
+			    "sent", reason[0] ? " (" : "", reason,
+			    reason[0] ? ")" : "");
+	}
+	return NULL;
+}
+
+/* Would sending this call elsewhere be safe and useful? */
+static int
+retryable(int rc, const mux_result *res)
+{
+	return rc == MUX_ENOTCONN || rc == MUX_EDRAINING ||
+	    (rc == MUX_EREMOTE && res->code == E_OVERLOADED);
+}
+
+/* Wait until a connection is made after epoch e0, the handle closes or *dl
+ * passes. Returns 0 to try again, -1 on timeout. */
+static int
+wait_up(mux_t *m, uint64_t e0, const struct timespec *dl)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&m->mu);
+	while (m->up_epoch == e0 && !atomic_load(&m->closed) && rc == 0) {
+		if (dl == NULL)
+			pthread_cond_wait(&m->up_cv, &m->mu);
+		else if (pthread_cond_timedwait(&m->up_cv, &m->mu, dl) ==
+		    ETIMEDOUT)
+			rc = -1;
+	}
+	if (m->up_epoch != e0 || atomic_load(&m->closed))
+		rc = 0;
+	pthread_mutex_unlock(&m->mu);
+	return rc;
+}
+
+static uint64_t
+up_epoch(mux_t *m)
+{
+	uint64_t e;
+
+	pthread_mutex_lock(&m->mu);
+	e = m->up_epoch;
+	pthread_mutex_unlock(&m->mu);
+	return e;
+}
+
+static int
+can_wait(mux_t *m)
+{
+	return m->opt.wait_connected && m->sup_started;
+}
+
+/* ---- sync calls ---- */
+
+/* The token: endpoint + 1 (16 bits), its connection's generation (16 bits)
+ * and the msgid; 0 means no call. */
+static unsigned long long
+token_make(unsigned ep, unsigned gen, uint32_t msgid)
+{
+	return (unsigned long long)(ep + 1) << 48 |
+	    (unsigned long long)(gen & 0xffff) << 32 | msgid;
 }
 
 int
-mux_cancel(mux_t *m, mux_token *tok)
+mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
+    mux_result *res, int timeout_ms, mux_token *tok)
 {
-	unsigned long long v;
+	struct timespec dl, *dlp = NULL;
+	mc_call call;
+	mc_conn *c;
+	unsigned ep = 0, gen = 0;
+	int rc, skip = -1, attempt;
+	uint64_t e0;
 
-	if (m == NULL || tok == NULL ||
-	    (v = __atomic_load_n(&tok->opaque, __ATOMIC_ACQUIRE)) == 0)
-		return MUX_EINVAL;
-	send_cancel(m, (uint32_t)(v - 1));
-	return MUX_OK;
+	memset(res, 0, sizeof(*res));
+	if ((rc = check_args(m, method, params, len, res)) != MUX_OK)
+		return rc;
+	if (timeout_ms > 0) {
+		deadline_ts(&dl, timeout_ms);
+		dlp = &dl;
+	}
+	enter(m);
+	for (attempt = 0;;) {
+		e0 = can_wait(m) ? up_epoch(m) : 0;
+		c = pick(m, skip, &ep, &gen, &rc, res);
+		if (c == NULL) {
+			if (rc == MUX_ENOTCONN && can_wait(m)) {
+				if (wait_up(m, e0, dlp) == 0)
+					continue;
+				free(res->message);
+				res->message = strdup("no endpoint connected "
+				    "within the timeout; the call was not sent");
+			}
+			break;
+		}
+		memset(&call, 0, sizeof(call));
+		call.res = res;
+		atomic_fetch_add_explicit(&m->calls, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&m->ep[ep].calls, 1,
+		    memory_order_relaxed);
+		rc = mc_start(c, &call, method, params, len);
+		if (rc == MUX_OK) {
+			if (tok != NULL)
+				__atomic_store_n(&tok->opaque, token_make(ep,
+				    gen, call.msgid), __ATOMIC_RELEASE);
+			rc = mc_wait(c, &call, dlp);
+			if (tok != NULL)
+				__atomic_store_n(&tok->opaque, 0,
+				    __ATOMIC_RELEASE);
+		}
+		mc_unref(c);
+		if (attempt++ == 0 && retryable(rc, res) && m->nep > 1) {
+			/* not executed: once more, elsewhere */
+			mux_result_free(res);
+			skip = (int)ep;
+			atomic_fetch_add_explicit(&m->retries, 1,
+			    memory_order_relaxed);
+			continue;
+		}
+		if (rc == MUX_ENOTCONN || rc == MUX_EDRAINING) {
+			/* refused by the connection it was given: the next
+			 * pick sees why (at most once more) */
+			if (attempt < 2)
+				continue;
+		}
+		break;
+	}
+	leave(m);
+	if (rc != MUX_OK && rc != MUX_EREMOTE)
+		set_msg(res, "%s", mux_strerror(rc));
+	return rc;
 }
 
 int
@@ -521,90 +453,46 @@ mux_call(mux_t *m, const char *method, const void *params, size_t len,
 }
 
 int
-mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
-    mux_result *res, int timeout_ms, mux_token *tok)
+mux_cancel(mux_t *m, mux_token *tok)
 {
-	mux_pending p;
-	struct timespec dl;
-	int rc;
+	unsigned long long v;
+	unsigned ep, gen;
+	mc_conn *c = NULL;
 
-	memset(res, 0, sizeof(*res));
-	if (m == NULL || method == NULL || check_params(params, len) != 0) {
-		res->message = strdup("invalid argument: params must be one "
-		    "msgpack array");
+	if (m == NULL || tok == NULL ||
+	    (v = __atomic_load_n(&tok->opaque, __ATOMIC_ACQUIRE)) == 0)
 		return MUX_EINVAL;
+	ep = (unsigned)(v >> 48) - 1;
+	gen = (unsigned)(v >> 32) & 0xffff;
+	if (ep >= m->nep)
+		return MUX_EINVAL;
+	pthread_rwlock_rdlock(&m->eplock);
+	if (m->ep[ep].conn != NULL && (m->ep[ep].gen & 0xffff) == gen) {
+		c = m->ep[ep].conn;
+		mc_ref(c);
 	}
-	if (len > m->max_frame) {
-		res->message = strdup("params larger than the frame limit");
-		return MUX_ETOOBIG;
-	}
-	if (timeout_ms > 0) {
-		clock_gettime(CLOCK_MONOTONIC, &dl);
-		dl.tv_sec += timeout_ms / 1000;
-		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-		if (dl.tv_nsec >= 1000000000L) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000L;
-		}
-	}
-	if ((rc = enter(m, res)) != MUX_OK) {
-		pthread_mutex_unlock(&m->mu);
-		leave(m);
-		return rc;
-	}
-	memset(&p, 0, sizeof(p));
-	p.res = res;
-	if (table_insert(m, &p) != 0) {
-		pthread_mutex_unlock(&m->mu);
-		rc = MUX_ENOMEM;
-		goto out;
-	}
-	pthread_mutex_unlock(&m->mu);
-	if (tok != NULL)	/* msgid + 1: 0 means no call */
-		__atomic_store_n(&tok->opaque, (unsigned long long)p.msgid + 1,
-		    __ATOMIC_RELEASE);
-	pthread_mutex_lock(&m->wmu);
-	rc = queue_msg(m, DMX_MSG_REQUEST, p.msgid, method, params, len);
-	pthread_mutex_unlock(&m->wmu);
-	if (rc != MUX_OK) {
-		mux_pending **pp;
-
-		pthread_mutex_lock(&m->mu);
-		pp = table_find(m, p.msgid);
-		if (pp != NULL && *pp == &p)
-			table_remove(m, pp);
-		else
-			rc = p.rc;	/* completed (failed) meanwhile, under mu */
-		pthread_mutex_unlock(&m->mu);
-		goto out;
-	}
-	rc = wait_done(m, &p, timeout_ms > 0 ? &dl : NULL);
-	if (rc == MUX_ETIMEDOUT)
-		send_cancel(m, p.msgid);	/* stop the work on the server */
-out:
-	if (tok != NULL)
-		__atomic_store_n(&tok->opaque, 0, __ATOMIC_RELEASE);
-	leave(m);
-	if (rc != MUX_OK && rc != MUX_EREMOTE && res->message == NULL)
-		res->message = strdup(mux_strerror(rc));
-	return rc;
+	pthread_rwlock_unlock(&m->eplock);
+	if (c == NULL)
+		return MUX_EINVAL;	/* its connection is gone, and it */
+	mc_cancel(c, (uint32_t)v);
+	mc_unref(c);
+	return MUX_OK;
 }
 
 int
 mux_notify(mux_t *m, const char *method, const void *params, size_t len)
 {
+	unsigned ep, gen;
+	mc_conn *c;
 	int rc;
 
-	if (m == NULL || method == NULL || check_params(params, len) != 0)
-		return MUX_EINVAL;
-	if (len > m->max_frame)
-		return MUX_ETOOBIG;
-	rc = enter(m, NULL);
-	pthread_mutex_unlock(&m->mu);
-	if (rc == MUX_OK) {
-		pthread_mutex_lock(&m->wmu);
-		rc = queue_msg(m, DMX_MSG_NOTIFY, 0, method, params, len);
-		pthread_mutex_unlock(&m->wmu);
+	if ((rc = check_args(m, method, params, len, NULL)) != MUX_OK)
+		return rc;
+	enter(m);
+	c = pick(m, -1, &ep, &gen, &rc, NULL);
+	if (c != NULL) {
+		rc = mc_notify(c, method, params, len);
+		mc_unref(c);
 	}
 	leave(m);
 	return rc;
@@ -621,409 +509,723 @@ mux_result_free(mux_result *res)
 	memset(res, 0, sizeof(*res));
 }
 
-/* ---- reading ---- */
+/* ---- async calls ---- */
 
-static char *
-dup_str(const char *s, uint32_t n)
-{
-	char *p = malloc((size_t)n + 1);
+static void *dispatch_main(void *arg);
 
-	if (p != NULL) {
-		memcpy(p, s, n);
-		p[n] = '\0';
-	}
-	return p;
-}
-
-/* Responses decoded from one read, handed to their callers under one lock. */
-#define DONE_BATCH 64
-typedef struct done_batch {
-	unsigned	n;
-	struct {
-		uint32_t   id;
-		int	   rc;
-		mux_result res;
-	} item[DONE_BATCH];
-} done_batch;
-
+/* Queue a finished call for its callback. */
 static void
-batch_flush(mux_t *m, done_batch *b)
+deliver(mux_async *a, int rc)
 {
-	mux_pending **pp, *p;
-	unsigned i;
+	mux_t *m = a->m;
+	uint64_t one = 1;
+	int first;
 
-	if (b->n == 0)
-		return;
-	pthread_mutex_lock(&m->mu);
-	for (i = 0; i < b->n; i++) {
-		pp = table_find(m, b->item[i].id);
-		if (pp == NULL) {
-			m->late++;	/* its caller timed out: drop it */
-			continue;
-		}
-		p = *pp;
-		table_remove(m, pp);
-		*p->res = b->item[i].res;
-		memset(&b->item[i].res, 0, sizeof(b->item[i].res));
-		if (b->item[i].rc == MUX_ENOMEM)
-			p->res->message = strdup(mux_strerror(MUX_ENOMEM));
-		complete(p, b->item[i].rc);
+	if (rc != MUX_OK && rc != MUX_EREMOTE)
+		set_msg(&a->res, "%s", mux_strerror(rc));
+	a->rc = rc;
+	a->next = NULL;
+	pthread_mutex_lock(&m->qmu);
+	first = m->qhead == NULL;
+	if (first)
+		m->qhead = a;
+	else
+		m->qtail->next = a;
+	m->qtail = a;
+	if (m->qfd < 0)
+		pthread_cond_signal(&m->qcv);
+	pthread_mutex_unlock(&m->qmu);
+	if (m->qfd >= 0 && first && write(m->qfd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: already readable */
 	}
-	pthread_mutex_unlock(&m->mu);
-	for (i = 0; i < b->n; i++)
-		mux_result_free(&b->item[i].res);	/* the dropped ones */
-	b->n = 0;
 }
+
+static void async_done(mc_call *call);
 
 /*
- * Decode one response into a detached result and add it to the batch.
- * Returns -1 if the frame is not a valid message (protocol error).
+ * Send a on the best endpoint other than `skip`. Returns MUX_OK once it is
+ * in flight; else the reason (nothing sent), with *why_pick set when no
+ * endpoint could be picked at all.
  */
 static int
-on_response(mux_t *m, dmx_rd *r, done_batch *b)
+async_send(mux_t *m, mux_async *a, int skip, int *no_endpoint)
 {
-	mux_result tmp;
-	uint64_t id;
-	int rc = MUX_OK;
-	const uint8_t *err_start;
+	unsigned ep, gen;
+	mc_conn *c;
+	int rc, attempt;
 
-	memset(&tmp, 0, sizeof(tmp));
-	if (dmx_rd_uint(r, &id) != 0 || id > UINT32_MAX)
-		return -1;
-	if (dmx_rd_is_nil(r)) {
-		dmx_rd_nil(r);
-		tmp.len = dmx_rd_left(r);
-		if (tmp.len == 0 || dmx_wire_one_object(r->p, tmp.len) == 0)
-			return -1;
-		tmp.data = malloc(tmp.len);
-		if (tmp.data == NULL) {
-			tmp.message = NULL;
-			rc = MUX_ENOMEM;
-		} else {
-			memcpy(tmp.data, r->p, tmp.len);
+	*no_endpoint = 0;
+	for (attempt = 0; attempt < 2; attempt++) {
+		c = pick(m, skip, &ep, &gen, &rc, NULL);
+		if (c == NULL) {
+			*no_endpoint = 1;
+			return rc;
 		}
-	} else {
-		uint32_t n, sl;
-		const char *s;
-		int64_t code;
-
-		rc = MUX_EREMOTE;
-		err_start = r->p;
-		if (dmx_rd_array(r, &n) == 0 && (n == 2 || n == 3) &&
-		    dmx_rd_int(r, &code) == 0 && dmx_rd_str(r, &s, &sl) == 0) {
-			tmp.code = code;
-			tmp.message = dup_str(s, sl);
-			if (n == 3 && dmx_rd_str(r, &s, &sl) == 0)
-				tmp.trace = dup_str(s, sl);
-		} else {
-			/* another server's error object: keep it raw */
-			dmx_rd e;
-
-			dmx_rd_init(&e, err_start, (size_t)(r->end - err_start));
-			if (dmx_rd_str(&e, &s, &sl) == 0) {
-				tmp.message = dup_str(s, sl);
-			} else {
-				tmp.message = strdup("(non-standard error "
-				    "object; see data)");
-				r->p = err_start;
-				if (dmx_rd_skip(r) == 0) {
-					tmp.len = (size_t)(r->p - err_start);
-					tmp.data = malloc(tmp.len);
-					if (tmp.data)
-						memcpy(tmp.data, err_start,
-						    tmp.len);
-					else
-						tmp.len = 0;
-				}
-			}
-		}
+		memset(&a->call, 0, sizeof(a->call));
+		a->call.res = &a->res;
+		a->call.on_done = async_done;
+		a->call.deadline_ns = a->deadline;
+		a->ep = ep;
+		atomic_fetch_add_explicit(&m->calls, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&m->ep[ep].calls, 1,
+		    memory_order_relaxed);
+		rc = mc_start(c, &a->call, a->method, a->params, a->len);
+		mc_unref(c);	/* in flight, the reader keeps it alive */
+		if (rc != MUX_ENOTCONN && rc != MUX_EDRAINING)
+			return rc;
 	}
-
-	if (b->n == DONE_BATCH)
-		batch_flush(m, b);
-	b->item[b->n].id = (uint32_t)id;
-	b->item[b->n].rc = rc;
-	b->item[b->n].res = tmp;
-	b->n++;
-	return 0;
+	return rc;
 }
 
-/* A notification from the server: $/error carries the reason it is about to
- * close the connection; remember it for the callers that will fail. */
 static void
-on_notify(mux_t *m, dmx_rd *r)
+park(mux_t *m, mux_async *a)
 {
-	const char *meth, *msg;
-	uint32_t ml, n, sl;
-	int64_t code;
+	pthread_mutex_lock(&m->mu);
+	a->next = m->parked;
+	m->parked = a;
+	m->kick = 1;
+	pthread_cond_signal(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+}
 
-	if (dmx_rd_str(r, &meth, &ml) != 0)
-		return;
-	if (ml == 7 && memcmp(meth, "$/drain", 7) == 0) {
-		/* send nothing new on this connection */
-		atomic_store(&m->draining, 1);
-		return;
+/* Completion of an async call, on a reader thread. */
+static void
+async_done(mc_call *call)
+{
+	mux_async *a = (mux_async *)call;
+	mux_t *m = a->m;
+	mux_result first;
+	int rc = call->rc, rc2, none;
+
+	if (!a->tried && m->nep > 1 && retryable(rc, &a->res) &&
+	    !atomic_load(&m->closed)) {
+		a->tried = 1;
+		first = a->res;
+		memset(&a->res, 0, sizeof(a->res));
+		rc2 = async_send(m, a, (int)a->ep, &none);
+		if (rc2 == MUX_OK) {
+			atomic_fetch_add_explicit(&m->retries, 1,
+			    memory_order_relaxed);
+			mux_result_free(&first);
+			return;
+		}
+		mux_result_free(&a->res);
+		a->res = first;		/* report what happened first */
 	}
-	if (ml == 7 && memcmp(meth, "$/error", 7) == 0 &&
-	    dmx_rd_array(r, &n) == 0 && n >= 2 && dmx_rd_int(r, &code) == 0 &&
-	    dmx_rd_str(r, &msg, &sl) == 0) {
-		pthread_mutex_lock(&m->mu);
-		snprintf(m->why, sizeof(m->why), "server error %lld: %.*s",
-		    (long long)code, (int)sl, msg);
-		pthread_mutex_unlock(&m->mu);
-	}
+	deliver(a, rc);
 }
 
 static int
-on_frame(mux_t *m, const uint8_t *p, size_t n, done_batch *b)
+start_dispatcher(mux_t *m)
 {
-	uint32_t cnt;
-	uint64_t type;
-	dmx_rd r;
+	int rc = 0;
 
-	dmx_rd_init(&r, p, n);
-	if (dmx_rd_array(&r, &cnt) != 0 || dmx_rd_uint(&r, &type) != 0)
-		return -1;
-	if (type == DMX_MSG_RESPONSE && cnt == 4)
-		return on_response(m, &r, b);
-	if (type == DMX_MSG_NOTIFY && cnt == 3) {
-		on_notify(m, &r);
+	if (m->qfd >= 0)
 		return 0;
+	pthread_mutex_lock(&m->qmu);
+	if (!m->disp_started) {
+		rc = pthread_create(&m->disp, NULL, dispatch_main, m);
+		m->disp_started = rc == 0;
 	}
-	return -1;
+	pthread_mutex_unlock(&m->qmu);
+	return rc;
 }
 
-static void
-reader_broken(mux_t *m, const char *fmt, const char *detail)
+int
+mux_call_async(mux_t *m, const char *method, const void *params, size_t len,
+    mux_callback cb, void *user, int timeout_ms)
 {
-	char why[MUX_ERRLEN];
+	size_t mlen;
+	mux_async *a;
+	int rc, none;
 
-	pthread_mutex_lock(&m->mu);
-	if (m->why[0] && strncmp(m->why, "server error", 12) == 0)
-		snprintf(why, sizeof(why), "connection closed by the server "
-		    "(%.160s); the effect of calls in flight is unknown", m->why);
-	else
-		snprintf(why, sizeof(why), fmt, detail);
-	set_broken(m, "%s", why);
-	pthread_mutex_unlock(&m->mu);
+	if ((rc = check_args(m, method, params, len, NULL)) != MUX_OK)
+		return rc;
+	if (cb == NULL)
+		return MUX_EINVAL;
+	if (start_dispatcher(m) != 0)
+		return MUX_ENOMEM;
+	mlen = strlen(method);
+	a = malloc(sizeof(*a) + mlen + 1 + len);
+	if (a == NULL)
+		return MUX_ENOMEM;
+	memset(a, 0, sizeof(*a));
+	a->m = m;
+	a->cb = cb;
+	a->user = user;
+	a->method = memcpy(a->store, method, mlen + 1);
+	a->params = len ? memcpy(a->store + mlen + 1, params, len) : NULL;
+	a->len = len;
+	if (timeout_ms > 0)
+		a->deadline = mc_now_ns() + (uint64_t)timeout_ms * 1000000u;
+	enter(m);
+	rc = async_send(m, a, -1, &none);
+	if (rc == MUX_ENOTCONN && none && can_wait(m)) {
+		park(m, a);	/* the supervisor sends or fails it */
+		rc = MUX_OK;
+	} else if (rc != MUX_OK) {
+		free(a);
+	}
+	leave(m);
+	return rc;
+}
+
+/* Run one completion's callback and free it. */
+static void
+run_callback(mux_async *a)
+{
+	a->cb(a->user, a->rc, &a->res);
+	mux_result_free(&a->res);
+	free(a);
+}
+
+static mux_async *
+take_queue(mux_t *m)
+{
+	mux_async *list;
+
+	list = m->qhead;
+	m->qhead = m->qtail = NULL;
+	return list;
+}
+
+static int
+run_list(mux_async *list)
+{
+	mux_async *a, *next;
+	int n = 0;
+
+	for (a = list; a != NULL; a = next) {
+		next = a->next;
+		run_callback(a);
+		n++;
+	}
+	return n;
 }
 
 static void *
-reader_main(void *arg)
+dispatch_main(void *arg)
 {
 	mux_t *m = arg;
-	dmx_buf rb = DMX_BUF_INIT;
-	dmx_scan sc = DMX_SCAN_INIT;
-	struct pollfd pfd[3];
-	size_t off, flen, room;
-	ssize_t n;
-	int np, want_out, rc, i, readable = 0;
-	uint64_t v;
-	static __thread done_batch batch;
+	mux_async *list;
 
+	pthread_mutex_lock(&m->qmu);
 	for (;;) {
-		if (atomic_load(&m->state) != MUX_OPEN)
+		while (m->qhead == NULL && !m->qstop)
+			pthread_cond_wait(&m->qcv, &m->qmu);
+		if (m->qhead == NULL)
 			break;
-		pthread_mutex_lock(&m->wmu);
-		want_out = m->want_out && !m->writing;
-		pthread_mutex_unlock(&m->wmu);
-		/* after a read that returned data, read again before polling:
-		 * under load more has usually arrived meanwhile, and the read
-		 * that finds nothing is cheaper than a poll per batch */
-		if (readable && !want_out)
-			goto read;
-
-		np = 0;
-		pfd[np].fd = m->wakefd;
-		pfd[np++].events = POLLIN;
-		pfd[np].fd = m->rfd;
-		pfd[np++].events = POLLIN;
-		if (want_out) {
-			if (m->wfd == m->rfd) {
-				pfd[1].events |= POLLOUT;
-			} else {
-				pfd[np].fd = m->wfd;
-				pfd[np++].events = POLLOUT;
-			}
-		}
-		for (i = 0; i < np; i++)
-			pfd[i].revents = 0;
-		if (poll(pfd, (nfds_t)np, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			reader_broken(m, "poll: %s", strerror(errno));
-			break;
-		}
-		if (pfd[0].revents & POLLIN) {
-			if (read(m->wakefd, &v, sizeof(v)) < 0) {
-				/* EAGAIN: another wake consumed it */
-			}
-		}
-		if ((pfd[1].revents & POLLOUT) ||
-		    (np == 3 && (pfd[2].revents & (POLLOUT | POLLERR |
-		    POLLHUP)))) {
-			pthread_mutex_lock(&m->wmu);
-			if (!m->writing && m->want_out) {
-				m->want_out = 0;
-				flush_locked(m);
-			}
-			pthread_mutex_unlock(&m->wmu);
-		}
-		if (!(pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
-			continue;
-read:
-		/* read as much as there is, frame, dispatch */
-		room = READ_CHUNK;
-		if (sc.pos + 1 > rb.len && sc.pos + 1 - rb.len > room)
-			room = sc.pos + 1 - rb.len;
-		if (dmx_buf_reserve(&rb, room) != 0) {
-			reader_broken(m, "%s", "out of memory for a response");
-			break;
-		}
-		n = read(m->rfd, rb.data + rb.len, rb.cap - rb.len);
-		readable = n > 0 && (size_t)n == rb.cap - rb.len;
-		if (n < 0 && (errno == EINTR || errno == EAGAIN))
-			continue;
-		if (n <= 0) {
-			reader_broken(m, "connection lost (%s); the effect of "
-			    "calls in flight is unknown", n == 0 ?
-			    "the server closed it" : strerror(errno));
-			break;
-		}
-		rb.len += (size_t)n;
-		off = 0;
-		rc = DMX_SCAN_MORE;
-		while (off < rb.len) {
-			rc = dmx_scan_frame(&sc, (uint8_t *)rb.data + off,
-			    rb.len - off, m->max_frame, &flen);
-			if (rc != DMX_SCAN_FRAME)
-				break;
-			if (on_frame(m, (uint8_t *)rb.data + off, flen, &batch) !=
-			    0) {
-				rc = DMX_SCAN_INVALID;
-				break;
-			}
-			off += flen;
-		}
-		batch_flush(m, &batch);
-		if (rc == DMX_SCAN_INVALID) {
-			reader_broken(m, "%s", "protocol error: the server sent "
-			    "a message that is not a valid response");
-			break;
-		}
-		if (rc == DMX_SCAN_TOOBIG) {
-			reader_broken(m, "%s", "a response is larger than the "
-			    "frame limit (mux_set_max_frame)");
-			break;
-		}
-		dmx_buf_consume(&rb, off);
-		if (rb.len == 0 && rb.cap > 4 * READ_CHUNK)
-			dmx_buf_release(&rb);
+		list = take_queue(m);
+		pthread_mutex_unlock(&m->qmu);
+		run_list(list);
+		pthread_mutex_lock(&m->qmu);
 	}
-	dmx_buf_release(&rb);
+	pthread_mutex_unlock(&m->qmu);
+	return NULL;
+}
+
+int
+mux_completion_fd(mux_t *m)
+{
+	return m->qfd;
+}
+
+int
+mux_dispatch(mux_t *m)
+{
+	mux_async *list;
+	uint64_t v;
+
+	if (m->qfd < 0)
+		return 0;
+	/* reset the eventfd before taking the queue: a completion queued
+	 * after this point makes it readable again */
+	if (read(m->qfd, &v, sizeof(v)) < 0) {
+		/* EAGAIN: nothing signalled, the queue may still hold some */
+	}
+	pthread_mutex_lock(&m->qmu);
+	list = take_queue(m);
+	pthread_mutex_unlock(&m->qmu);
+	return run_list(list);
+}
+
+/* ---- the supervisor: reconnects, health, parked calls ---- */
+
+static uint64_t
+rand_u64(void)
+{
+	uint64_t v;
+
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v))
+		v = mc_now_ns() * 6364136223846793005ull + 1442695040888963407ull;
+	return v;
+}
+
+/* The delay before attempt `fails` + 1: exponential, capped, jittered to
+ * 50..100 % so that many clients of one restarted server do not all come
+ * back in the same instant. */
+static uint64_t
+backoff_ns(const mux_options *o, unsigned fails)
+{
+	uint64_t d = (uint64_t)o->backoff_min_ms * 1000000u;
+	uint64_t cap = (uint64_t)o->backoff_max_ms * 1000000u;
+
+	while (fails-- > 0 && d < cap)
+		d *= 2;
+	if (d > cap)
+		d = cap;
+	return d / 2 + rand_u64() % (d / 2 + 1);
+}
+
+/* Called by a connection's reader as it stops. */
+static void
+on_conn_stop(void *arg, mc_conn *c)
+{
+	mux_ep *ep = arg;
+	mux_t *m = ep->m;
+
+	(void)c;
+	pthread_mutex_lock(&m->mu);
+	m->kick = 1;
+	pthread_cond_signal(&m->cv);
+	pthread_mutex_unlock(&m->mu);
+}
+
+static void
+probe_done(mc_call *call)
+{
+	mux_probe *p = (mux_probe *)call;
+	const char *s;
+	size_t n;
+
+	if (call->rc == MUX_OK &&
+	    mux_unpack(p->res.data, p->res.len, "s", &s, &n) == MUX_OK)
+		atomic_store(&p->ep->health_draining,
+		    n == 8 && memcmp(s, "draining", 8) == 0);
+	mux_result_free(&p->res);
+	atomic_store(&p->busy, 0);
+}
+
+static void
+probe(mux_ep *ep, mc_conn *c)
+{
+	mux_probe *p = &ep->probe;
+
+	if (atomic_load(&p->busy) || mc_is_draining(c))
+		return;
+	atomic_store(&p->busy, 1);
+	memset(&p->call, 0, sizeof(p->call));
+	p->call.res = &p->res;
+	p->call.on_done = probe_done;
+	p->call.deadline_ns = mc_now_ns() + HEALTH_TIMEOUT_MS * 1000000ull;
+	if (mc_start(c, &p->call, "$/health", NULL, 0) != MUX_OK)
+		atomic_store(&p->busy, 0);
+}
+
+/* Connect endpoint ep now (supervisor or mux_open). */
+static mc_conn *
+ep_connect(mux_t *m, mux_ep *ep, char *err, size_t errlen)
+{
+	int fd;
+
+	fd = dmx_uri_connect(&ep->addr, m->opt.connect_timeout_ms, err,
+	    errlen);
+	if (fd < 0)
+		return NULL;
+	return mc_open(fd, fd, 0, atomic_load(&m->max_frame), on_conn_stop,
+	    ep, err, errlen);
+}
+
+/* Make c the endpoint's connection (NULL: down); returns the old one for
+ * the caller to release. */
+static mc_conn *
+ep_swap(mux_t *m, mux_ep *ep, mc_conn *c, const char *why)
+{
+	mc_conn *old;
+
+	pthread_rwlock_wrlock(&m->eplock);
+	old = ep->conn;
+	ep->conn = c;
+	if (c != NULL)
+		ep->gen++;
+	if (why != NULL)
+		snprintf(ep->why, sizeof(ep->why), "%s", why);
+	pthread_rwlock_unlock(&m->eplock);
+	if (c != NULL) {
+		atomic_store(&ep->health_draining, 0);
+		atomic_fetch_add(&ep->connects, 1);
+	}
+	return old;
+}
+
+/* Send the parked calls again, or fail those past their deadline (or all,
+ * when the handle is closed). Returns the next deadline (ns), 0 if none. */
+static uint64_t
+service_parked(mux_t *m, uint64_t now)
+{
+	mux_async *list, *a, *next, *keep = NULL;
+	uint64_t next_dl = 0;
+	int rc, none;
+
+	pthread_mutex_lock(&m->mu);
+	list = m->parked;
+	m->parked = NULL;
+	pthread_mutex_unlock(&m->mu);
+	for (a = list; a != NULL; a = next) {
+		next = a->next;
+		if (atomic_load(&m->closed)) {
+			set_msg(&a->res, "the handle was closed (mux_close)");
+			deliver(a, MUX_ECLOSED);
+			continue;
+		}
+		if (a->deadline != 0 && a->deadline <= now) {
+			set_msg(&a->res, "no endpoint connected within the "
+			    "timeout; the call was not sent");
+			deliver(a, MUX_ENOTCONN);
+			continue;
+		}
+		rc = async_send(m, a, -1, &none);
+		if (rc == MUX_OK)
+			continue;
+		if (rc == MUX_ENOTCONN && none) {
+			a->next = keep;
+			keep = a;
+			if (a->deadline != 0 &&
+			    (next_dl == 0 || a->deadline < next_dl))
+				next_dl = a->deadline;
+			continue;
+		}
+		deliver(a, rc);
+	}
+	if (keep != NULL) {
+		pthread_mutex_lock(&m->mu);
+		for (a = keep; a != NULL; a = next) {
+			next = a->next;
+			a->next = m->parked;
+			m->parked = a;
+		}
+		pthread_mutex_unlock(&m->mu);
+	}
+	return next_dl;
+}
+
+static void
+soonest(uint64_t *next, uint64_t t)
+{
+	if (t != 0 && t < *next)
+		*next = t;
+}
+
+static void *
+sup_main(void *arg)
+{
+	mux_t *m = arg;
+	uint64_t now, next, hi = m->opt.health_interval_ms * 1000000ull;
+	char err[MUX_ERRLEN];
+	struct timespec ts;
+	mc_conn *c, *old;
+	mux_ep *ep;
+	unsigned i;
+	int up;
+
+	pthread_mutex_lock(&m->mu);
+	while (!m->stop) {
+		m->kick = 0;
+		pthread_mutex_unlock(&m->mu);
+		now = mc_now_ns();
+		next = now + 3600ull * 1000000000u;
+		up = 0;
+		for (i = 0; i < m->nep && !atomic_load(&m->closed); i++) {
+			ep = &m->ep[i];
+			c = ep->conn;	/* only this thread changes it */
+			if (c != NULL && !mc_is_open(c)) {
+				/* broken: take it out, retry soon */
+				mc_why(c, err, sizeof(err));
+				old = ep_swap(m, ep, NULL, err);
+				atomic_fetch_add(&m->late_retired, mc_late(old));
+				mc_unref(old);
+				c = NULL;
+				ep->fails = 0;
+				ep->retry_at = now + (m->opt.reconnect ?
+				    backoff_ns(&m->opt, 0) : 0);
+			}
+			if (c == NULL && m->opt.reconnect && ep->can_connect &&
+			    now >= ep->retry_at) {
+				c = ep_connect(m, ep, err, sizeof(err));
+				now = mc_now_ns();
+				if (c == NULL) {
+					ep_swap(m, ep, NULL, err);
+					ep->retry_at = now +
+					    backoff_ns(&m->opt, ++ep->fails);
+				} else {
+					ep_swap(m, ep, c, NULL);
+					ep->fails = 0;
+					ep->health_at = now + hi;
+					up = 1;
+				}
+			}
+			if (c == NULL) {
+				if (m->opt.reconnect && ep->can_connect)
+					soonest(&next, ep->retry_at);
+				continue;
+			}
+			if (hi != 0) {
+				if (now >= ep->health_at) {
+					probe(ep, c);
+					ep->health_at = now + hi;
+				}
+				soonest(&next, ep->health_at);
+			}
+		}
+		if (up) {
+			pthread_mutex_lock(&m->mu);
+			m->up_epoch++;
+			pthread_cond_broadcast(&m->up_cv);
+			pthread_mutex_unlock(&m->mu);
+		}
+		soonest(&next, service_parked(m, mc_now_ns()));
+
+		ts.tv_sec = (time_t)(next / 1000000000u);
+		ts.tv_nsec = (long)(next % 1000000000u);
+		pthread_mutex_lock(&m->mu);
+		while (!m->kick && !m->stop &&
+		    pthread_cond_timedwait(&m->cv, &m->mu, &ts) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&m->mu);
 	return NULL;
 }
 
 /* ---- opening and closing ---- */
 
-static uint32_t
-random_u32(void)
+void
+mux_options_init(mux_options *o)
 {
-	uint32_t v;
-	struct timespec ts;
+	memset(o, 0, sizeof(*o));
+	o->size = sizeof(*o);
+	o->reconnect = 1;
+	o->backoff_min_ms = 100;
+	o->backoff_max_ms = 5000;
+	o->wait_connected = 0;
+	o->connect_timeout_ms = 2000;
+	o->health_interval_ms = 1000;
+	o->completion_fd = 0;
+	o->max_frame = MUX_DEFAULT_MAX_FRAME;
+}
 
-	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) == (ssize_t)sizeof(v))
-		return v;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint32_t)ts.tv_nsec ^ (uint32_t)getpid() << 16;
+static void
+cond_init_mono(pthread_cond_t *cv)
+{
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+/* A handle with n endpoints and no connections yet. */
+static mux_t *
+mux_new(unsigned n, const mux_options *o, char *err, size_t errlen)
+{
+	mux_t *m;
+	unsigned i;
+
+	m = calloc(1, sizeof(*m));
+	if (m != NULL)
+		m->ep = calloc(n, sizeof(*m->ep));
+	if (m == NULL || m->ep == NULL) {
+		free(m);
+		set_err(err, errlen, "out of memory");
+		errno = ENOMEM;
+		return NULL;
+	}
+	mux_options_init(&m->opt);
+	if (o != NULL)
+		memcpy(&m->opt, o, o->size < sizeof(m->opt) && o->size != 0 ?
+		    o->size : sizeof(m->opt));
+	m->opt.size = sizeof(m->opt);
+	if (m->opt.backoff_min_ms <= 0)
+		m->opt.backoff_min_ms = 100;
+	if (m->opt.backoff_max_ms < m->opt.backoff_min_ms)
+		m->opt.backoff_max_ms = m->opt.backoff_min_ms;
+	if (m->opt.health_interval_ms < 0)
+		m->opt.health_interval_ms = 0;
+	m->max_frame = m->opt.max_frame >= 64 ? m->opt.max_frame :
+	    MUX_DEFAULT_MAX_FRAME;
+	m->nep = n;
+	for (i = 0; i < n; i++) {
+		m->ep[i].m = m;
+		m->ep[i].idx = i;
+		m->ep[i].probe.ep = &m->ep[i];
+	}
+	pthread_rwlock_init(&m->eplock, NULL);
+	pthread_mutex_init(&m->mu, NULL);
+	pthread_mutex_init(&m->qmu, NULL);
+	cond_init_mono(&m->cv);
+	cond_init_mono(&m->up_cv);
+	pthread_cond_init(&m->qcv, NULL);
+	pthread_cond_init(&m->users_cv, NULL);
+	m->qfd = -1;
+	if (m->opt.completion_fd) {
+		m->qfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (m->qfd < 0) {
+			set_err(err, errlen, "eventfd: %s", strerror(errno));
+			mux_free(m);
+			return NULL;
+		}
+	}
+	return m;
+}
+
+/* Split a comma-separated list into endpoints of a new handle. */
+static mux_t *
+parse_list(const char *list, const mux_options *o, char *err, size_t errlen)
+{
+	const char *p, *e;
+	char one[sizeof(((dmx_uri *)0)->host) + 128];
+	unsigned n = 1, i;
+	size_t l;
+	mux_t *m;
+
+	for (p = list; *p; p++)
+		n += *p == ',';
+	if (n > 0xfffe) {
+		set_err(err, errlen, "too many endpoints");
+		errno = EINVAL;
+		return NULL;
+	}
+	if ((m = mux_new(n, o, err, errlen)) == NULL)
+		return NULL;
+	for (p = list, i = 0; i < n; i++, p = e + 1) {
+		e = strchr(p, ',');
+		if (e == NULL)
+			e = p + strlen(p);
+		while (p < e && (*p == ' ' || *p == '\t'))
+			p++;
+		l = (size_t)(e - p);
+		while (l > 0 && (p[l - 1] == ' ' || p[l - 1] == '\t'))
+			l--;
+		if (l == 0 || l >= sizeof(one)) {
+			set_err(err, errlen, "endpoint %u of '%s': %s", i + 1,
+			    list, l ? "too long" : "empty");
+			goto bad;
+		}
+		memcpy(one, p, l);
+		one[l] = '\0';
+		if (dmx_uri_parse(one, &m->ep[i].addr, err, errlen) != 0)
+			goto bad;
+		m->ep[i].uri = strdup(one);
+		if (m->ep[i].uri == NULL) {
+			set_err(err, errlen, "out of memory");
+			goto bad;
+		}
+		m->ep[i].can_connect = 1;
+	}
+	return m;
+bad:
+	mux_free(m);
+	errno = EINVAL;
+	return NULL;
 }
 
 static int
-set_nonblock(int fd)
+start_supervisor(mux_t *m, char *err, size_t errlen)
 {
-	int fl = fcntl(fd, F_GETFL);
-
-	return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-}
-
-static mux_t *
-mux_new(int rfd, int wfd, pid_t child, char *err, size_t errlen)
-{
-	struct stat st;
-	mux_t *m;
 	int rc;
 
-	m = calloc(1, sizeof(*m));
-	if (m == NULL) {
-		set_err(err, errlen, "out of memory");
-		goto fail_fds;
-	}
-	m->rfd = rfd;
-	m->wfd = wfd;
-	m->child = child;
-	m->max_frame = MUX_DEFAULT_MAX_FRAME;
-	m->is_sock = fstat(wfd, &st) == 0 && S_ISSOCK(st.st_mode);
-	m->next_id = random_u32();
-	if (set_nonblock(rfd) != 0 || set_nonblock(wfd) != 0) {
-		set_err(err, errlen, "fcntl: %s", strerror(errno));
-		free(m);
-		goto fail_fds;
-	}
-	m->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (m->wakefd < 0) {
-		set_err(err, errlen, "eventfd: %s", strerror(errno));
-		free(m);
-		goto fail_fds;
-	}
-	{
-		/* callers hold the lock briefly and often: spin a little
-		 * before sleeping */
-		pthread_mutexattr_t ma;
-
-		pthread_mutexattr_init(&ma);
-		pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
-		pthread_mutex_init(&m->mu, &ma);
-		pthread_mutex_init(&m->wmu, &ma);
-		pthread_mutexattr_destroy(&ma);
-	}
-	pthread_cond_init(&m->users_cv, NULL);
-	rc = pthread_create(&m->reader, NULL, reader_main, m);
+	if (!m->opt.reconnect && m->opt.health_interval_ms == 0)
+		return 0;
+	rc = pthread_create(&m->sup, NULL, sup_main, m);
 	if (rc != 0) {
-		set_err(err, errlen, "cannot start the reader thread: %s",
+		set_err(err, errlen, "cannot start the supervisor thread: %s",
 		    strerror(rc));
-		m->state = MUX_CLOSED;
-		mux_free(m);
 		errno = rc;
+		return -1;
+	}
+	m->sup_started = 1;
+	return 0;
+}
+
+mux_t *
+mux_open(const char *endpoints, const mux_options *o, char *err,
+    size_t errlen)
+{
+	char why[MUX_ERRLEN];
+	mux_t *m;
+	mc_conn *c;
+	unsigned i;
+
+	if (endpoints == NULL) {
+		set_err(err, errlen, "no address");
+		errno = EINVAL;
 		return NULL;
 	}
-	m->reader_started = 1;
+	if ((m = parse_list(endpoints, o, err, errlen)) == NULL)
+		return NULL;
+	for (i = 0; i < m->nep; i++) {
+		c = ep_connect(m, &m->ep[i], why, sizeof(why));
+		if (c == NULL && !m->opt.reconnect) {
+			set_err(err, errlen, "%s", why);
+			mux_free(m);
+			errno = ECONNREFUSED;
+			return NULL;
+		}
+		ep_swap(m, &m->ep[i], c, c == NULL ? why : NULL);
+		if (c == NULL)
+			m->ep[i].retry_at = mc_now_ns() +
+			    backoff_ns(&m->opt, m->ep[i].fails++);
+		else
+			m->ep[i].health_at = mc_now_ns() +
+			    m->opt.health_interval_ms * 1000000ull;
+	}
+	if (start_supervisor(m, err, errlen) != 0) {
+		mux_free(m);
+		return NULL;
+	}
 	return m;
-fail_fds:
-	if (wfd != rfd)
-		close(wfd);
-	close(rfd);
-	return NULL;
 }
 
 mux_t *
 mux_connect(const char *uri, char *err, size_t errlen)
 {
-	dmx_uri u;
-	int fd;
+	mux_options o;
 
-	if (uri == NULL) {
-		set_err(err, errlen, "no address");
-		errno = EINVAL;
+	mux_options_init(&o);
+	o.reconnect = 0;
+	o.health_interval_ms = 0;
+	return mux_open(uri, &o, err, errlen);
+}
+
+/* A handle over one existing connection (fds or a child). */
+static mux_t *
+mux_wrap(int rfd, int wfd, pid_t child, const char *name, char *err,
+    size_t errlen)
+{
+	mux_options o;
+	mc_conn *c;
+	mux_t *m;
+
+	mux_options_init(&o);
+	o.reconnect = 0;
+	o.health_interval_ms = 0;
+	m = mux_new(1, &o, err, errlen);
+	if (m == NULL || (m->ep[0].uri = strdup(name)) == NULL) {
+		set_err(err, errlen, "out of memory");
+		mux_free(m);
+		if (wfd != rfd)
+			close(wfd);
+		close(rfd);
 		return NULL;
 	}
-	if (dmx_uri_parse(uri, &u, err, errlen) != 0) {
-		errno = EINVAL;
+	c = mc_open(rfd, wfd, child, m->max_frame, on_conn_stop, &m->ep[0],
+	    err, errlen);
+	if (c == NULL) {
+		mux_free(m);
 		return NULL;
 	}
-	fd = dmx_uri_connect(&u, err, errlen);
-	if (fd < 0)
-		return NULL;
-	return mux_new(fd, fd, 0, err, errlen);
+	ep_swap(m, &m->ep[0], c, NULL);
+	return m;
 }
 
 mux_t *
@@ -1034,7 +1236,7 @@ mux_open_fds(int rfd, int wfd, char *err, size_t errlen)
 		errno = EBADF;
 		return NULL;
 	}
-	return mux_new(rfd, wfd, 0, err, errlen);
+	return mux_wrap(rfd, wfd, 0, "fd", err, errlen);
 }
 
 mux_t *
@@ -1074,99 +1276,176 @@ mux_spawn(char *const argv[], char *err, size_t errlen)
 		errno = rc;
 		return NULL;
 	}
-	return mux_new(out[0], in[1], pid, err, errlen);
+	return mux_wrap(out[0], in[1], pid, "spawn", err, errlen);
 }
 
 void
 mux_set_max_frame(mux_t *m, size_t bytes)
 {
-	if (bytes >= 64)
-		m->max_frame = bytes;
+	unsigned i;
+
+	if (bytes < 64)
+		return;
+	atomic_store(&m->max_frame, bytes);
+	pthread_rwlock_rdlock(&m->eplock);
+	for (i = 0; i < m->nep; i++)
+		if (m->ep[i].conn != NULL)
+			mc_set_max_frame(m->ep[i].conn, bytes);
+	pthread_rwlock_unlock(&m->eplock);
 }
 
 int
 mux_draining(mux_t *m)
 {
-	return atomic_load(&m->draining);
+	unsigned i, draining = 0, serving = 0;
+	mc_conn *c;
+
+	pthread_rwlock_rdlock(&m->eplock);
+	for (i = 0; i < m->nep; i++) {
+		c = m->ep[i].conn;
+		if (c == NULL || !mc_is_open(c))
+			continue;
+		if (mc_is_draining(c) ||
+		    atomic_load(&m->ep[i].health_draining))
+			draining++;
+		else
+			serving++;
+	}
+	pthread_rwlock_unlock(&m->eplock);
+	return draining > 0 && serving == 0;
 }
 
 uint64_t
 mux_late_responses(mux_t *m)
 {
-	uint64_t v;
+	uint64_t v = atomic_load(&m->late_retired);
+	unsigned i;
 
-	pthread_mutex_lock(&m->mu);
-	v = m->late;
-	pthread_mutex_unlock(&m->mu);
+	pthread_rwlock_rdlock(&m->eplock);
+	for (i = 0; i < m->nep; i++)
+		if (m->ep[i].conn != NULL)
+			v += mc_late(m->ep[i].conn);
+	pthread_rwlock_unlock(&m->eplock);
 	return v;
+}
+
+int
+mux_endpoint(mux_t *m, unsigned i, mux_endpoint_info *info)
+{
+	mux_ep *ep;
+	mc_conn *c;
+
+	if (m == NULL || info == NULL || i >= m->nep)
+		return MUX_EINVAL;
+	ep = &m->ep[i];
+	memset(info, 0, sizeof(*info));
+	info->uri = ep->uri;
+	info->calls = atomic_load(&ep->calls);
+	info->connects = atomic_load(&ep->connects);
+	pthread_rwlock_rdlock(&m->eplock);
+	c = ep->conn;
+	if (c != NULL && mc_is_open(c)) {
+		info->connected = 1;
+		info->draining = mc_is_draining(c) ||
+		    atomic_load(&ep->health_draining);
+		info->inflight = mc_inflight(c);
+	} else if (c != NULL) {
+		mc_why(c, info->why, sizeof(info->why));
+	} else {
+		snprintf(info->why, sizeof(info->why), "%s", ep->why);
+	}
+	pthread_rwlock_unlock(&m->eplock);
+	return MUX_OK;
+}
+
+void
+mux_get_stats(mux_t *m, mux_stats *st)
+{
+	mux_endpoint_info info;
+	unsigned i;
+
+	memset(st, 0, sizeof(*st));
+	st->calls = atomic_load(&m->calls);
+	st->retries = atomic_load(&m->retries);
+	st->late = mux_late_responses(m);
+	st->endpoints = m->nep;
+	for (i = 0; i < m->nep; i++) {
+		mux_endpoint(m, i, &info);
+		st->connects += info.connects;
+		st->up += info.connected && !info.draining;
+	}
 }
 
 void
 mux_close(mux_t *m)
 {
-	if (m == NULL)
+	unsigned i;
+
+	if (m == NULL || atomic_exchange(&m->closed, 1))
 		return;
+	pthread_rwlock_rdlock(&m->eplock);
+	for (i = 0; i < m->nep; i++)
+		if (m->ep[i].conn != NULL)
+			mc_close(m->ep[i].conn);
+	pthread_rwlock_unlock(&m->eplock);
 	pthread_mutex_lock(&m->mu);
-	if (m->state == MUX_OPEN) {
-		m->state = MUX_CLOSED;
-		fail_all(m, MUX_ECLOSED, "the handle was closed (mux_close)");
-	} else if (m->state == MUX_BROKEN) {
-		m->state = MUX_CLOSED;
-	}
+	m->kick = 1;
+	pthread_cond_signal(&m->cv);
+	pthread_cond_broadcast(&m->up_cv);
 	pthread_mutex_unlock(&m->mu);
-	wake_reader(m);
-	if (m->is_sock)
-		shutdown(m->wfd, SHUT_RDWR);
-}
-
-/* Reap a spawned child: it exits once it has seen EOF on its stdin and
- * answered what it had accepted. Give it time, then insist. */
-static void
-reap(pid_t pid)
-{
-	static const int sigs[] = { 0, SIGTERM, SIGKILL };
-	struct pollfd pfd;
-	int fd, i, st;
-
-	fd = (int)syscall(SYS_pidfd_open, pid, 0);
-	for (i = 0; fd >= 0 && i < 3; i++) {
-		if (sigs[i] != 0)
-			kill(pid, sigs[i]);
-		pfd.fd = fd;
-		pfd.events = POLLIN;
-		if (poll(&pfd, 1, 5000) > 0)
-			break;
-	}
-	if (fd >= 0)
-		close(fd);
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
+	if (!m->sup_started)
+		service_parked(m, mc_now_ns());
 }
 
 void
 mux_free(mux_t *m)
 {
+	unsigned i;
+	mc_conn *c;
+
 	if (m == NULL)
 		return;
 	mux_close(m);
-	if (m->reader_started)
-		pthread_join(m->reader, NULL);
+	if (m->sup_started) {
+		pthread_mutex_lock(&m->mu);
+		m->stop = 1;
+		pthread_cond_signal(&m->cv);
+		pthread_mutex_unlock(&m->mu);
+		pthread_join(m->sup, NULL);
+	}
 	atomic_store(&m->freeing, 1);
 	pthread_mutex_lock(&m->mu);
 	while (atomic_load(&m->users) > 0)
 		pthread_cond_wait(&m->users_cv, &m->mu);
 	pthread_mutex_unlock(&m->mu);
-	if (m->wfd != m->rfd)
-		close(m->wfd);
-	close(m->rfd);
-	close(m->wakefd);
-	if (m->child > 0)
-		reap(m->child);
-	free(m->buckets);
-	dmx_buf_release(&m->wbuf);
-	dmx_buf_release(&m->wcur);
+	/* releasing the connections joins their readers, which complete every
+	 * async call still on them (MUX_ECLOSED) */
+	for (i = 0; i < m->nep; i++) {
+		c = ep_swap(m, &m->ep[i], NULL, NULL);
+		if (c != NULL)
+			mc_unref(c);
+	}
+	service_parked(m, mc_now_ns());		/* none can be sent now */
+	/* every callback runs exactly once: on the dispatcher, which drains
+	 * the queue before it exits, or here */
+	pthread_mutex_lock(&m->qmu);
+	m->qstop = 1;
+	pthread_cond_signal(&m->qcv);
+	pthread_mutex_unlock(&m->qmu);
+	if (m->disp_started)
+		pthread_join(m->disp, NULL);
+	run_list(take_queue(m));
+	if (m->qfd >= 0)
+		close(m->qfd);
+	for (i = 0; i < m->nep; i++)
+		free(m->ep[i].uri);
+	free(m->ep);
 	pthread_cond_destroy(&m->users_cv);
-	pthread_mutex_destroy(&m->wmu);
+	pthread_cond_destroy(&m->qcv);
+	pthread_cond_destroy(&m->up_cv);
+	pthread_cond_destroy(&m->cv);
+	pthread_mutex_destroy(&m->qmu);
 	pthread_mutex_destroy(&m->mu);
+	pthread_rwlock_destroy(&m->eplock);
 	free(m);
 }

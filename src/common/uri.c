@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -102,11 +103,51 @@ unix_alive(const struct sockaddr_un *sa)
 }
 
 /*
+ * connect() that gives up after timeout_ms (<= 0: the kernel's own limit):
+ * a host that vanished must not hold up a client's reconnect loop for the
+ * minutes of SYN retries.
+ */
+static int
+connect_within(int fd, const struct sockaddr *sa, socklen_t len, int timeout_ms)
+{
+	struct pollfd pfd;
+	socklen_t el = sizeof(int);
+	int fl, e = 0, r;
+
+	if (timeout_ms <= 0)
+		return connect(fd, sa, len);
+	fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+		return -1;
+	if (connect(fd, sa, len) != 0) {
+		if (errno != EINPROGRESS)
+			return -1;
+		pfd.fd = fd;
+		pfd.events = POLLOUT;
+		do
+			r = poll(&pfd, 1, timeout_ms);
+		while (r < 0 && errno == EINTR);
+		if (r == 0) {
+			errno = ETIMEDOUT;
+			return -1;
+		}
+		if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0)
+			return -1;
+		if (e != 0) {
+			errno = e;
+			return -1;
+		}
+	}
+	return fcntl(fd, F_SETFL, fl);
+}
+
+/*
  * Resolve a tcp address and bind (passive) or connect to the first address
  * that works. Returns the fd, or -1 with err naming the step that failed.
  */
 static int
-tcp_open(const dmx_uri *u, int passive, char *err, size_t errlen)
+tcp_open(const dmx_uri *u, int passive, int timeout_ms, char *err,
+    size_t errlen)
 {
 	struct addrinfo hints, *ai, *a;
 	int fd = -1, rc, e = 0, one = 1;
@@ -126,11 +167,16 @@ tcp_open(const dmx_uri *u, int passive, char *err, size_t errlen)
 			e = errno;
 			continue;
 		}
-		if (passive)
+		if (passive) {
 			setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one,
 			    sizeof(one));
+			if (u->reuseport)
+				setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one,
+				    sizeof(one));
+		}
 		if ((passive ? bind(fd, a->ai_addr, a->ai_addrlen) :
-		    connect(fd, a->ai_addr, a->ai_addrlen)) == 0)
+		    connect_within(fd, a->ai_addr, a->ai_addrlen,
+		    timeout_ms)) == 0)
 			break;
 		e = errno;
 		close(fd);
@@ -140,8 +186,18 @@ tcp_open(const dmx_uri *u, int passive, char *err, size_t errlen)
 	if (fd < 0)
 		return fail(err, errlen, "tcp:%s:%s: %s: %s", u->host, u->port,
 		    passive ? "bind" : "connect", strerror(e));
-	if (!passive)
+	if (!passive) {
+		/* a peer host that vanishes without a RST is found by
+		 * keepalive probes: idle 10 s, then 3 probes 5 s apart */
+		int idle = 10, intvl = 5, cnt = 3;
+
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl,
+		    sizeof(intvl));
+		setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+	}
 	return fd;
 }
 
@@ -173,7 +229,7 @@ dmx_uri_listen(const dmx_uri *u, int backlog, char *err, size_t errlen)
 			    e == EADDRINUSE ? "a server is already listening there" :
 			    strerror(e));
 		}
-	} else if ((fd = tcp_open(u, 1, err, errlen)) < 0) {
+	} else if ((fd = tcp_open(u, 1, 0, err, errlen)) < 0) {
 		return -1;
 	}
 listen:
@@ -186,7 +242,7 @@ listen:
 }
 
 int
-dmx_uri_connect(const dmx_uri *u, char *err, size_t errlen)
+dmx_uri_connect(const dmx_uri *u, int timeout_ms, char *err, size_t errlen)
 {
 	int fd, e;
 
@@ -206,5 +262,5 @@ dmx_uri_connect(const dmx_uri *u, char *err, size_t errlen)
 		}
 		return fd;
 	}
-	return tcp_open(u, 0, err, errlen);
+	return tcp_open(u, 0, timeout_ms, err, errlen);
 }

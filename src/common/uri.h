@@ -17,6 +17,8 @@ typedef struct dmx_uri {
 	char path[108];		/* unix: the socket path (sun_path size) */
 	char host[256];		/* tcp: without brackets */
 	char port[16];		/* tcp */
+	int  reuseport;		/* tcp listen: SO_REUSEPORT (several demuxd
+				 * processes on one port) */
 } dmx_uri;
 
 /* Returns 0, or -1 with a message in err. */
@@ -27,8 +29,10 @@ int dmx_uri_parse(const char *s, dmx_uri *u, char *err, size_t errlen);
  * server still answers on is not (EADDRINUSE). */
 int dmx_uri_listen(const dmx_uri *u, int backlog, char *err, size_t errlen);
 
-/* Connect (blocking); returns a close-on-exec fd or -1 with err. TCP sockets
- * get TCP_NODELAY: every message is a complete unit, Nagle only adds delay. */
-int dmx_uri_connect(const dmx_uri *u, char *err, size_t errlen);
+/* Connect, giving up after timeout_ms (<= 0: no limit of our own); returns a
+ * close-on-exec fd or -1 with err. TCP sockets get TCP_NODELAY (every message
+ * is a complete unit, Nagle only adds delay) and keepalive probes. */
+int dmx_uri_connect(const dmx_uri *u, int timeout_ms, char *err,
+    size_t errlen);
 
 #endif

@@ -1,0 +1,1132 @@
+/*
+ * conn.c - one libmux connection: the table of calls in flight, the writer
+ * path and the reader thread. See conn.h for the contract.
+ *
+ * DESIGN
+ *
+ * Every caller registers an mc_call under a fresh msgid in a hash table,
+ * appends its request to the connection's write buffer and, if no other
+ * thread is writing, becomes the writer: it swaps the buffer out and writes
+ * everything queued so far, its own request and any that other callers
+ * appended meanwhile, so coinciding calls share one syscall. The fds are
+ * non-blocking: when the kernel buffer is full the writer leaves the rest to
+ * the reader thread (want_out), so no caller ever blocks in write and every
+ * caller's timeout holds.
+ *
+ * The reader thread polls the read fd (plus the write fd while want_out is
+ * set, plus an eventfd used to wake it), frames responses with the same
+ * scanner as the server, copies each result out and completes the matching
+ * call. A response for an unknown msgid (its caller timed out) is dropped and
+ * counted.
+ *
+ * Sync calls: each caller sleeps on its own call's `done` word with a futex,
+ * without holding or re-taking a lock, so a completion costs one FUTEX_WAKE
+ * of exactly that thread. The call lives on the waiter's stack and may vanish
+ * the moment the waiter sees done == 1; a wake that arrives after that hits
+ * memory that is still mapped and at worst causes a spurious wake-up, which
+ * every waiter tolerates (the pattern of glibc's own semaphores).
+ *
+ * Async calls: completed on the reader thread by calling on_done after the
+ * lock is released (never under it: on_done may start another call). Their
+ * deadlines sit in a min-heap the reader polls against. When the connection
+ * breaks or closes, whoever notices fails the sync calls at once and moves
+ * the async ones to a list the reader completes on its way out, so on_done
+ * always runs on the reader thread.
+ *
+ * Locks: c->mu guards the table, the heap and the state (callers inserting,
+ * the reader completing); c->wmu guards the write buffers (callers queueing,
+ * whoever writes). Two locks, because the reader and the writers would
+ * otherwise contend for one on every message. Order: wmu before mu.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/futex.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+
+#include "../common/buf.h"
+#include "../common/wire.h"
+#include "conn.h"
+
+#define READ_CHUNK	(256u << 10)
+
+enum mc_state { MC_OPEN, MC_CLOSED, MC_BROKEN };
+
+struct mc_conn {
+	int		 rfd, wfd;
+	int		 is_sock;	/* send(MSG_NOSIGNAL) on wfd */
+	pid_t		 child;		/* mux_spawn, else 0 */
+	int		 wakefd;	/* eventfd: wake the reader */
+	pthread_t	 reader;
+	_Atomic size_t	 max_frame;
+	_Atomic int	 refs;
+	mc_event_fn	 on_stop;
+	void		*arg;
+
+	pthread_mutex_t	 mu;		/* table, heap, state, dead list */
+	pthread_mutex_t	 wmu;		/* the write buffers; taken before mu */
+	_Atomic int	 state;		/* enum mc_state; written under mu */
+	char		 why[MUX_ERRLEN]; /* mu: reason for BROKEN */
+	uint32_t	 next_id;	/* mu */
+	mc_call		**buckets;	/* mu: power-of-two hash table */
+	size_t		 nbuckets;	/* mu */
+	_Atomic unsigned npending;	/* written under mu, read anywhere */
+	mc_call		**heap;		/* mu: async deadlines, min-heap */
+	size_t		 nheap, heapcap; /* mu */
+	mc_call		*dead;		/* mu: async calls failed, to complete */
+	dmx_buf		 wbuf;		/* wmu: requests not yet being written */
+	dmx_buf		 wcur;		/* owned by the writer (writing=1) */
+	size_t		 wcur_off;	/* owned by the writer */
+	int		 writing;	/* wmu: a thread owns wcur */
+	int		 want_out;	/* wmu: the reader must finish the write */
+	_Atomic uint64_t late;		/* responses nobody waited for */
+	_Atomic int	 draining;	/* the server sent $/drain */
+};
+
+uint64_t
+mc_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void
+wake_reader(mc_conn *c)
+{
+	uint64_t one = 1;
+
+	if (write(c->wakefd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is already non-zero, it will wake */
+	}
+}
+
+static void
+futex_wake_one(_Atomic uint32_t *w)
+{
+	syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+}
+
+/* Sleep while *w == 0, at most *rel (NULL: no limit). Spurious returns are
+ * fine: callers loop. */
+static void
+futex_wait_zero(_Atomic uint32_t *w, const struct timespec *rel)
+{
+	syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, 0, rel, NULL, 0);
+}
+
+/* ---- the deadline heap of async calls (mu held) ---- */
+
+static void
+heap_set(mc_conn *c, size_t i, mc_call *x)
+{
+	c->heap[i] = x;
+	x->heap_idx = i;
+}
+
+static void
+heap_up(mc_conn *c, size_t i)
+{
+	mc_call *x = c->heap[i];
+
+	while (i > 0 && c->heap[(i - 1) / 2]->deadline_ns > x->deadline_ns) {
+		heap_set(c, i, c->heap[(i - 1) / 2]);
+		i = (i - 1) / 2;
+	}
+	heap_set(c, i, x);
+}
+
+static void
+heap_down(mc_conn *c, size_t i)
+{
+	mc_call *x = c->heap[i];
+	size_t k;
+
+	for (;;) {
+		k = 2 * i + 1;
+		if (k >= c->nheap)
+			break;
+		if (k + 1 < c->nheap &&
+		    c->heap[k + 1]->deadline_ns < c->heap[k]->deadline_ns)
+			k++;
+		if (c->heap[k]->deadline_ns >= x->deadline_ns)
+			break;
+		heap_set(c, i, c->heap[k]);
+		i = k;
+	}
+	heap_set(c, i, x);
+}
+
+static int
+heap_push(mc_conn *c, mc_call *x)
+{
+	if (c->nheap == c->heapcap) {
+		size_t n = c->heapcap ? c->heapcap * 2 : 64;
+		mc_call **h = realloc(c->heap, n * sizeof(*h));
+
+		if (h == NULL)
+			return -1;
+		c->heap = h;
+		c->heapcap = n;
+	}
+	c->heap[c->nheap++] = x;
+	heap_up(c, c->nheap - 1);
+	return 0;
+}
+
+static void
+heap_del(mc_conn *c, mc_call *x)
+{
+	size_t i = x->heap_idx;
+
+	if (x->deadline_ns == 0 || i >= c->nheap || c->heap[i] != x)
+		return;
+	c->nheap--;
+	if (i == c->nheap)
+		return;
+	heap_set(c, i, c->heap[c->nheap]);
+	if (i > 0 && c->heap[(i - 1) / 2]->deadline_ns >
+	    c->heap[i]->deadline_ns)
+		heap_up(c, i);
+	else
+		heap_down(c, i);
+}
+
+/* ---- the table of calls in flight (mu held) ---- */
+
+static int
+table_grow(mc_conn *c)
+{
+	size_t n = c->nbuckets ? c->nbuckets * 2 : 64, i;
+	mc_call **b = calloc(n, sizeof(*b)), *p, *next;
+
+	if (b == NULL)
+		return -1;
+	for (i = 0; i < c->nbuckets; i++)
+		for (p = c->buckets[i]; p != NULL; p = next) {
+			next = p->next;
+			p->next = b[p->msgid & (n - 1)];
+			b[p->msgid & (n - 1)] = p;
+		}
+	free(c->buckets);
+	c->buckets = b;
+	c->nbuckets = n;
+	return 0;
+}
+
+static mc_call **
+table_find(mc_conn *c, uint32_t id)
+{
+	mc_call **pp;
+
+	if (c->nbuckets == 0)
+		return NULL;
+	for (pp = &c->buckets[id & (c->nbuckets - 1)]; *pp != NULL;
+	    pp = &(*pp)->next)
+		if ((*pp)->msgid == id)
+			return pp;
+	return NULL;
+}
+
+/* Give p a msgid no call in flight uses and insert it. */
+static int
+table_insert(mc_conn *c, mc_call *p)
+{
+	if (c->npending >= c->nbuckets && table_grow(c) != 0)
+		return -1;
+	if (p->on_done != NULL && p->deadline_ns != 0 && heap_push(c, p) != 0)
+		return -1;
+	do
+		p->msgid = c->next_id++;
+	while (table_find(c, p->msgid) != NULL);
+	p->next = c->buckets[p->msgid & (c->nbuckets - 1)];
+	c->buckets[p->msgid & (c->nbuckets - 1)] = p;
+	atomic_store_explicit(&c->npending, c->npending + 1,
+	    memory_order_relaxed);
+	return 0;
+}
+
+/* Unlink *pp from the table (and the heap); returns it. */
+static mc_call *
+table_remove(mc_conn *c, mc_call **pp)
+{
+	mc_call *p = *pp;
+
+	*pp = p->next;
+	p->next = NULL;
+	if (p->on_done != NULL)
+		heap_del(c, p);
+	atomic_store_explicit(&c->npending, c->npending - 1,
+	    memory_order_relaxed);
+	return p;
+}
+
+/* Finish a call that is out of the table (mu held): a sync caller is woken
+ * now; an async one is pushed on *list for on_done once mu is released. */
+static void
+finish(mc_call *p, int rc, mc_call **list)
+{
+	p->rc = rc;
+	if (p->on_done != NULL) {
+		p->next = *list;
+		*list = p;
+		return;
+	}
+	atomic_store_explicit(&p->done, 1, memory_order_release);
+	futex_wake_one(&p->done);
+}
+
+/* Run on_done for every call on a list (no lock held). */
+static void
+run_done(mc_call *list)
+{
+	mc_call *p, *next;
+
+	for (p = list; p != NULL; p = next) {
+		next = p->next;
+		p->next = NULL;
+		p->on_done(p);
+	}
+}
+
+/* Fail every call in flight (mu held); async ones go to c->dead, which the
+ * reader completes as it stops. */
+static void
+fail_all(mc_conn *c, int rc, const char *why)
+{
+	mc_call *p, *next;
+	size_t i;
+
+	for (i = 0; i < c->nbuckets; i++) {
+		for (p = c->buckets[i]; p != NULL; p = next) {
+			next = p->next;
+			if (p->res->message == NULL)
+				p->res->message = strdup(why);
+			finish(p, rc, &c->dead);
+		}
+		c->buckets[i] = NULL;
+	}
+	c->nheap = 0;
+	atomic_store(&c->npending, 0);
+	/* queued requests are dropped by the next writer, which checks the
+	 * state */
+}
+
+/* The connection is unusable (mu held). */
+static void
+set_broken(mc_conn *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+set_broken(mc_conn *c, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (c->state != MC_OPEN)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(c->why, sizeof(c->why), fmt, ap);
+	va_end(ap);
+	atomic_store(&c->state, MC_BROKEN);
+	fail_all(c, MUX_ECONN, c->why);
+	wake_reader(c);
+}
+
+/* ---- writing ---- */
+
+/*
+ * Sockets have MSG_NOSIGNAL. A pipe to a child that died raises SIGPIPE, and a
+ * library must not change the process's disposition, so block it in this
+ * thread around the write and consume the one the write raised.
+ */
+static ssize_t
+raw_write(mc_conn *c, const void *p, size_t n)
+{
+	static const struct timespec zero = { 0, 0 };
+	sigset_t pipe_set, old;
+	ssize_t r;
+	int e;
+
+	if (c->is_sock)
+		return send(c->wfd, p, n, MSG_NOSIGNAL);
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+	r = write(c->wfd, p, n);
+	e = errno;
+	if (r < 0 && e == EPIPE)
+		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
+			;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	errno = e;
+	return r;
+}
+
+/*
+ * Write queued requests until none are left or the fd is full. Called with wmu
+ * held and writing == 0; drops wmu around each syscall. On EAGAIN the rest is
+ * left to the reader thread (want_out).
+ */
+static void
+flush_locked(mc_conn *c)
+{
+	dmx_buf tmp;
+	ssize_t n;
+
+	c->writing = 1;
+	while (atomic_load(&c->state) == MC_OPEN) {
+		if (c->wcur_off == c->wcur.len) {
+			c->wcur.len = 0;
+			c->wcur_off = 0;
+			if (c->wbuf.len == 0)
+				break;
+			tmp = c->wcur;
+			c->wcur = c->wbuf;
+			c->wbuf = tmp;
+		}
+		pthread_mutex_unlock(&c->wmu);
+		do
+			n = raw_write(c, c->wcur.data + c->wcur_off,
+			    c->wcur.len - c->wcur_off);
+		while (n < 0 && errno == EINTR);
+		pthread_mutex_lock(&c->wmu);
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (!c->want_out) {
+				c->want_out = 1;
+				wake_reader(c);
+			}
+			break;
+		}
+		if (n < 0) {
+			int e = errno;
+
+			pthread_mutex_lock(&c->mu);
+			set_broken(c, "connection lost (write: %s); the "
+			    "effect of calls in flight is unknown", strerror(e));
+			pthread_mutex_unlock(&c->mu);
+			break;
+		}
+		c->wcur_off += (size_t)n;
+	}
+	if (atomic_load(&c->state) != MC_OPEN) {
+		c->wcur.len = c->wcur_off = 0;
+		c->wbuf.len = 0;
+	}
+	c->writing = 0;
+}
+
+/* Queue one message (header + params) and write if nobody else is. wmu
+ * held. */
+static int
+queue_msg(mc_conn *c, int type, uint32_t msgid, const char *method,
+    const void *params, size_t len)
+{
+	msgpack_packer pk;
+	size_t mlen = strlen(method);
+
+	/* reserve everything first: the packer ignores a failing sink */
+	if (mlen > UINT32_MAX || dmx_buf_reserve(&c->wbuf, 16 + mlen + len) != 0)
+		return MUX_ENOMEM;
+	msgpack_packer_init(&pk, &c->wbuf, dmx_buf_pack_write);
+	if (type == DMX_MSG_REQUEST) {
+		msgpack_pack_array(&pk, 4);
+		msgpack_pack_uint8(&pk, DMX_MSG_REQUEST);
+		msgpack_pack_uint32(&pk, msgid);
+	} else {
+		msgpack_pack_array(&pk, 3);
+		msgpack_pack_uint8(&pk, DMX_MSG_NOTIFY);
+	}
+	msgpack_pack_str(&pk, mlen);
+	msgpack_pack_str_body(&pk, method, mlen);
+	if (len == 0)
+		msgpack_pack_array(&pk, 0);
+	else
+		dmx_buf_append(&c->wbuf, params, len);
+	if (!c->writing && !c->want_out)
+		flush_locked(c);
+	return MUX_OK;
+}
+
+/* ---- calls ---- */
+
+int
+mc_start(mc_conn *c, mc_call *call, const char *method, const void *params,
+    size_t len)
+{
+	mc_call **pp;
+	int rc, st;
+
+	call->rc = MUX_OK;
+	call->next = NULL;
+	atomic_store_explicit(&call->done, 0, memory_order_relaxed);
+	pthread_mutex_lock(&c->mu);
+	st = atomic_load(&c->state);
+	if (st != MC_OPEN) {
+		pthread_mutex_unlock(&c->mu);
+		return st == MC_CLOSED ? MUX_ECLOSED : MUX_ENOTCONN;
+	}
+	if (atomic_load(&c->draining)) {
+		pthread_mutex_unlock(&c->mu);
+		return MUX_EDRAINING;
+	}
+	if (table_insert(c, call) != 0) {
+		pthread_mutex_unlock(&c->mu);
+		return MUX_ENOMEM;
+	}
+	pthread_mutex_unlock(&c->mu);
+
+	pthread_mutex_lock(&c->wmu);
+	rc = queue_msg(c, DMX_MSG_REQUEST, call->msgid, method, params, len);
+	pthread_mutex_unlock(&c->wmu);
+	if (rc == MUX_OK)
+		return MUX_OK;
+	/* nothing was queued: withdraw the call, unless a failure of the
+	 * connection completed it meanwhile (then that is its answer) */
+	pthread_mutex_lock(&c->mu);
+	pp = table_find(c, call->msgid);
+	if (pp != NULL && *pp == call)
+		table_remove(c, pp);
+	else
+		rc = MUX_OK;
+	pthread_mutex_unlock(&c->mu);
+	return rc;
+}
+
+int
+mc_wait(mc_conn *c, mc_call *p, const struct timespec *dl)
+{
+	struct timespec now, rel;
+	mc_call **pp;
+	int timed_out = 0;
+
+	for (;;) {
+		if (atomic_load_explicit(&p->done, memory_order_acquire))
+			return p->rc;
+		if (dl == NULL) {
+			futex_wait_zero(&p->done, NULL);
+			continue;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		rel.tv_sec = dl->tv_sec - now.tv_sec;
+		rel.tv_nsec = dl->tv_nsec - now.tv_nsec;
+		if (rel.tv_nsec < 0) {
+			rel.tv_sec--;
+			rel.tv_nsec += 1000000000L;
+		}
+		if (rel.tv_sec >= 0) {
+			futex_wait_zero(&p->done, &rel);
+			continue;
+		}
+		/* timed out: unless the reader completed it meanwhile, take
+		 * the call out of the table so that nobody will */
+		pthread_mutex_lock(&c->mu);
+		if (!atomic_load_explicit(&p->done, memory_order_acquire)) {
+			pp = table_find(c, p->msgid);
+			if (pp != NULL && *pp == p)
+				table_remove(c, pp);
+			p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
+			p->rc = MUX_ETIMEDOUT;
+			atomic_store_explicit(&p->done, 1, memory_order_relaxed);
+			timed_out = 1;
+		}
+		pthread_mutex_unlock(&c->mu);
+		if (timed_out)
+			mc_cancel(c, p->msgid);	/* stop the work on the server */
+		return p->rc;
+	}
+}
+
+int
+mc_notify(mc_conn *c, const char *method, const void *params, size_t len)
+{
+	int rc, st = atomic_load(&c->state);
+
+	if (st != MC_OPEN)
+		return st == MC_CLOSED ? MUX_ECLOSED : MUX_ENOTCONN;
+	if (atomic_load(&c->draining))
+		return MUX_EDRAINING;
+	pthread_mutex_lock(&c->wmu);
+	rc = queue_msg(c, DMX_MSG_NOTIFY, 0, method, params, len);
+	pthread_mutex_unlock(&c->wmu);
+	return rc;
+}
+
+void
+mc_cancel(mc_conn *c, uint32_t msgid)
+{
+	unsigned char p[6] = { 0x91, 0xce };
+
+	p[2] = (unsigned char)(msgid >> 24);
+	p[3] = (unsigned char)(msgid >> 16);
+	p[4] = (unsigned char)(msgid >> 8);
+	p[5] = (unsigned char)msgid;
+	if (atomic_load(&c->state) != MC_OPEN)
+		return;
+	pthread_mutex_lock(&c->wmu);
+	queue_msg(c, DMX_MSG_NOTIFY, 0, "$/cancelRequest", p, sizeof(p));
+	pthread_mutex_unlock(&c->wmu);
+}
+
+/* ---- reading ---- */
+
+static char *
+dup_str(const char *s, uint32_t n)
+{
+	char *p = malloc((size_t)n + 1);
+
+	if (p != NULL) {
+		memcpy(p, s, n);
+		p[n] = '\0';
+	}
+	return p;
+}
+
+/* Responses decoded from one read, handed to their callers under one lock. */
+#define DONE_BATCH 64
+typedef struct done_batch {
+	unsigned	n;
+	struct {
+		uint32_t   id;
+		int	   rc;
+		mux_result res;
+	} item[DONE_BATCH];
+} done_batch;
+
+static void
+batch_flush(mc_conn *c, done_batch *b)
+{
+	mc_call **pp, *p, *list = NULL;
+	unsigned i;
+
+	if (b->n == 0)
+		return;
+	pthread_mutex_lock(&c->mu);
+	for (i = 0; i < b->n; i++) {
+		pp = table_find(c, b->item[i].id);
+		if (pp == NULL) {
+			/* its caller timed out: drop it */
+			atomic_fetch_add_explicit(&c->late, 1,
+			    memory_order_relaxed);
+			continue;
+		}
+		p = table_remove(c, pp);
+		*p->res = b->item[i].res;
+		memset(&b->item[i].res, 0, sizeof(b->item[i].res));
+		if (b->item[i].rc == MUX_ENOMEM)
+			p->res->message = strdup(mux_strerror(MUX_ENOMEM));
+		finish(p, b->item[i].rc, &list);
+	}
+	pthread_mutex_unlock(&c->mu);
+	for (i = 0; i < b->n; i++)
+		mux_result_free(&b->item[i].res);	/* the dropped ones */
+	b->n = 0;
+	run_done(list);
+}
+
+/*
+ * Decode one response into a detached result and add it to the batch.
+ * Returns -1 if the frame is not a valid message (protocol error).
+ */
+static int
+on_response(mc_conn *c, dmx_rd *r, done_batch *b)
+{
+	mux_result tmp;
+	uint64_t id;
+	int rc = MUX_OK;
+	const uint8_t *err_start;
+
+	memset(&tmp, 0, sizeof(tmp));
+	if (dmx_rd_uint(r, &id) != 0 || id > UINT32_MAX)
+		return -1;
+	if (dmx_rd_is_nil(r)) {
+		dmx_rd_nil(r);
+		tmp.len = dmx_rd_left(r);
+		if (tmp.len == 0 || dmx_wire_one_object(r->p, tmp.len) == 0)
+			return -1;
+		tmp.data = malloc(tmp.len);
+		if (tmp.data == NULL) {
+			tmp.len = 0;
+			rc = MUX_ENOMEM;
+		} else {
+			memcpy(tmp.data, r->p, tmp.len);
+		}
+	} else {
+		uint32_t n, sl;
+		const char *s;
+		int64_t code;
+
+		rc = MUX_EREMOTE;
+		err_start = r->p;
+		if (dmx_rd_array(r, &n) == 0 && (n == 2 || n == 3) &&
+		    dmx_rd_int(r, &code) == 0 && dmx_rd_str(r, &s, &sl) == 0) {
+			tmp.code = code;
+			tmp.message = dup_str(s, sl);
+			if (n == 3 && dmx_rd_str(r, &s, &sl) == 0)
+				tmp.trace = dup_str(s, sl);
+		} else {
+			/* another server's error object: keep it raw */
+			dmx_rd e;
+
+			dmx_rd_init(&e, err_start, (size_t)(r->end - err_start));
+			if (dmx_rd_str(&e, &s, &sl) == 0) {
+				tmp.message = dup_str(s, sl);
+			} else {
+				tmp.message = strdup("(non-standard error "
+				    "object; see data)");
+				r->p = err_start;
+				if (dmx_rd_skip(r) == 0) {
+					tmp.len = (size_t)(r->p - err_start);
+					tmp.data = malloc(tmp.len);
+					if (tmp.data)
+						memcpy(tmp.data, err_start,
+						    tmp.len);
+					else
+						tmp.len = 0;
+				}
+			}
+		}
+	}
+
+	if (b->n == DONE_BATCH)
+		batch_flush(c, b);
+	b->item[b->n].id = (uint32_t)id;
+	b->item[b->n].rc = rc;
+	b->item[b->n].res = tmp;
+	b->n++;
+	return 0;
+}
+
+/* A notification from the server: $/error carries the reason it is about to
+ * close the connection; remember it for the callers that will fail. */
+static void
+on_notify(mc_conn *c, dmx_rd *r)
+{
+	const char *meth, *msg;
+	uint32_t ml, n, sl;
+	int64_t code;
+
+	if (dmx_rd_str(r, &meth, &ml) != 0)
+		return;
+	if (ml == 7 && memcmp(meth, "$/drain", 7) == 0) {
+		/* send nothing new on this connection */
+		atomic_store(&c->draining, 1);
+		return;
+	}
+	if (ml == 7 && memcmp(meth, "$/error", 7) == 0 &&
+	    dmx_rd_array(r, &n) == 0 && n >= 2 && dmx_rd_int(r, &code) == 0 &&
+	    dmx_rd_str(r, &msg, &sl) == 0) {
+		pthread_mutex_lock(&c->mu);
+		snprintf(c->why, sizeof(c->why), "server error %lld: %.*s",
+		    (long long)code, (int)sl, msg);
+		pthread_mutex_unlock(&c->mu);
+	}
+}
+
+static int
+on_frame(mc_conn *c, const uint8_t *p, size_t n, done_batch *b)
+{
+	uint32_t cnt;
+	uint64_t type;
+	dmx_rd r;
+
+	dmx_rd_init(&r, p, n);
+	if (dmx_rd_array(&r, &cnt) != 0 || dmx_rd_uint(&r, &type) != 0)
+		return -1;
+	if (type == DMX_MSG_RESPONSE && cnt == 4)
+		return on_response(c, &r, b);
+	if (type == DMX_MSG_NOTIFY && cnt == 3) {
+		on_notify(c, &r);
+		return 0;
+	}
+	return -1;
+}
+
+static void
+reader_broken(mc_conn *c, const char *fmt, const char *detail)
+{
+	char why[MUX_ERRLEN];
+
+	pthread_mutex_lock(&c->mu);
+	if (c->why[0] && strncmp(c->why, "server error", 12) == 0)
+		snprintf(why, sizeof(why), "connection closed by the server "
+		    "(%.160s); the effect of calls in flight is unknown", c->why);
+	else
+		snprintf(why, sizeof(why), fmt, detail);
+	set_broken(c, "%s", why);
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* Fail async calls whose deadline passed; returns the poll timeout in ms
+ * until the next one (-1: none). */
+static int
+expire(mc_conn *c)
+{
+	mc_call *p, *list = NULL, *q;
+	uint64_t now = mc_now_ns(), wait;
+	mc_call **pp;
+	int ms = -1;
+
+	pthread_mutex_lock(&c->mu);
+	while (c->nheap > 0 && c->heap[0]->deadline_ns <= now) {
+		p = c->heap[0];
+		pp = table_find(c, p->msgid);
+		table_remove(c, pp);	/* also pops the heap */
+		p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
+		finish(p, MUX_ETIMEDOUT, &list);
+	}
+	if (c->nheap > 0) {
+		wait = c->heap[0]->deadline_ns - now;
+		ms = (int)((wait + 999999) / 1000000);
+	}
+	pthread_mutex_unlock(&c->mu);
+	for (q = list; q != NULL; q = q->next)
+		mc_cancel(c, q->msgid);
+	run_done(list);
+	return ms;
+}
+
+static void *
+reader_main(void *arg)
+{
+	mc_conn *c = arg;
+	dmx_buf rb = DMX_BUF_INIT;
+	dmx_scan sc = DMX_SCAN_INIT;
+	struct pollfd pfd[3];
+	size_t off, flen, room;
+	ssize_t n;
+	int np, want_out, rc, i, readable = 0, tmo;
+	uint64_t v;
+	mc_call *dead;
+	static __thread done_batch batch;
+
+	for (;;) {
+		if (atomic_load(&c->state) != MC_OPEN)
+			break;
+		pthread_mutex_lock(&c->wmu);
+		want_out = c->want_out && !c->writing;
+		pthread_mutex_unlock(&c->wmu);
+		/* after a read that returned data, read again before polling:
+		 * under load more has usually arrived meanwhile, and the read
+		 * that finds nothing is cheaper than a poll per batch */
+		if (readable && !want_out)
+			goto read;
+
+		tmo = expire(c);
+		np = 0;
+		pfd[np].fd = c->wakefd;
+		pfd[np++].events = POLLIN;
+		pfd[np].fd = c->rfd;
+		pfd[np++].events = POLLIN;
+		if (want_out) {
+			if (c->wfd == c->rfd) {
+				pfd[1].events |= POLLOUT;
+			} else {
+				pfd[np].fd = c->wfd;
+				pfd[np++].events = POLLOUT;
+			}
+		}
+		for (i = 0; i < np; i++)
+			pfd[i].revents = 0;
+		if (poll(pfd, (nfds_t)np, tmo) < 0) {
+			if (errno == EINTR)
+				continue;
+			reader_broken(c, "poll: %s", strerror(errno));
+			break;
+		}
+		if (pfd[0].revents & POLLIN) {
+			if (read(c->wakefd, &v, sizeof(v)) < 0) {
+				/* EAGAIN: another wake consumed it */
+			}
+		}
+		if ((pfd[1].revents & POLLOUT) ||
+		    (np == 3 && (pfd[2].revents & (POLLOUT | POLLERR |
+		    POLLHUP)))) {
+			pthread_mutex_lock(&c->wmu);
+			if (!c->writing && c->want_out) {
+				c->want_out = 0;
+				flush_locked(c);
+			}
+			pthread_mutex_unlock(&c->wmu);
+		}
+		if (!(pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
+			continue;
+read:
+		/* read as much as there is, frame, dispatch */
+		room = READ_CHUNK;
+		if (sc.pos + 1 > rb.len && sc.pos + 1 - rb.len > room)
+			room = sc.pos + 1 - rb.len;
+		if (dmx_buf_reserve(&rb, room) != 0) {
+			reader_broken(c, "%s", "out of memory for a response");
+			break;
+		}
+		n = read(c->rfd, rb.data + rb.len, rb.cap - rb.len);
+		readable = n > 0 && (size_t)n == rb.cap - rb.len;
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (n <= 0) {
+			reader_broken(c, "connection lost (%s); the effect of "
+			    "calls in flight is unknown", n == 0 ?
+			    "the server closed it" : strerror(errno));
+			break;
+		}
+		rb.len += (size_t)n;
+		off = 0;
+		rc = DMX_SCAN_MORE;
+		while (off < rb.len) {
+			rc = dmx_scan_frame(&sc, (uint8_t *)rb.data + off,
+			    rb.len - off, atomic_load_explicit(&c->max_frame,
+			    memory_order_relaxed), &flen);
+			if (rc != DMX_SCAN_FRAME)
+				break;
+			if (on_frame(c, (uint8_t *)rb.data + off, flen, &batch) !=
+			    0) {
+				rc = DMX_SCAN_INVALID;
+				break;
+			}
+			off += flen;
+		}
+		batch_flush(c, &batch);
+		if (rc == DMX_SCAN_INVALID) {
+			reader_broken(c, "%s", "protocol error: the server sent "
+			    "a message that is not a valid response");
+			break;
+		}
+		if (rc == DMX_SCAN_TOOBIG) {
+			reader_broken(c, "%s", "a response is larger than the "
+			    "frame limit (mux_set_max_frame)");
+			break;
+		}
+		dmx_buf_consume(&rb, off);
+		if (rb.len == 0 && rb.cap > 4 * READ_CHUNK)
+			dmx_buf_release(&rb);
+	}
+	dmx_buf_release(&rb);
+	/* stopped: no call can be added any more; complete the async calls
+	 * that failed with the connection, then tell the owner */
+	pthread_mutex_lock(&c->mu);
+	dead = c->dead;
+	c->dead = NULL;
+	pthread_mutex_unlock(&c->mu);
+	run_done(dead);
+	if (c->on_stop != NULL)
+		c->on_stop(c->arg, c);
+	return NULL;
+}
+
+/* ---- opening and closing ---- */
+
+static uint32_t
+random_u32(void)
+{
+	uint32_t v;
+	struct timespec ts;
+
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) == (ssize_t)sizeof(v))
+		return v;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint32_t)ts.tv_nsec ^ (uint32_t)getpid() << 16;
+}
+
+static int
+set_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* Reap a spawned child: it exits once it has seen EOF on its stdin and
+ * answered what it had accepted. Give it time, then insist. */
+static void
+reap(pid_t pid)
+{
+	static const int sigs[] = { 0, SIGTERM, SIGKILL };
+	struct pollfd pfd;
+	int fd, i, st;
+
+	fd = (int)syscall(SYS_pidfd_open, pid, 0);
+	for (i = 0; fd >= 0 && i < 3; i++) {
+		if (sigs[i] != 0)
+			kill(pid, sigs[i]);
+		pfd.fd = fd;
+		pfd.events = POLLIN;
+		if (poll(&pfd, 1, 5000) > 0)
+			break;
+	}
+	if (fd >= 0)
+		close(fd);
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+}
+
+static void
+close_fds(int rfd, int wfd)
+{
+	if (wfd != rfd)
+		close(wfd);
+	close(rfd);
+}
+
+mc_conn *
+mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
+    void *arg, char *err, size_t errlen)
+{
+	pthread_mutexattr_t ma;
+	struct stat st;
+	mc_conn *c;
+	int rc;
+
+	c = calloc(1, sizeof(*c));
+	if (c == NULL) {
+		snprintf(err, errlen, "out of memory");
+		goto fail;
+	}
+	if (set_nonblock(rfd) != 0 || set_nonblock(wfd) != 0) {
+		snprintf(err, errlen, "fcntl: %s", strerror(errno));
+		goto fail;
+	}
+	c->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->wakefd < 0) {
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	c->rfd = rfd;
+	c->wfd = wfd;
+	c->child = child;
+	c->max_frame = max_frame;
+	c->on_stop = on_stop;
+	c->arg = arg;
+	c->refs = 1;
+	c->is_sock = fstat(wfd, &st) == 0 && S_ISSOCK(st.st_mode);
+	c->next_id = random_u32();
+	/* callers hold the locks briefly and often: spin a little before
+	 * sleeping */
+	pthread_mutexattr_init(&ma);
+	pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+	pthread_mutex_init(&c->mu, &ma);
+	pthread_mutex_init(&c->wmu, &ma);
+	pthread_mutexattr_destroy(&ma);
+	rc = pthread_create(&c->reader, NULL, reader_main, c);
+	if (rc != 0) {
+		snprintf(err, errlen, "cannot start the reader thread: %s",
+		    strerror(rc));
+		pthread_mutex_destroy(&c->wmu);
+		pthread_mutex_destroy(&c->mu);
+		close(c->wakefd);
+		errno = rc;
+		goto fail;
+	}
+	return c;
+fail:
+	free(c);
+	close_fds(rfd, wfd);
+	if (child > 0)
+		reap(child);
+	return NULL;
+}
+
+void
+mc_ref(mc_conn *c)
+{
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+}
+
+void
+mc_close(mc_conn *c)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->state == MC_OPEN)
+		fail_all(c, MUX_ECLOSED, "the handle was closed (mux_close)");
+	atomic_store(&c->state, MC_CLOSED);
+	pthread_mutex_unlock(&c->mu);
+	wake_reader(c);
+	if (c->is_sock)
+		shutdown(c->wfd, SHUT_RDWR);
+}
+
+void
+mc_abort(mc_conn *c, const char *why)
+{
+	pthread_mutex_lock(&c->mu);
+	set_broken(c, "%s", why);
+	pthread_mutex_unlock(&c->mu);
+	if (c->is_sock)
+		shutdown(c->wfd, SHUT_RDWR);
+}
+
+void
+mc_unref(mc_conn *c)
+{
+	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	mc_close(c);
+	if (pthread_equal(pthread_self(), c->reader))
+		abort();	/* a reader never holds a reference */
+	pthread_join(c->reader, NULL);
+	close_fds(c->rfd, c->wfd);
+	close(c->wakefd);
+	if (c->child > 0)
+		reap(c->child);
+	free(c->buckets);
+	free(c->heap);
+	dmx_buf_release(&c->wbuf);
+	dmx_buf_release(&c->wcur);
+	pthread_mutex_destroy(&c->wmu);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
+
+int
+mc_is_open(mc_conn *c)
+{
+	return atomic_load(&c->state) == MC_OPEN;
+}
+
+int
+mc_is_draining(mc_conn *c)
+{
+	return atomic_load(&c->draining);
+}
+
+unsigned
+mc_inflight(mc_conn *c)
+{
+	return atomic_load_explicit(&c->npending, memory_order_relaxed);
+}
+
+uint64_t
+mc_late(mc_conn *c)
+{
+	return atomic_load_explicit(&c->late, memory_order_relaxed);
+}
+
+void
+mc_set_max_frame(mc_conn *c, size_t bytes)
+{
+	atomic_store(&c->max_frame, bytes);
+}
+
+void
+mc_why(mc_conn *c, char *buf, size_t n)
+{
+	pthread_mutex_lock(&c->mu);
+	snprintf(buf, n, "%s", c->state == MC_OPEN ? "" : c->why);
+	pthread_mutex_unlock(&c->mu);
+}

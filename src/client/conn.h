@@ -1,0 +1,94 @@
+/*
+ * conn.h - one libmux connection: its fds, its table of calls in flight, the
+ * writer path and its reader thread. Internal to libmux; mux.c builds the
+ * public handle (endpoints, selection, retries, reconnects, async delivery)
+ * on top of it.
+ *
+ * A call is an mc_call the caller owns. Sync callers keep it on their stack
+ * and wait with mc_wait; async callers embed it in a heap record and set
+ * on_done, which the connection's reader thread calls exactly once, with no
+ * lock held, when the call is answered, fails or passes its deadline.
+ *
+ * Lifetime: mc_open returns a connection with one reference. Whoever holds a
+ * reference may call any mc_ function; the last mc_unref closes it, joins
+ * its reader (after which every async call on it has had on_done) and frees
+ * it. The reader never drops a reference itself, so it never joins itself.
+ */
+#ifndef MC_CONN_H
+#define MC_CONN_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "demux/mux.h"
+
+typedef struct mc_conn mc_conn;
+typedef struct mc_call mc_call;
+
+/* Called on the reader thread, no lock held, exactly once per async call. */
+typedef void (*mc_done_fn)(mc_call *call);
+
+struct mc_call {
+	/* set by the caller before mc_start */
+	mux_result	*res;		/* filled on completion */
+	mc_done_fn	 on_done;	/* NULL: a sync caller waits in mc_wait */
+	uint64_t	 deadline_ns;	/* async only: CLOCK_MONOTONIC, 0 none */
+
+	/* owned by the connection while the call is in flight */
+	mc_call		*next;		/* hash chain, then the done list */
+	uint32_t	 msgid;
+	int		 rc;		/* valid once done */
+	size_t		 heap_idx;	/* async deadline heap slot */
+	_Atomic uint32_t done;		/* sync: 0 -> 1, a futex word */
+};
+
+/* Called on the reader thread when it stops (the connection broke or was
+ * closed), after the last on_done, with no lock held. */
+typedef void (*mc_event_fn)(void *arg, mc_conn *c);
+
+/*
+ * Start a connection over rfd/wfd (may be equal); it owns them and the child
+ * (reaped on free), also on failure. Returns NULL with a reason in err.
+ */
+mc_conn *mc_open(int rfd, int wfd, pid_t child, size_t max_frame,
+    mc_event_fn on_stop, void *arg, char *err, size_t errlen);
+
+void	 mc_ref(mc_conn *c);
+void	 mc_unref(mc_conn *c);
+
+/*
+ * Send a request for `call`. Returns MUX_OK once it is queued (the answer,
+ * or a failure, then arrives through mc_wait or on_done), or, without
+ * sending anything: MUX_ENOTCONN (the connection is broken), MUX_ECLOSED,
+ * MUX_EDRAINING (the server asked for nothing new) or MUX_ENOMEM.
+ */
+int	 mc_start(mc_conn *c, mc_call *call, const char *method,
+	    const void *params, size_t len);
+
+/* Wait for a sync call until *dl (CLOCK_MONOTONIC; NULL: no limit). A call
+ * that times out is withdrawn and cancelled on the server. */
+int	 mc_wait(mc_conn *c, mc_call *call, const struct timespec *dl);
+
+int	 mc_notify(mc_conn *c, const char *method, const void *params,
+	    size_t len);
+/* [2, "$/cancelRequest", [msgid]], best effort. */
+void	 mc_cancel(mc_conn *c, uint32_t msgid);
+
+/* Fail every call in flight with MUX_ECLOSED and stop. */
+void	 mc_close(mc_conn *c);
+/* Break the connection as if it had been lost, with this reason. */
+void	 mc_abort(mc_conn *c, const char *why);
+
+int	 mc_is_open(mc_conn *c);	/* neither broken nor closed */
+int	 mc_is_draining(mc_conn *c);	/* the server sent $/drain */
+unsigned mc_inflight(mc_conn *c);	/* calls awaiting an answer */
+uint64_t mc_late(mc_conn *c);		/* answers nobody waited for */
+void	 mc_set_max_frame(mc_conn *c, size_t bytes);
+/* Why it broke ("" while open); copies at most n bytes. */
+void	 mc_why(mc_conn *c, char *buf, size_t n);
+
+uint64_t mc_now_ns(void);
+
+#endif
