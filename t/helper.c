@@ -133,18 +133,15 @@ forward_log(void *arg)
 	return NULL;
 }
 
+static int launch(t_server *s, char **extra);
+
 int
 t_server_start(t_server *s, const char *yaml, ...)
 {
-	const char *vg = getenv("DEMUX_VALGRIND");
-	char *argv[32], line[4096];
-	int pfd[2], argc = 0, i, ready = 0;
-	size_t have = 0;
-	pthread_t th;
+	char *extra[24];
+	int n = 0;
 	va_list ap;
 	FILE *fp;
-	char *extra;
-	double deadline;
 
 	memset(s, 0, sizeof(*s));
 	snprintf(s->dir, sizeof(s->dir), "/tmp/demux-t.XXXXXX");
@@ -163,6 +160,32 @@ t_server_start(t_server *s, const char *yaml, ...)
 		fputs("listen: \"unix:demux.sock\"\n", fp);
 	write_conf(fp, yaml);
 	fclose(fp);
+	va_start(ap, yaml);
+	while ((extra[n] = va_arg(ap, char *)) != NULL && n < 22)
+		n++;
+	va_end(ap);
+	extra[n] = NULL;
+	return launch(s, extra);
+}
+
+int
+t_server_restart(t_server *s)
+{
+	char *none[1] = { NULL };
+
+	return launch(s, none);
+}
+
+/* Start demuxd on s->conf and wait for READY. */
+static int
+launch(t_server *s, char **extra)
+{
+	const char *vg = getenv("DEMUX_VALGRIND");
+	char *argv[32], line[4096];
+	int pfd[2], argc = 0, i, ready = 0;
+	size_t have = 0;
+	pthread_t th;
+	double deadline;
 
 	if (vg != NULL && *vg == '1') {
 		argv[argc++] = "valgrind";
@@ -175,10 +198,8 @@ t_server_start(t_server *s, const char *yaml, ...)
 	argv[argc++] = (char *)t_build("demuxd");
 	argv[argc++] = "-c";
 	argv[argc++] = s->conf;
-	va_start(ap, yaml);
-	while ((extra = va_arg(ap, char *)) != NULL && argc < 30)
-		argv[argc++] = extra;
-	va_end(ap);
+	for (i = 0; extra[i] != NULL && argc < 30; i++)
+		argv[argc++] = extra[i];
 	argv[argc] = NULL;
 
 	if (pipe2(pfd, O_CLOEXEC) != 0) {
@@ -286,7 +307,8 @@ server_reap(t_server *s)
 		;
 	forget_server(s->pid);
 	s->pid = 0;
-	cleanup_dir(s);
+	if (!s->keep)
+		cleanup_dir(s);
 	if (WIFEXITED(st))
 		return WEXITSTATUS(st);
 	return 128 + WTERMSIG(st);
@@ -304,5 +326,25 @@ t_server_kill(t_server *s)
 		;
 	forget_server(s->pid);
 	s->pid = 0;
+	cleanup_dir(s);
+}
+
+void
+t_server_crash(t_server *s)
+{
+	int st;
+
+	if (s->pid <= 0)
+		return;
+	kill(s->pid, SIGKILL);
+	while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
+		;
+	forget_server(s->pid);
+	s->pid = 0;
+}
+
+void
+t_server_cleanup(t_server *s)
+{
 	cleanup_dir(s);
 }

@@ -19,6 +19,8 @@ typedef struct t_server {
 	char	dir[256];	/* temporary folder */
 	char	conf[300];	/* dir/demux.yaml */
 	char	uri[320];	/* unix:dir/demux.sock */
+	int	keep;		/* set: stopping keeps the folder, so that
+				 * t_server_restart can use it again */
 } t_server;
 
 /* Absolute path of a built file, e.g. t_build("plugins/echo.so"). Static
@@ -40,6 +42,12 @@ int  t_server_stop(t_server *s);
 int  t_server_wait(t_server *s);
 /* Kill with SIGKILL and reap (a crash, from the clients' point of view). */
 void t_server_kill(t_server *s);
+/* The same, but keep the folder (configuration, the dead socket file), so
+ * that t_server_restart can start demuxd again at the same address;
+ * t_server_cleanup removes the folder of a server that is not running. */
+void t_server_crash(t_server *s);
+int  t_server_restart(t_server *s);
+void t_server_cleanup(t_server *s);
 
 /* Kill every server and exit(1) if the test is still running after
  * `seconds` (a hung test must fail, not stall the suite). */

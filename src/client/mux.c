@@ -53,7 +53,6 @@
 #include "demux/mux.h"
 
 #define MUX_DEFAULT_MAX_FRAME	(64u << 20)
-#define E_OVERLOADED		(-32010)	/* not executed: retry elsewhere */
 #define HEALTH_TIMEOUT_MS	10000
 
 extern char **environ;
@@ -258,7 +257,7 @@ pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
 {
 	mc_conn *best = NULL, *c;
 	unsigned i, k, start, n, bestn = ~0u, draining = 0;
-	char reason[MUX_ERRLEN] = "";
+	char reason[MUX_ERRLEN] = "", *cut;
 
 	if (atomic_load(&m->closed)) {
 		*why = MUX_ECLOSED;
@@ -304,6 +303,10 @@ pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
 	pthread_rwlock_unlock(&m->eplock);
 	if (best != NULL)
 		return best;
+	/* "...; the effect of calls in flight is unknown" was about those
+	 * calls; this one was not sent */
+	if ((cut = strstr(reason, "; the effect")) != NULL)
+		*cut = '\0';
 	if (draining) {
 		*why = MUX_EDRAINING;
 		if (res != NULL)
@@ -318,12 +321,20 @@ pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
 	return NULL;
 }
 
-/* Would sending this call elsewhere be safe and useful? */
+/* Would sending this call elsewhere be safe and useful? Only if it was
+ * certainly not executed: refused before sending, overloaded, or refused by
+ * a draining server (which says so in a fixed prefix, see wire.h). */
 static int
 retryable(int rc, const mux_result *res)
 {
-	return rc == MUX_ENOTCONN || rc == MUX_EDRAINING ||
-	    (rc == MUX_EREMOTE && res->code == E_OVERLOADED);
+	if (rc == MUX_ENOTCONN || rc == MUX_EDRAINING)
+		return 1;
+	if (rc != MUX_EREMOTE)
+		return 0;
+	return res->code == DMX_E_OVERLOADED ||
+	    (res->code == DMX_E_SHUTTING_DOWN && res->message != NULL &&
+	    strncmp(res->message, DMX_NOT_EXECUTED_DRAINING,
+	    sizeof(DMX_NOT_EXECUTED_DRAINING) - 1) == 0);
 }
 
 /* Wait until a connection is made after epoch e0, the handle closes or *dl
@@ -395,6 +406,7 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 	}
 	enter(m);
 	for (attempt = 0;;) {
+		mux_result_free(res);	/* what a refused attempt left */
 		e0 = can_wait(m) ? up_epoch(m) : 0;
 		c = pick(m, skip, &ep, &gen, &rc, res);
 		if (c == NULL) {
@@ -425,7 +437,6 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 		mc_unref(c);
 		if (attempt++ == 0 && retryable(rc, res) && m->nep > 1) {
 			/* not executed: once more, elsewhere */
-			mux_result_free(res);
 			skip = (int)ep;
 			atomic_fetch_add_explicit(&m->retries, 1,
 			    memory_order_relaxed);

@@ -39,6 +39,14 @@ enum dmx_wire_error {
 #undef DMX_XX
 };
 
+/*
+ * -32012 covers two cases a client must tell apart: a request that never
+ * started (safe to send elsewhere) and one whose handler was still running
+ * when drain_timeout_ms passed (effect unknown). The message of the first
+ * always begins with this prefix; protocol.md documents it for every client.
+ */
+#define DMX_NOT_EXECUTED_DRAINING "shutting down: not executed"
+
 /* Default message for a protocol error code, or NULL if the code is not one. */
 const char *dmx_wire_strerror(int64_t code);
 

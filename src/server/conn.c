@@ -458,8 +458,8 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		/* after $/drain: nothing new runs here */
 		if (!notify)
 			dmx_conn_reply_error(c, (uint32_t)msgid,
-			    DMX_E_SHUTTING_DOWN, "shutting down: not executed, "
-			    "safe to retry elsewhere");
+			    DMX_E_SHUTTING_DOWN, DMX_NOT_EXECUTED_DRAINING
+			    ", safe to retry elsewhere");
 		dmx_access_log(c->id, (uint32_t)msgid, notify, m, ml, 1,
 		    DMX_E_SHUTTING_DOWN, 0);
 		return;
@@ -1003,9 +1003,10 @@ dmx_conn_abandon(dmx_conn *c)
 	pthread_mutex_unlock(&c->mu);
 	for (i = 0; i < n; i++)
 		dmx_conn_reply_error(c, ans[i].msgid, DMX_E_SHUTTING_DOWN,
-		    "shutting down: drain_timeout_ms passed; %s",
-		    ans[i].ran ? "the handler was still running, its result "
-		    "will be dropped" : "not executed, safe to retry");
+		    "%s", ans[i].ran ? "shutting down: drain_timeout_ms passed; "
+		    "the handler was still running, its result will be dropped"
+		    : DMX_NOT_EXECUTED_DRAINING " (drain_timeout_ms passed), "
+		    "safe to retry elsewhere");
 	free(ans);
 	c->abandoned = 1;
 	pthread_mutex_lock(&c->mu);

@@ -1,0 +1,177 @@
+/*
+ * 350-reconnect.c - one endpoint with reconnect: calls in flight when the
+ * server dies fail at once with MUX_ECONN (effect unknown); calls made while
+ * it is down fail fast with MUX_ENOTCONN, or, with wait_connected, wait up
+ * to their timeout (sync and async) and go through once it is back; the
+ * handle reconnects by itself with backoff.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include <demux/mux.h>
+
+#include "helper.h"
+#include "tap.h"
+
+static mux_t *M, *W;
+
+typedef struct res {
+	int	 rc;
+	double	 at;
+	char	 msg[MUX_ERRLEN];
+} res_t;
+
+static void *
+slow_call(void *arg)
+{
+	res_t *r = arg;
+	mux_result x;
+
+	r->rc = mux_callf(M, "sleep.sleep", &x, 30000, "i", (int64_t)5000);
+	r->at = t_now_ms();
+	snprintf(r->msg, sizeof(r->msg), "%s", x.message ? x.message : "");
+	mux_result_free(&x);
+	return NULL;
+}
+
+static void *
+waiting_call(void *arg)
+{
+	res_t *r = arg;
+	mux_result x;
+
+	r->rc = mux_callf(W, "echo.echo", &x, 20000, "s", "back");
+	r->at = t_now_ms();
+	snprintf(r->msg, sizeof(r->msg), "%s", x.message ? x.message : "");
+	mux_result_free(&x);
+	return NULL;
+}
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static int async_rc = 1, async_done;
+static double async_at;
+
+static void
+async_cb(void *user, int rc, mux_result *r)
+{
+	(void)user;
+	(void)r;
+	pthread_mutex_lock(&mu);
+	async_rc = rc;
+	async_at = t_now_ms();
+	async_done = 1;
+	pthread_cond_broadcast(&cv);
+	pthread_mutex_unlock(&mu);
+}
+
+int
+main(void)
+{
+	char err[MUX_ERRLEN];
+	mux_endpoint_info info;
+	pthread_t th[4], wt;
+	res_t r[4], wr;
+	mux_options o;
+	mux_result x;
+	t_server s;
+	double t0, tk, tr;
+	int i, bad, rc;
+
+	t_watchdog(90);
+	if (t_server_start(&s, "workers: 8\nplugins:\n"
+	    "  - name: echo\n    path: @B@/plugins/echo.so\n"
+	    "  - name: sleep\n    path: @B@/plugins/sleep.so\n", NULL) != 0)
+		bail_out("cannot start demuxd");
+	mux_options_init(&o);
+	o.backoff_min_ms = 20;
+	o.backoff_max_ms = 200;
+	M = mux_open(s.uri, &o, err, sizeof(err));
+	o.wait_connected = 1;
+	W = mux_open(s.uri, &o, err, sizeof(err));
+	if (M == NULL || W == NULL)
+		bail_out("mux_open: %s", err);
+
+	for (i = 0; i < 4; i++)
+		pthread_create(&th[i], NULL, slow_call, &r[i]);
+	/* the 4 are on the server once a ping behind them is answered */
+	while (mux_endpoint(M, 0, &info) == MUX_OK && info.inflight < 4)
+		if (mux_call(M, "$/ping", NULL, 0, &x, 5000) == MUX_OK)
+			mux_result_free(&x);
+	tk = t_now_ms();
+	t_server_crash(&s);
+	for (i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	for (i = 0, bad = 0; i < 4; i++)
+		bad += r[i].rc != MUX_ECONN || r[i].at - tk > 1000 ||
+		    !strstr(r[i].msg, "unknown");
+	check_int(bad, ==, 0, "server killed: 4 calls in flight fail with "
+	    "MUX_ECONN within %.0f ms", r[0].at - tk);
+	diag("their message: %s", r[0].msg);
+
+	t0 = t_now_ms();
+	rc = mux_callf(M, "echo.echo", &x, 5000, "s", "down");
+	ok(rc == MUX_ENOTCONN && t_now_ms() - t0 < 100,
+	    "while down: MUX_ENOTCONN at once (%.1f ms): %s", t_now_ms() - t0,
+	    x.message ? x.message : "");
+	mux_result_free(&x);
+
+	t0 = t_now_ms();
+	rc = mux_callf(W, "echo.echo", &x, 300, "s", "down");
+	ok(rc == MUX_ENOTCONN && t_now_ms() - t0 >= 295 &&
+	    t_now_ms() - t0 < 2000, "wait_connected: MUX_ENOTCONN after its "
+	    "300 ms timeout (%.0f ms): %s", t_now_ms() - t0,
+	    x.message ? x.message : "");
+	mux_result_free(&x);
+
+	/* a sync and an async call wait for the server to come back */
+	memset(&wr, 0, sizeof(wr));
+	pthread_create(&wt, NULL, waiting_call, &wr);
+	rc = mux_call_async(W, "echo.echo", NULL, 0, async_cb, NULL, 20000);
+	ok(rc == MUX_OK, "async call accepted while down (it waits)");
+	tr = t_now_ms();
+	if (t_server_restart(&s) != 0)
+		bail_out("cannot restart demuxd");
+	pthread_join(wt, NULL);
+	ok(wr.rc == MUX_OK, "the waiting call went through %.0f ms after the "
+	    "restart", wr.at - tr);
+	pthread_mutex_lock(&mu);
+	while (!async_done)
+		pthread_cond_wait(&cv, &mu);
+	pthread_mutex_unlock(&mu);
+	ok(async_rc == MUX_OK, "so did the waiting async call (%.0f ms)",
+	    async_at - tr);
+
+	/* M (fail fast) reconnected by itself: its first successful call */
+	t0 = t_now_ms();
+	while ((rc = mux_callf(M, "echo.echo", &x, 5000, "s", "x")) ==
+	    MUX_ENOTCONN && t_now_ms() - t0 < 10000) {
+		mux_result_free(&x);
+		/* wait for the reconnect through W's waiting mode: a real
+		 * signal that a server answers at this address */
+		mux_callf(W, "$/ping", &x, 5000, "");
+		mux_result_free(&x);
+	}
+	mux_result_free(&x);
+	ok(rc == MUX_OK, "the fail-fast handle reconnected too");
+	mux_endpoint(M, 0, &info);
+	check_int(info.connects, ==, 2, "%s: connected twice", info.uri);
+	ok(info.connected && !info.draining, "endpoint up");
+
+	/* reconnect off: the handle stays down */
+	mux_free(M);
+	M = mux_connect(s.uri, err, sizeof(err));
+	t_server_crash(&s);
+	if (t_server_restart(&s) != 0)
+		bail_out("cannot restart demuxd");
+	rc = mux_callf(M, "echo.echo", &x, 5000, "s", "x");
+	ok(rc == MUX_ENOTCONN, "mux_connect (no reconnect) stays down: %s",
+	    x.message ? x.message : "");
+	mux_result_free(&x);
+	mux_free(M);
+	mux_free(W);
+	check_int(t_server_stop(&s), ==, 0, "demuxd exits 0");
+	done_testing();
+	return 0;
+}
