@@ -15,6 +15,9 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "helper.h"
 
@@ -347,4 +350,43 @@ void
 t_server_cleanup(t_server *s)
 {
 	cleanup_dir(s);
+}
+
+void
+t_track(pid_t pid)
+{
+	int i;
+
+	for (i = 0; i < MAX_SERVERS; i++)
+		if (servers[i] == 0) {
+			servers[i] = pid;
+			server_dirs[i][0] = '\0';
+			return;
+		}
+}
+
+void
+t_untrack(pid_t pid)
+{
+	forget_server(pid);
+}
+
+int
+t_free_port(void)
+{
+	struct sockaddr_in sa;
+	socklen_t len = sizeof(sa);
+	int fd, port = -1;
+
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+		port = ntohs(sa.sin_port);
+	close(fd);
+	return port;
 }

@@ -53,6 +53,14 @@ void t_server_cleanup(t_server *s);
  * `seconds` (a hung test must fail, not stall the suite). */
 void t_watchdog(unsigned seconds);
 
+/* Kill this process too (SIGKILL) when the test exits or hangs; forget it
+ * once it has been stopped and reaped. */
+void t_track(pid_t pid);
+void t_untrack(pid_t pid);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+int  t_free_port(void);
+
 /* Monotonic milliseconds. */
 double t_now_ms(void);
 
