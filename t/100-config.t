@@ -65,6 +65,14 @@ run "$DEMUXD" -c "$f"
 is "$rc" 2 "a wrong type exits 2"
 like "$out" "$f:2:10: workers: expected a pool size" "...at the value's position"
 
+f=$(conf reuse <<'X'
+listen: "tcp:127.0.0.1:7411"
+reuse_port: yes please
+X
+)
+run "$DEMUXD" --check -c "$f"
+like "$out" "$f:2:13: reuse_port: expected true or false" "reuse_port takes a boolean"
+
 f=$(conf size <<'X'
 max_frame: 12 parsecs
 X

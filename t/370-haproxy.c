@@ -6,7 +6,6 @@
  * none hangs, none is lost, and the handle reconnects through haproxy to the
  * server that is left.
  */
-#include <msgpack.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -58,49 +57,6 @@ caller(void *arg)
 		mux_result_free(&r);
 	}
 	return NULL;
-}
-
-/* $/stats "server" -> "requests" of one demuxd, asked directly. */
-static long
-requests_of(const char *uri)
-{
-	char err[MUX_ERRLEN];
-	msgpack_unpacked u;
-	mux_result r;
-	long v = -1;
-	mux_t *d;
-	uint32_t i, j;
-
-	d = mux_connect(uri, err, sizeof(err));
-	if (d == NULL)
-		return -1;
-	if (mux_call(d, "$/stats", NULL, 0, &r, 5000) == MUX_OK) {
-		msgpack_unpacked_init(&u);
-		if (msgpack_unpack_next(&u, r.data, r.len, NULL) ==
-		    MSGPACK_UNPACK_SUCCESS && u.data.type == MSGPACK_OBJECT_MAP)
-			for (i = 0; i < u.data.via.map.size; i++) {
-				msgpack_object_kv *kv = &u.data.via.map.ptr[i];
-
-				if (kv->key.type != MSGPACK_OBJECT_STR ||
-				    kv->key.via.str.size != 6 ||
-				    memcmp(kv->key.via.str.ptr, "server", 6) ||
-				    kv->val.type != MSGPACK_OBJECT_MAP)
-					continue;
-				for (j = 0; j < kv->val.via.map.size; j++) {
-					msgpack_object_kv *e =
-					    &kv->val.via.map.ptr[j];
-
-					if (e->key.via.str.size == 8 &&
-					    !memcmp(e->key.via.str.ptr,
-					    "requests", 8))
-						v = (long)e->val.via.u64;
-				}
-			}
-		msgpack_unpacked_destroy(&u);
-	}
-	mux_result_free(&r);
-	mux_free(d);
-	return v;
 }
 
 static void
@@ -191,17 +147,17 @@ main(void)
 	for (i = 0; i < THREADS; i++)
 		pthread_create(&th[i], NULL, caller, (void *)(long)i);
 	run_for(500);
-	r1a = requests_of(d[0].uri);
-	r2a = requests_of(d[1].uri);
+	r1a = t_requests(d[0].uri);
+	r2a = t_requests(d[1].uri);
 	ok(r1a > 100 && r2a > 100, "calls spread: %ld and %ld requests", r1a,
 	    r2a);
 
 	tk = t_now_ms();
 	t_server_kill(&d[0]);
 	atomic_store(&killed, 1);
-	r2b = requests_of(d[1].uri);
+	r2b = t_requests(d[1].uri);
 	run_for(1000);
-	r2c = requests_of(d[1].uri);
+	r2c = t_requests(d[1].uri);
 	atomic_store(&stop, 1);
 	for (i = 0; i < THREADS; i++)
 		pthread_join(th[i], NULL);

@@ -19,6 +19,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <msgpack.h>
+#include <demux/mux.h>
+
 #include "helper.h"
 
 #define MAX_SERVERS 16
@@ -389,4 +392,46 @@ t_free_port(void)
 		port = ntohs(sa.sin_port);
 	close(fd);
 	return port;
+}
+
+long
+t_requests(const char *uri)
+{
+	char err[MUX_ERRLEN];
+	msgpack_unpacked u;
+	mux_result r;
+	long v = -1;
+	mux_t *d;
+	uint32_t i, j;
+
+	d = mux_connect(uri, err, sizeof(err));
+	if (d == NULL)
+		return -1;
+	if (mux_call(d, "$/stats", NULL, 0, &r, 5000) == MUX_OK) {
+		msgpack_unpacked_init(&u);
+		if (msgpack_unpack_next(&u, r.data, r.len, NULL) ==
+		    MSGPACK_UNPACK_SUCCESS && u.data.type == MSGPACK_OBJECT_MAP)
+			for (i = 0; i < u.data.via.map.size; i++) {
+				msgpack_object_kv *kv = &u.data.via.map.ptr[i];
+
+				if (kv->key.type != MSGPACK_OBJECT_STR ||
+				    kv->key.via.str.size != 6 ||
+				    memcmp(kv->key.via.str.ptr, "server", 6) ||
+				    kv->val.type != MSGPACK_OBJECT_MAP)
+					continue;
+				for (j = 0; j < kv->val.via.map.size; j++) {
+					msgpack_object_kv *e =
+					    &kv->val.via.map.ptr[j];
+
+					if (e->key.via.str.size == 8 &&
+					    !memcmp(e->key.via.str.ptr,
+					    "requests", 8))
+						v = (long)e->val.via.u64;
+				}
+			}
+		msgpack_unpacked_destroy(&u);
+	}
+	mux_result_free(&r);
+	mux_free(d);
+	return v;
 }

@@ -591,6 +591,14 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
 				return -1;
 			cfg->drain_timeout_ms = (unsigned)u;
+		} else if (strcmp(key, "reuse_port") == 0) {
+			if (s != NULL && strcmp(s, "true") == 0)
+				cfg->reuse_port = 1;
+			else if (s != NULL && strcmp(s, "false") == 0)
+				cfg->reuse_port = 0;
+			else
+				return cfg_fail(c, v, "reuse_port: expected true "
+				    "or false");
 		} else if (strcmp(key, "log_level") == 0) {
 			static const char *const lv[] = { "error", "warn",
 			    "info", "debug" };
@@ -625,7 +633,7 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
 			    "workers, max_threads, queue, max_frame, max_inflight, "
 			    "max_connections, max_output, idle_timeout_ms, "
-			    "drain_timeout_ms, log_level, metrics, "
+			    "drain_timeout_ms, reuse_port, log_level, metrics, "
 			    "access_log or "
 			    "plugins)", key);
 		}

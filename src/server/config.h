@@ -51,6 +51,7 @@ typedef struct dmx_config {
 	unsigned	 drain_timeout_ms; /* SIGTERM: wait this long for in-flight */
 	size_t		 max_output;	/* unsent reply bytes per connection */
 	unsigned	 idle_timeout_ms; /* close idle connections; 0: never */
+	int		 reuse_port;	/* SO_REUSEPORT on tcp listeners */
 	int		 log_level;	/* -1: not set in the file */
 	char		*metrics;	/* "tcp:HOST:PORT" for GET /metrics, or NULL */
 	int		 metrics_line, metrics_col;

@@ -327,7 +327,8 @@ fail:
 
 /* Open one listener; -1 with err. */
 static dmx_listener *
-listener_open(dmx_server *s, const char *text, char *err, size_t errlen)
+listener_open(dmx_server *s, const char *text, int reuse_port, char *err,
+    size_t errlen)
 {
 	struct epoll_event ev;
 	dmx_listener *l = calloc(1, sizeof(*l));
@@ -338,8 +339,13 @@ listener_open(dmx_server *s, const char *text, char *err, size_t errlen)
 		return NULL;
 	}
 	l->ev.kind = DMX_EV_LISTEN;
-	if (dmx_uri_parse(l->text, &l->uri, err, errlen) != 0 ||
-	    (l->fd = dmx_uri_listen(&l->uri, 1024, err, errlen)) < 0) {
+	if (dmx_uri_parse(l->text, &l->uri, err, errlen) == 0) {
+		l->uri.reuseport = reuse_port;
+		l->fd = dmx_uri_listen(&l->uri, 1024, err, errlen);
+	} else {
+		l->fd = -1;
+	}
+	if (l->fd < 0) {
 		free(l->text);
 		free(l);
 		return NULL;
@@ -372,7 +378,8 @@ dmx_server_listen(dmx_server *s, char *err, size_t errlen)
 	size_t i;
 
 	for (i = 0; i < cfg->nlisten; i++) {
-		l = listener_open(s, cfg->listen[i].uri, e, sizeof(e));
+		l = listener_open(s, cfg->listen[i].uri, cfg->reuse_port, e,
+		    sizeof(e));
 		if (l == NULL) {
 			snprintf(err, errlen, "%s:%d:%d: listen: %s", cfg->file,
 			    cfg->listen[i].line, cfg->listen[i].col, e);
@@ -597,8 +604,8 @@ relisten(dmx_server *s, const dmx_config *cfg)
 				break;
 		if (l != NULL) {
 			*pp = l->next;
-		} else if ((l = listener_open(s, cfg->listen[i].uri, err,
-		    sizeof(err))) == NULL) {
+		} else if ((l = listener_open(s, cfg->listen[i].uri,
+		    cfg->reuse_port, err, sizeof(err))) == NULL) {
 			dmx_warn("reload: %s:%d:%d: listen: %s", cfg->file,
 			    cfg->listen[i].line, cfg->listen[i].col, err);
 			continue;
