@@ -179,8 +179,19 @@ tsan:
 	$(MAKE) BUILD=build-tsan CFLAGS="-O1 -g" \
 	  SAN="-fsanitize=thread -fno-omit-frame-pointer" test
 
+# demuxd under valgrind in the end-to-end tests, then libmux itself: the
+# client tests run under valgrind against a plain demuxd (not t/300-e2e:
+# valgrind runs posix_spawn as a fork, so a failed exec cannot be reported)
+VALGRIND_CLIENT = 340-async 350-reconnect 360-failover
 valgrind: all
 	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t t/200-reload.t
+	@for t in $(VALGRIND_CLIENT); do \
+	  echo "valgrind: libmux in t/$$t"; \
+	  valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
+	    --errors-for-leak-kinds=definite,indirect --error-exitcode=99 \
+	    $(BUILD)/t/$$t > $(BUILD)/t/$$t.valgrind.log 2>&1 || \
+	    { tail -40 $(BUILD)/t/$$t.valgrind.log; exit 1; }; \
+	done
 
 # ---- fuzzing (clang's libFuzzer: Debian clang + libclang-rt-14-dev) ----
 FUZZ_SECONDS ?= 60

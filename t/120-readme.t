@@ -5,9 +5,8 @@
 ROOT=$(pwd)
 
 # the fenced C blocks, by their first line
-awk '/^```c$/ {on=1; next} /^```$/ {on=0} on' README.md > "$TMP/all.c"
-awk '/^\/\* hello.c/ {f=1} /^\/\* client.c/ {f=0} f' "$TMP/all.c" > "$TMP/hello.c"
-awk '/^\/\* client.c/ {f=1} f' "$TMP/all.c" > "$TMP/client.c"
+readme_block hello.c > "$TMP/hello.c"
+readme_block client.c > "$TMP/client.c"
 [ -s "$TMP/hello.c" ] && [ -s "$TMP/client.c" ]
 ok $? "README.md holds the plugin and the client"
 

@@ -21,9 +21,8 @@ soname=$(objdump -p "$DEST$P/lib/libmux.so" 2>/dev/null | awk '/SONAME/ {print $
 is "$soname" "libmux.so.0" "libmux.so has the SONAME libmux.so.0"
 
 export PKG_CONFIG_PATH="$DEST$P/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$DEST"
-awk '/^```c$/ {on=1; next} /^```$/ {on=0} on' README.md > "$TMP/all.c"
-awk '/^\/\* hello.c/ {f=1} /^\/\* client.c/ {f=0} f' "$TMP/all.c" > "$TMP/hello.c"
-awk '/^\/\* client.c/ {f=1} f' "$TMP/all.c" > "$TMP/client.c"
+readme_block hello.c > "$TMP/hello.c"
+readme_block client.c > "$TMP/client.c"
 mkdir "$TMP/out" && cd "$TMP/out" || exit 1
 run cc ${SAN_FLAGS:-} -o hello.so "$TMP/hello.c" $(pkg-config --cflags --libs demux-plugin)
 is "$rc" 0 "an out-of-tree plugin builds with pkg-config demux-plugin alone"

@@ -10,15 +10,19 @@
  *	mux_free(m);
  *
  * Threads: every function except mux_free may be called from any number of
- * threads at once on the same handle. Each call gets its own msgid; one
- * background reader thread per handle hands every response to exactly the
- * thread that asked. Callers write their own requests (several callers'
+ * threads at once on the same handle, also from inside async callbacks.
+ * Each call gets its own msgid; one background reader thread per connection
+ * hands every response to exactly the caller that asked (a blocked thread,
+ * or a callback). Callers write their own requests (several callers'
  * requests leave in one write when they coincide); a caller never blocks in
  * write(2): when the connection is full, the reader thread finishes the write.
+ * A handle may hold several endpoints (mux_open), each with its own
+ * connection; see docs/client.md and docs/deployment.md.
  *
  * Ownership: params passed in are copied before the call returns. A
  * mux_result is filled by the library and owned by the caller, who releases
- * it with mux_result_free() whatever the call returned.
+ * it with mux_result_free() whatever the call returned; except the one an
+ * async callback receives, which libmux frees when the callback returns.
  *
  * Errors: functions return MUX_OK (0) or a negative MUX_E* code; mux_strerror
  * names it. MUX_EREMOTE means the server answered with an error: its code,
@@ -167,8 +171,9 @@ MUX_API int mux_call_token(mux_t *m, const char *method, const void *params,
  * has no call in flight. */
 MUX_API int mux_cancel(mux_t *m, mux_token *tok);
 
-/* Send a notification: no answer, no wait beyond handing it to the kernel
- * (or to the reader thread when the connection is full). */
+/* Send a notification on one connected endpoint: no answer, no wait beyond
+ * handing it to the kernel (or to the reader thread when the connection is
+ * full). */
 MUX_API int mux_notify(mux_t *m, const char *method, const void *params, size_t len);
 
 /*
@@ -230,22 +235,28 @@ MUX_API int mux_endpoint(mux_t *m, unsigned i, mux_endpoint_info *info);
 MUX_API void mux_result_free(mux_result *res);
 
 /*
- * The recipe's stop(): close the connection. Every thread waiting in mux_call
- * returns MUX_ECLOSED at once, and later calls fail the same way. The handle
- * stays valid (for those threads) until mux_free.
+ * The recipe's stop(): close every connection. Every thread waiting in
+ * mux_call returns MUX_ECLOSED at once, every async call still outstanding
+ * is called back with MUX_ECLOSED, and later calls fail the same way; no
+ * reconnect follows. The handle stays valid (for those threads) until
+ * mux_free. Safe from callbacks and more than once.
  */
 MUX_API void mux_close(mux_t *m);
 
-/* Close if needed, wait for threads still inside libmux calls to leave, then
- * free everything (and reap a spawned child). Call once, last. */
+/* Close if needed, wait for threads still inside libmux calls to leave, run
+ * the callbacks still due (completion_fd mode: on this thread), then free
+ * everything (and reap a spawned child). Call once, last, never from a
+ * callback. */
 MUX_API void mux_free(mux_t *m);
 
-/* Largest response accepted (default 64 MiB); a bigger one breaks the
- * connection with MUX_ETOOBIG rather than growing memory without bound. */
+/* Largest response accepted (default 64 MiB); a bigger one breaks its
+ * connection (MUX_ECONN for the calls on it) rather than growing memory
+ * without bound. */
 MUX_API void mux_set_max_frame(mux_t *m, size_t bytes);
 
-/* Nonzero once the server sent $/drain: calls made after that fail with
- * MUX_EDRAINING without being sent; calls in flight still get answers. */
+/* Nonzero while every connected endpoint is draining (it sent $/drain, or
+ * $/health said "draining"): calls then fail with MUX_EDRAINING without
+ * being sent; calls in flight still get answers. */
 MUX_API int mux_draining(mux_t *m);
 
 /* Responses that arrived for calls that had already timed out. */
