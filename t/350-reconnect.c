@@ -8,6 +8,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <demux/mux.h>
 
@@ -125,6 +127,16 @@ main(void)
 	    x.message ? x.message : "");
 	mux_result_free(&x);
 
+	/* while it is down, attempts are spaced by the backoff (20 ms
+	 * doubling to 200 ms, jittered 50..100 %): in the ~0.4 s so far,
+	 * a handful, not a busy loop */
+	mux_endpoint(M, 0, &info);
+	ok(info.connect_failures >= 2 && info.connect_failures <= 12,
+	    "down %.0f ms: %llu connect attempts failed, spaced by the backoff",
+	    t_now_ms() - tk, (unsigned long long)info.connect_failures);
+	ok(!info.connected && strstr(info.why, "connect") != NULL,
+	    "the endpoint says why it is down: %s", info.why);
+
 	/* a sync and an async call wait for the server to come back */
 	memset(&wr, 0, sizeof(wr));
 	pthread_create(&wt, NULL, waiting_call, &wr);
@@ -158,6 +170,52 @@ main(void)
 	mux_endpoint(M, 0, &info);
 	check_int(info.connects, ==, 2, "%s: connected twice", info.uri);
 	ok(info.connected && !info.draining, "endpoint up");
+
+	/* sent or not: a peer that closed before the request was written
+	 * gives MUX_ENOTCONN (whichever thread notices first); one that read
+	 * the request and then closed gives MUX_ECONN */
+	{
+		int sv[2], k, notsent = 0, unknown = 0, other = 0;
+		char buf[256];
+		mux_t *h;
+
+		for (k = 0; k < 200; k++) {
+			socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
+			h = mux_open_fds(sv[0], sv[0], err, sizeof(err));
+			if (h == NULL)
+				bail_out("mux_open_fds: %s", err);
+			close(sv[1]);
+			rc = mux_call(h, "echo.echo", NULL, 0, &x, 5000);
+			notsent += rc == MUX_ENOTCONN;
+			other += rc != MUX_ENOTCONN;
+			mux_result_free(&x);
+			mux_free(h);
+		}
+		ok(notsent == 200 && other == 0, "peer gone before the write: "
+		    "MUX_ENOTCONN in %d of 200 tries", notsent);
+		for (k = 0; k < 20; k++) {
+			socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv);
+			h = mux_open_fds(sv[0], sv[0], err, sizeof(err));
+			if (h == NULL)
+				bail_out("mux_open_fds: %s", err);
+			pthread_mutex_lock(&mu);
+			async_done = 0;
+			pthread_mutex_unlock(&mu);
+			rc = mux_call_async(h, "echo.echo", NULL, 0, async_cb,
+			    NULL, 0);
+			/* the request arrives, then the peer goes */
+			if (rc == MUX_OK && read(sv[1], buf, sizeof(buf)) > 0)
+				close(sv[1]);
+			pthread_mutex_lock(&mu);
+			while (rc == MUX_OK && !async_done)
+				pthread_cond_wait(&cv, &mu);
+			pthread_mutex_unlock(&mu);
+			unknown += rc == MUX_OK && async_rc == MUX_ECONN;
+			mux_free(h);
+		}
+		ok(unknown == 20, "peer read the request, then closed: MUX_ECONN "
+		    "in %d of 20", unknown);
+	}
 
 	/* reconnect off: the handle stays down */
 	mux_free(M);

@@ -226,6 +226,7 @@ typedef struct mux_endpoint_info {
 	unsigned inflight;
 	uint64_t calls;		/* calls sent to it */
 	uint64_t connects;
+	uint64_t connect_failures; /* attempts that failed (backoff between) */
 	char	 why[MUX_ERRLEN]; /* while down: the last failure */
 } mux_endpoint_info;
 

@@ -33,6 +33,15 @@
  * the async ones to a list the reader completes on its way out, so on_done
  * always runs on the reader thread.
  *
+ * Sent or not: when the connection breaks, a call whose request was never
+ * passed to write(2) certainly did not run, and fails with MUX_ENOTCONN
+ * (safe to send elsewhere) rather than MUX_ECONN (effect unknown). Each call
+ * records where its request starts in the stream (wpos); writers publish how
+ * far they have passed bytes to the kernel (attempted) and then check the
+ * state, while set_broken changes the state and then reads attempted, both
+ * sequentially consistent: either the writer sees BROKEN and writes nothing
+ * more, or the breaker sees the bytes as attempted.
+ *
  * Locks: c->mu guards the table, the heap and the state (callers inserting,
  * the reader completing); c->wmu guards the write buffers (callers queueing,
  * whoever writes). Two locks, because the reader and the writers would
@@ -93,6 +102,9 @@ struct mc_conn {
 	dmx_buf		 wbuf;		/* wmu: requests not yet being written */
 	dmx_buf		 wcur;		/* owned by the writer (writing=1) */
 	size_t		 wcur_off;	/* owned by the writer */
+	uint64_t	 wcur_start;	/* stream offset of wcur.data[0] */
+	uint64_t	 queued;	/* wmu: bytes ever queued */
+	_Atomic uint64_t attempted;	/* bytes ever passed to write(2) */
 	int		 writing;	/* wmu: a thread owns wcur */
 	int		 want_out;	/* wmu: the reader must finish the write */
 	_Atomic uint64_t late;		/* responses nobody waited for */
@@ -307,19 +319,28 @@ run_done(mc_call *list)
 }
 
 /* Fail every call in flight (mu held); async ones go to c->dead, which the
- * reader completes as it stops. */
+ * reader completes as it stops. For a broken connection (MUX_ECONN), calls
+ * whose request never reached write(2) fail MUX_ENOTCONN instead. */
 static void
 fail_all(mc_conn *c, int rc, const char *why)
 {
+	uint64_t attempted = atomic_load(&c->attempted);
 	mc_call *p, *next;
 	size_t i;
+	int r;
 
 	for (i = 0; i < c->nbuckets; i++) {
 		for (p = c->buckets[i]; p != NULL; p = next) {
 			next = p->next;
+			r = rc;
+			if (rc == MUX_ECONN && atomic_load_explicit(&p->wpos,
+			    memory_order_relaxed) >= attempted)
+				r = MUX_ENOTCONN;
 			if (p->res->message == NULL)
-				p->res->message = strdup(why);
-			finish(p, rc, &c->dead);
+				p->res->message = strdup(r == rc ? why :
+				    "the connection broke before the call was "
+				    "sent; it was not executed");
+			finish(p, r, &c->dead);
 		}
 		c->buckets[i] = NULL;
 	}
@@ -397,10 +418,15 @@ flush_locked(mc_conn *c)
 			c->wcur_off = 0;
 			if (c->wbuf.len == 0)
 				break;
+			c->wcur_start = c->queued - c->wbuf.len;
 			tmp = c->wcur;
 			c->wcur = c->wbuf;
 			c->wbuf = tmp;
 		}
+		/* publish, then check: see "Sent or not" above */
+		atomic_store(&c->attempted, c->wcur_start + c->wcur.len);
+		if (atomic_load(&c->state) != MC_OPEN)
+			break;
 		pthread_mutex_unlock(&c->wmu);
 		do
 			n = raw_write(c, c->wcur.data + c->wcur_off,
@@ -417,6 +443,8 @@ flush_locked(mc_conn *c)
 		if (n < 0) {
 			int e = errno;
 
+			/* the kernel took none of these bytes */
+			atomic_store(&c->attempted, c->wcur_start + c->wcur_off);
 			pthread_mutex_lock(&c->mu);
 			set_broken(c, "connection lost (write: %s); the "
 			    "effect of calls in flight is unknown", strerror(e));
@@ -435,20 +463,23 @@ flush_locked(mc_conn *c)
 /* Queue one message (header + params) and write if nobody else is. wmu
  * held. */
 static int
-queue_msg(mc_conn *c, int type, uint32_t msgid, const char *method,
+queue_msg(mc_conn *c, int type, mc_call *call, const char *method,
     const void *params, size_t len)
 {
 	msgpack_packer pk;
-	size_t mlen = strlen(method);
+	size_t mlen = strlen(method), before = c->wbuf.len;
 
 	/* reserve everything first: the packer ignores a failing sink */
 	if (mlen > UINT32_MAX || dmx_buf_reserve(&c->wbuf, 16 + mlen + len) != 0)
 		return MUX_ENOMEM;
+	if (call != NULL)
+		atomic_store_explicit(&call->wpos, c->queued,
+		    memory_order_relaxed);
 	msgpack_packer_init(&pk, &c->wbuf, dmx_buf_pack_write);
 	if (type == DMX_MSG_REQUEST) {
 		msgpack_pack_array(&pk, 4);
 		msgpack_pack_uint8(&pk, DMX_MSG_REQUEST);
-		msgpack_pack_uint32(&pk, msgid);
+		msgpack_pack_uint32(&pk, call->msgid);
 	} else {
 		msgpack_pack_array(&pk, 3);
 		msgpack_pack_uint8(&pk, DMX_MSG_NOTIFY);
@@ -459,6 +490,7 @@ queue_msg(mc_conn *c, int type, uint32_t msgid, const char *method,
 		msgpack_pack_array(&pk, 0);
 	else
 		dmx_buf_append(&c->wbuf, params, len);
+	c->queued += c->wbuf.len - before;
 	if (!c->writing && !c->want_out)
 		flush_locked(c);
 	return MUX_OK;
@@ -476,6 +508,7 @@ mc_start(mc_conn *c, mc_call *call, const char *method, const void *params,
 	call->rc = MUX_OK;
 	call->next = NULL;
 	atomic_store_explicit(&call->done, 0, memory_order_relaxed);
+	atomic_store_explicit(&call->wpos, UINT64_MAX, memory_order_relaxed);
 	pthread_mutex_lock(&c->mu);
 	st = atomic_load(&c->state);
 	if (st != MC_OPEN) {
@@ -493,7 +526,7 @@ mc_start(mc_conn *c, mc_call *call, const char *method, const void *params,
 	pthread_mutex_unlock(&c->mu);
 
 	pthread_mutex_lock(&c->wmu);
-	rc = queue_msg(c, DMX_MSG_REQUEST, call->msgid, method, params, len);
+	rc = queue_msg(c, DMX_MSG_REQUEST, call, method, params, len);
 	pthread_mutex_unlock(&c->wmu);
 	if (rc == MUX_OK)
 		return MUX_OK;
@@ -563,7 +596,7 @@ mc_notify(mc_conn *c, const char *method, const void *params, size_t len)
 	if (atomic_load(&c->draining))
 		return MUX_EDRAINING;
 	pthread_mutex_lock(&c->wmu);
-	rc = queue_msg(c, DMX_MSG_NOTIFY, 0, method, params, len);
+	rc = queue_msg(c, DMX_MSG_NOTIFY, NULL, method, params, len);
 	pthread_mutex_unlock(&c->wmu);
 	return rc;
 }
@@ -580,7 +613,7 @@ mc_cancel(mc_conn *c, uint32_t msgid)
 	if (atomic_load(&c->state) != MC_OPEN)
 		return;
 	pthread_mutex_lock(&c->wmu);
-	queue_msg(c, DMX_MSG_NOTIFY, 0, "$/cancelRequest", p, sizeof(p));
+	queue_msg(c, DMX_MSG_NOTIFY, NULL, "$/cancelRequest", p, sizeof(p));
 	pthread_mutex_unlock(&c->wmu);
 }
 

@@ -41,6 +41,8 @@ struct mc_call {
 	uint32_t	 msgid;
 	int		 rc;		/* valid once done */
 	size_t		 heap_idx;	/* async deadline heap slot */
+	_Atomic uint64_t wpos;		/* where its request starts in the
+					 * stream; UINT64_MAX until queued */
 	_Atomic uint32_t done;		/* sync: 0 -> 1, a futex word */
 };
 

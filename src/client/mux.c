@@ -84,6 +84,7 @@ typedef struct mux_ep {
 	_Atomic int	 health_draining; /* $/health said "draining" */
 	_Atomic uint64_t calls;
 	_Atomic uint64_t connects;
+	_Atomic uint64_t connect_failures;
 } mux_ep;
 
 typedef struct mux_async {
@@ -608,6 +609,13 @@ async_done(mc_call *call)
 	mux_result first;
 	int rc = call->rc, rc2, none;
 
+	if (rc == MUX_ENOTCONN && m->nep == 1 && can_wait(m) &&
+	    !atomic_load(&m->closed)) {
+		/* never sent, and the caller chose to wait for a connection */
+		mux_result_free(&a->res);
+		park(m, a);
+		return;
+	}
 	if (!a->tried && m->nep > 1 && retryable(rc, &a->res) &&
 	    !atomic_load(&m->closed)) {
 		a->tried = 1;
@@ -965,6 +973,8 @@ sup_main(void *arg)
 				c = ep_connect(m, ep, err, sizeof(err));
 				now = mc_now_ns();
 				if (c == NULL) {
+					atomic_fetch_add(&ep->connect_failures,
+					    1);
 					ep_swap(m, ep, NULL, err);
 					ep->retry_at = now +
 					    backoff_ns(&m->opt, ++ep->fails);
@@ -1353,6 +1363,7 @@ mux_endpoint(mux_t *m, unsigned i, mux_endpoint_info *info)
 	info->uri = ep->uri;
 	info->calls = atomic_load(&ep->calls);
 	info->connects = atomic_load(&ep->connects);
+	info->connect_failures = atomic_load(&ep->connect_failures);
 	pthread_rwlock_rdlock(&m->eplock);
 	c = ep->conn;
 	if (c != NULL && mc_is_open(c)) {
