@@ -14,12 +14,16 @@
  *   -S usec   call sleep.sleep [usec/1000] instead of echo.echo       [0]
  *   -P pid    server pid, to read its CPU time from /proc   [0]
  *   -L label  copied into the RESULT line                   [-]
+ *   -A        async: ONE thread keeps T calls in flight with
+ *             mux_call_async, driven by poll() on mux_completion_fd;
+ *             the callbacks run on that thread (no -n)
  *
  * Every echo is checked (length and content); a failed or wrong answer
  * counts as an error.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -35,7 +39,7 @@
 
 typedef struct opts {
 	const char *uri, *label;
-	int threads, ncalls, srv_pid;
+	int threads, ncalls, srv_pid, async;
 	size_t size;
 	double duration, warmup;
 	long sleep_us;
@@ -154,6 +158,92 @@ worker_main(void *arg)
 	return NULL;
 }
 
+/* ---- -A: T calls in flight from one thread, completions by poll ---- */
+
+typedef struct aslot {
+	uint64_t t0;
+} aslot;
+
+static worker A;		/* the async run's counters */
+static char *a_params, *a_payload;
+static size_t a_plen;
+static int a_inflight;
+
+static void a_send(aslot *s);
+
+static void
+a_done(void *user, int rc, mux_result *r)
+{
+	aslot *s = user;
+	uint64_t t1 = now_ns();
+	const void *b;
+	size_t bl;
+	int bad, ph = __atomic_load_n(&phase, __ATOMIC_RELAXED);
+
+	bad = rc != MUX_OK || mux_unpack(r->data, r->len, "[B]", &b, &bl) != 0
+	    || bl != O.size || memcmp(b, a_payload, bl) != 0;
+	if (bad)
+		A.errors++;
+	else if (ph == PH_MEASURE) {
+		A.tx++;
+		lat_push(&A.lat, t1 - s->t0);
+	}
+	if (ph == PH_STOP)
+		a_inflight--;
+	else
+		a_send(s);	/* from the callback: allowed */
+}
+
+static void
+a_send(aslot *s)
+{
+	s->t0 = now_ns();
+	if (mux_call_async(M, "echo.echo", a_params, a_plen, a_done, s,
+	    60000) != MUX_OK) {
+		A.errors++;
+		a_inflight--;
+	}
+}
+
+/* Run warm-up and measurement; returns the measured window's bounds. */
+static void
+async_run(uint64_t *start, uint64_t *end, double *c0, double *c1, double *s0,
+    double *s1)
+{
+	aslot *slots = calloc((size_t)O.threads, sizeof(*slots));
+	struct pollfd pfd = { mux_completion_fd(M), POLLIN, 0 };
+	uint64_t t_measure, t_stop;
+	size_t i;
+
+	a_payload = malloc(O.size ? O.size : 1);
+	for (i = 0; i < O.size; i++)
+		a_payload[i] = (char)('a' + i % 26);
+	mux_pack(&a_params, &a_plen, "[B]", a_payload, O.size);
+	t_measure = now_ns() + (uint64_t)(O.warmup * 1e9);
+	t_stop = t_measure + (uint64_t)(O.duration * 1e9);
+	a_inflight = O.threads;
+	for (i = 0; i < (size_t)O.threads; i++)
+		a_send(&slots[i]);
+	while (a_inflight > 0) {
+		if (poll(&pfd, 1, 50) > 0)
+			mux_dispatch(M);
+		if (phase == PH_WARM && now_ns() >= t_measure) {
+			*c0 = self_cpu_us();
+			*s0 = proc_cpu_us(O.srv_pid);
+			*start = now_ns();
+			phase = PH_MEASURE;
+		} else if (phase == PH_MEASURE && now_ns() >= t_stop) {
+			*end = now_ns();
+			*c1 = self_cpu_us();
+			*s1 = proc_cpu_us(O.srv_pid);
+			phase = PH_STOP;
+		}
+	}
+	free(a_params);
+	free(a_payload);
+	free(slots);
+}
+
 static void
 sleep_sec(double s)
 {
@@ -175,7 +265,7 @@ parse(int argc, char **argv)
 	O.duration = 5;
 	O.warmup = 1;
 	O.label = "-";
-	while ((c = getopt(argc, argv, "u:T:s:d:w:n:S:P:L:W:")) != -1) {
+	while ((c = getopt(argc, argv, "u:T:s:d:w:n:S:P:L:W:A")) != -1) {
 		switch (c) {
 		case 'u': O.uri = optarg; break;
 		case 'T': O.threads = atoi(optarg); break;
@@ -187,10 +277,11 @@ parse(int argc, char **argv)
 		case 'P': O.srv_pid = atoi(optarg); break;
 		case 'L': O.label = optarg; break;
 		case 'W': break;	/* a server flag; accepted for symmetry */
+		case 'A': O.async = 1; break;
 		default:
 			fprintf(stderr, "usage: mux_load -u URI [-T n] [-s bytes] "
 			    "[-d s] [-w s] [-n calls] [-S usec] [-P pid] "
-			    "[-L label]\n");
+			    "[-L label] [-A]\n");
 			exit(2);
 		}
 	}
@@ -200,25 +291,17 @@ parse(int argc, char **argv)
 	}
 }
 
-int
-main(int argc, char **argv)
+/* Run T blocking threads; the measured window and totals out. */
+static void
+threads_run(uint64_t *start, uint64_t *end, double *c0, double *c1,
+    double *s0, double *s1, lat_vec *all, uint64_t *tx, uint64_t *errs)
 {
-	char err[MUX_ERRLEN];
 	pthread_attr_t attr;
 	pthread_t *tids;
 	worker *w;
-	lat_vec all = { NULL, 0, 0 };
-	uint64_t start, end = 0, tx = 0, errs = 0;
-	double c0, c1, s0, s1, secs, txps, p50 = 0, p99 = 0, pmax = 0;
-	int i;
 	size_t k;
+	int i;
 
-	parse(argc, argv);
-	M = mux_connect(O.uri, err, sizeof(err));
-	if (M == NULL) {
-		fprintf(stderr, "mux_load: %s\n", err);
-		return 2;
-	}
 	w = calloc((size_t)O.threads, sizeof(*w));
 	tids = calloc((size_t)O.threads, sizeof(*tids));
 	pthread_barrier_init(&ready, NULL, (unsigned)O.threads + 1);
@@ -229,43 +312,81 @@ main(int argc, char **argv)
 		w[i].id = i;
 		if (pthread_create(&tids[i], &attr, worker_main, &w[i]) != 0) {
 			perror("pthread_create");
-			return 2;
+			exit(2);
 		}
 	}
 	pthread_barrier_wait(&ready);
 	if (O.ncalls > 0) {
-		c0 = self_cpu_us();
-		s0 = proc_cpu_us(O.srv_pid);
-		start = now_ns();
+		*c0 = self_cpu_us();
+		*s0 = proc_cpu_us(O.srv_pid);
+		*start = now_ns();
 		pthread_barrier_wait(&go);
 		for (i = 0; i < O.threads; i++)
 			pthread_join(tids[i], NULL);
 		for (i = 0; i < O.threads; i++)
-			if (w[i].last_done > end)
-				end = w[i].last_done;
-		c1 = self_cpu_us();
-		s1 = proc_cpu_us(O.srv_pid);
+			if (w[i].last_done > *end)
+				*end = w[i].last_done;
+		*c1 = self_cpu_us();
+		*s1 = proc_cpu_us(O.srv_pid);
 	} else {
 		pthread_barrier_wait(&go);
 		sleep_sec(O.warmup);
-		c0 = self_cpu_us();
-		s0 = proc_cpu_us(O.srv_pid);
-		start = now_ns();
+		*c0 = self_cpu_us();
+		*s0 = proc_cpu_us(O.srv_pid);
+		*start = now_ns();
 		__atomic_store_n(&phase, PH_MEASURE, __ATOMIC_RELAXED);
 		sleep_sec(O.duration);
 		__atomic_store_n(&phase, PH_STOP, __ATOMIC_RELAXED);
-		end = now_ns();
-		c1 = self_cpu_us();
-		s1 = proc_cpu_us(O.srv_pid);
+		*end = now_ns();
+		*c1 = self_cpu_us();
+		*s1 = proc_cpu_us(O.srv_pid);
 		for (i = 0; i < O.threads; i++)
 			pthread_join(tids[i], NULL);
 	}
 	for (i = 0; i < O.threads; i++) {
-		tx += w[i].tx;
-		errs += w[i].errors;
+		*tx += w[i].tx;
+		*errs += w[i].errors;
 		for (k = 0; k < w[i].lat.n; k++)
-			lat_push(&all, w[i].lat.v[k]);
+			lat_push(all, w[i].lat.v[k]);
 		free(w[i].lat.v);
+	}
+	free(w);
+	free(tids);
+}
+
+int
+main(int argc, char **argv)
+{
+	char err[MUX_ERRLEN];
+	lat_vec all = { NULL, 0, 0 };
+	uint64_t start = 0, end = 0, tx = 0, errs = 0;
+	double c0 = 0, c1 = 0, s0 = -1, s1 = -1, secs, txps, p50 = 0, p99 = 0,
+	    pmax = 0;
+
+	parse(argc, argv);
+	if (O.async) {
+		mux_options mo;
+
+		mux_options_init(&mo);
+		mo.reconnect = 0;
+		mo.health_interval_ms = 0;
+		mo.completion_fd = 1;
+		M = mux_open(O.uri, &mo, err, sizeof(err));
+	} else {
+		M = mux_connect(O.uri, err, sizeof(err));
+	}
+	if (M == NULL) {
+		fprintf(stderr, "mux_load: %s\n", err);
+		return 2;
+	}
+	if (O.async) {
+		async_run(&start, &end, &c0, &c1, &s0, &s1);
+		all = A.lat;
+		tx = A.tx;
+		errs = A.errors;
+	} else {
+		threads_run(&start, &end, &c0, &c1, &s0, &s1, &all, &tx,
+		    &errs);
 	}
 	if (all.n > 0) {
 		qsort(all.v, all.n, sizeof(*all.v), cmp_u64);
@@ -287,7 +408,5 @@ main(int argc, char **argv)
 	fflush(stdout);
 	mux_free(M);
 	free(all.v);
-	free(w);
-	free(tids);
 	return errs ? 1 : 0;
 }

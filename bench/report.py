@@ -96,6 +96,20 @@ def targets(R, out):
     rows.append(("W1 CPU µs/tx, client + server", fmt(d_cpu, 2),
                  f"{fmt(b_cpu, 2)} ({b_cl})", f"{r:.2f}x", "<= 0.33x",
                  verdict(r <= 1 / 3 if r == r else None)))
+    # W1 through the async API: the same 32 calls in flight, kept by one
+    # client thread with mux_call_async (informative: W1's target is set
+    # for 32 blocking threads)
+    d = w("demux,unix,W1-async")
+    if d:
+        a_tx = cell(d, "txps")
+        r = ratio(a_tx, b_tx)
+        rows.append(("W1 tx/s, async API (32 in flight, 1 thread)", fmt(a_tx),
+                     f"{fmt(b_tx)} ({b_l})", f"{r:.2f}x", "(W1: >= 3x)", "-"))
+        a_cpu = cell(d, "cli_cpu_us_tx") + cell(d, "srv_cpu_us_tx")
+        r = ratio(a_cpu, b_cpu)
+        rows.append(("W1 CPU µs/tx, async API", fmt(a_cpu, 2),
+                     f"{fmt(b_cpu, 2)} ({b_cl})", f"{r:.2f}x", "(W1: <= 0.33x)",
+                     "-"))
     # W1-lat
     d = w("demux,unix,W1-lat")
     raw = w("raw,unix,W1-lat")

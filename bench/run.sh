@@ -40,6 +40,7 @@ PIPE="$B/bench/mux_pipe"
 cat > "$CASES" <<X
 add "demux,unix,W1"      4 0 1 "$SRV W1 $SOCK"     "$LOAD -u $SOCK \$W1"
 add "demux,tcp,W1"       4 0 1 "$SRV W1 $TCP"      "$LOAD -u $TCP \$W1"
+add "demux,unix,W1-async" 4 0 1 "$SRV W1 $SOCK"    "$LOAD -A -u $SOCK \$W1"
 add "demux,unix,W1-lat"  4 0 1 "$SRV W1-lat $SOCK" "$LOAD -u $SOCK \$W1L"
 add "demux,unix,W2"      4 0 1 "$SRV W2 $SOCK"     "$LOAD -u $SOCK \$W2"
 add "demux,unix,W3"    100 10000 2 "$SRV W3 $SOCK" "$LOAD -u $SOCK -S 10000 \$W3"
@@ -68,6 +69,12 @@ echo "== memory"
 "$B/bench/mux_mem" "$B/demuxd" "$ROOT/bench/server.sh" | tee "$out/memory.txt"
 
 echo "== report"
+if [ "${ONLY:-.}" != . ]; then
+	# a partial run must not replace the full run's results and plots
+	/usr/bin/python3 "$ROOT/bench/report.py" "$out" "$out" | tee "$out/report.md"
+	echo "== partial run (ONLY=$ONLY): results and plots in $out only"
+	exit 0
+fi
 /usr/bin/python3 "$ROOT/bench/report.py" "$out" "$ROOT/docs/img" | tee "$out/report.md"
 mkdir -p "$ROOT/bench/results"
 cp "$out/raw.txt" "$ROOT/bench/results/raw.txt"

@@ -85,6 +85,27 @@ acb(void *user, int rc, mux_result *r)
 	pthread_mutex_unlock(&amu);
 }
 
+static atomic_long n_over, n_notconn;
+
+/* 20 slow calls in a row, counting -32010 answers. */
+static void *
+over_caller(void *arg)
+{
+	mux_result r;
+	int k, rc;
+
+	(void)arg;
+	for (k = 0; k < 20; k++) {
+		rc = mux_callf(M, "sleep.sleep", &r, 10000, "i", (int64_t)5);
+		if (rc == MUX_EREMOTE && r.code == -32010)
+			atomic_fetch_add(&n_over, 1);
+		if (rc == MUX_ENOTCONN)
+			atomic_fetch_add(&n_notconn, 1);
+		mux_result_free(&r);
+	}
+	return NULL;
+}
+
 /* Calls the handle sent to each endpoint so far. */
 static void
 snap(uint64_t *calls)
@@ -297,6 +318,23 @@ main(void)
 			    "retried elsewhere", (unsigned long long)(st.retries -
 			    before));
 		}
+		mux_free(M);
+
+		/* with nowhere else to go, the caller gets the -32010 */
+		snprintf(list, sizeof(list), "%s,unix:%s/nobody.sock", a.uri,
+		    a.dir);
+		M = mux_open(list, &o, err, sizeof(err));
+		if (M == NULL)
+			bail_out("mux_open: %s", err);
+		atomic_store(&n_over, 0);
+		atomic_store(&n_notconn, 0);
+		for (i = 0; i < 6; i++)
+			pthread_create(&th[i], NULL, over_caller, NULL);
+		for (i = 0; i < 6; i++)
+			pthread_join(th[i], NULL);
+		ok(atomic_load(&n_over) > 0 && atomic_load(&n_notconn) == 0,
+		    "other endpoint down: %ld calls got their -32010 back, "
+		    "none a MUX_ENOTCONN from the retry", atomic_load(&n_over));
 		mux_free(M);
 		t_server_stop(&a);
 		t_server_stop(&b);

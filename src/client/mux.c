@@ -392,10 +392,11 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
     mux_result *res, int timeout_ms, mux_token *tok)
 {
 	struct timespec dl, *dlp = NULL;
+	mux_result first;		/* the answer a retry replaces */
 	mc_call call;
 	mc_conn *c;
 	unsigned ep = 0, gen = 0;
-	int rc, skip = -1, attempt;
+	int rc, first_rc = MUX_OK, skip = -1, attempt;
 	uint64_t e0;
 
 	memset(res, 0, sizeof(*res));
@@ -405,11 +406,20 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 		deadline_ts(&dl, timeout_ms);
 		dlp = &dl;
 	}
+	memset(&first, 0, sizeof(first));
 	enter(m);
 	for (attempt = 0;;) {
 		mux_result_free(res);	/* what a refused attempt left */
 		e0 = can_wait(m) ? up_epoch(m) : 0;
 		c = pick(m, skip, &ep, &gen, &rc, res);
+		if (c == NULL && skip >= 0) {
+			/* nowhere else to retry: the first answer stands */
+			mux_result_free(res);
+			*res = first;
+			memset(&first, 0, sizeof(first));
+			rc = first_rc;
+			break;
+		}
 		if (c == NULL) {
 			if (rc == MUX_ENOTCONN && can_wait(m)) {
 				if (wait_up(m, e0, dlp) == 0)
@@ -438,20 +448,29 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 		mc_unref(c);
 		if (attempt++ == 0 && retryable(rc, res) && m->nep > 1) {
 			/* not executed: once more, elsewhere */
+			first = *res;
+			first_rc = rc;
+			memset(res, 0, sizeof(*res));
 			skip = (int)ep;
 			atomic_fetch_add_explicit(&m->retries, 1,
 			    memory_order_relaxed);
 			continue;
 		}
-		if (rc == MUX_ENOTCONN || rc == MUX_EDRAINING) {
-			/* refused by the connection it was given: the next
-			 * pick sees why (at most once more) */
-			if (attempt < 2)
-				continue;
+		if ((rc == MUX_ENOTCONN || rc == MUX_EDRAINING) && skip < 0 &&
+		    attempt < 2)
+			continue;	/* refused by the connection it was
+					 * given: the next pick sees why */
+		if ((rc == MUX_ENOTCONN || rc == MUX_EDRAINING) && skip >= 0) {
+			/* the retry was refused: the first answer stands */
+			mux_result_free(res);
+			*res = first;
+			memset(&first, 0, sizeof(first));
+			rc = first_rc;
 		}
 		break;
 	}
 	leave(m);
+	mux_result_free(&first);
 	if (rc != MUX_OK && rc != MUX_EREMOTE)
 		set_msg(res, "%s", mux_strerror(rc));
 	return rc;
