@@ -119,16 +119,6 @@ snap(uint64_t *calls)
 	}
 }
 
-/* Keep the load running for ms (the callers are the workload; the main
- * thread only measures). */
-static void
-run_for(int ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	nanosleep(&ts, NULL);
-}
-
 /* Milliseconds until endpoint i is connected again (polled: a measurement,
  * not a synchronisation). */
 static double
@@ -180,7 +170,7 @@ main(void)
 	for (i = 0; i < THREADS; i++)
 		pthread_create(&th[i], NULL, caller, (void *)(long)i);
 
-	run_for(500);
+	t_run_for(500);
 	snap(c0);
 	ok(c0[0] > 0 && c0[1] > 0 && c0[2] > 0, "load spread over 3 servers: "
 	    "%llu / %llu / %llu calls", (unsigned long long)c0[0],
@@ -190,9 +180,9 @@ main(void)
 	atomic_store(&phase, 1);
 	tk = t_now_ms();
 	t_server_crash(&s[1]);
-	run_for(200);
+	t_run_for(200);
 	snap(c1);
-	run_for(500);
+	t_run_for(500);
 	snap(c2);
 	econn_kill = atomic_load(&n_econn);
 	ok(c2[1] == c1[1], "nothing sent to the dead server (%llu calls "
@@ -209,7 +199,7 @@ main(void)
 		bail_out("cannot restart demuxd 1");
 	rec1 = time_to_up(1, tr);
 	snap(c3);
-	run_for(700);
+	t_run_for(700);
 	snap(c4);
 	ok(rec1 < 2000, "reconnected %.0f ms after the restart (%.0f ms "
 	    "after the kill)", rec1, tr + rec1 - tk);
@@ -226,7 +216,7 @@ main(void)
 	rc = t_server_wait(&s[2]);
 	check_int(rc, ==, 0, "drained server exited 0 after %.0f ms",
 	    t_now_ms() - td);
-	run_for(200);
+	t_run_for(200);
 	check_int(atomic_load(&phase_err[3]), ==, 0,
 	    "no caller saw an error while it drained");
 	/* back at the same address: the load returns */
@@ -236,7 +226,7 @@ main(void)
 		bail_out("cannot restart demuxd 2");
 	rec2 = time_to_up(2, tr);
 	snap(c5);
-	run_for(700);
+	t_run_for(700);
 	snap(c6);
 	ok(rec2 < 2000 && c6[2] - c5[2] > (c6[0] - c5[0]) / 4, "drained "
 	    "server restarted: reconnected in %.0f ms, %llu calls to it in "
@@ -287,7 +277,7 @@ main(void)
 		atomic_store(&n_other, 0);
 		for (i = 0; i < 6; i++)
 			pthread_create(&th[i], NULL, caller, (void *)(long)i);
-		run_for(300);
+		t_run_for(300);
 		atomic_store(&stop, 1);
 		for (i = 0; i < 6; i++)
 			pthread_join(th[i], NULL);

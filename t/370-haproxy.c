@@ -59,14 +59,6 @@ caller(void *arg)
 	return NULL;
 }
 
-static void
-run_for(int ms)
-{
-	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-
-	nanosleep(&ts, NULL);
-}
-
 int
 main(void)
 {
@@ -129,7 +121,7 @@ main(void)
 			mux_free(M);
 		}
 		if (rc != MUX_OK)
-			run_for(20);	/* haproxy has no readiness signal */
+			t_run_for(20);	/* haproxy has no readiness signal */
 	}
 	if (rc != MUX_OK)
 		bail_out("haproxy on %s did not pass calls: %s", fe, err);
@@ -146,7 +138,7 @@ main(void)
 		bail_out("mux_open: %s", err);
 	for (i = 0; i < THREADS; i++)
 		pthread_create(&th[i], NULL, caller, (void *)(long)i);
-	run_for(500);
+	t_run_for(500);
 	r1a = t_requests(d[0].uri);
 	r2a = t_requests(d[1].uri);
 	ok(r1a > 100 && r2a > 100, "calls spread: %ld and %ld requests", r1a,
@@ -156,7 +148,7 @@ main(void)
 	t_server_kill(&d[0]);
 	atomic_store(&killed, 1);
 	r2b = t_requests(d[1].uri);
-	run_for(1000);
+	t_run_for(1000);
 	r2c = t_requests(d[1].uri);
 	atomic_store(&stop, 1);
 	for (i = 0; i < THREADS; i++)

@@ -323,15 +323,9 @@ server_reap(t_server *s)
 void
 t_server_kill(t_server *s)
 {
-	int st;
-
 	if (s->pid <= 0)
 		return;
-	kill(s->pid, SIGKILL);
-	while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
-		;
-	forget_server(s->pid);
-	s->pid = 0;
+	t_server_crash(s);
 	cleanup_dir(s);
 }
 
@@ -434,4 +428,13 @@ t_requests(const char *uri)
 	mux_result_free(&r);
 	mux_free(d);
 	return v;
+}
+
+void
+t_run_for(int ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
 }

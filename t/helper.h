@@ -65,6 +65,10 @@ long t_requests(const char *uri);
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
 int  t_free_port(void);
 
+/* Let a workload running on other threads go on for ms milliseconds (a
+ * measurement window, never a stand-in for a signal). */
+void t_run_for(int ms);
+
 /* Monotonic milliseconds. */
 double t_now_ms(void);
 

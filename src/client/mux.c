@@ -412,7 +412,8 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 		mux_result_free(res);	/* what a refused attempt left */
 		e0 = can_wait(m) ? up_epoch(m) : 0;
 		c = pick(m, skip, &ep, &gen, &rc, res);
-		if (c == NULL && skip >= 0) {
+		if (c == NULL && skip >= 0 &&
+		    !(first_rc == MUX_ENOTCONN && can_wait(m))) {
 			/* nowhere else to retry: the first answer stands */
 			mux_result_free(res);
 			*res = first;
@@ -422,6 +423,8 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 		}
 		if (c == NULL) {
 			if (rc == MUX_ENOTCONN && can_wait(m)) {
+				/* wait for any endpoint, the first one too */
+				skip = -1;
 				if (wait_up(m, e0, dlp) == 0)
 					continue;
 				free(res->message);
@@ -575,7 +578,7 @@ static void async_done(mc_call *call);
 
 /*
  * Send a on the best endpoint other than `skip`. Returns MUX_OK once it is
- * in flight; else the reason (nothing sent), with *why_pick set when no
+ * in flight; else the reason (nothing sent), with *no_endpoint set when no
  * endpoint could be picked at all.
  */
 static int
@@ -628,15 +631,12 @@ async_done(mc_call *call)
 	mux_result first;
 	int rc = call->rc, rc2, none;
 
-	if (rc == MUX_ENOTCONN && m->nep == 1 && can_wait(m) &&
-	    !atomic_load(&m->closed)) {
-		/* never sent, and the caller chose to wait for a connection */
-		mux_result_free(&a->res);
-		park(m, a);
+	if (atomic_load(&m->closed) || !retryable(rc, &a->res)) {
+		deliver(a, rc);
 		return;
 	}
-	if (!a->tried && m->nep > 1 && retryable(rc, &a->res) &&
-	    !atomic_load(&m->closed)) {
+	if (!a->tried && m->nep > 1) {
+		/* not executed: once more, elsewhere */
 		a->tried = 1;
 		first = a->res;
 		memset(&a->res, 0, sizeof(a->res));
@@ -649,6 +649,12 @@ async_done(mc_call *call)
 		}
 		mux_result_free(&a->res);
 		a->res = first;		/* report what happened first */
+	}
+	if (rc == MUX_ENOTCONN && can_wait(m)) {
+		/* never sent, and the caller chose to wait for a connection */
+		mux_result_free(&a->res);
+		park(m, a);
+		return;
 	}
 	deliver(a, rc);
 }
