@@ -26,6 +26,7 @@ static atomic_int stop;
 static atomic_long n_ok, n_econn, n_other, n_wrong, n_calls;
 static atomic_long phase_err[8];
 static atomic_int phase;
+static atomic_long last_err_us;		/* when the latest error came back */
 
 static void *
 caller(void *arg)
@@ -60,6 +61,7 @@ caller(void *arg)
 				    rc, r.message ? r.message : "");
 			}
 			atomic_fetch_add(&phase_err[ph], 1);
+			atomic_store(&last_err_us, (long)(t_now_ms() * 1000));
 		}
 		mux_result_free(&r);
 	}
@@ -149,7 +151,7 @@ main(void)
 	t_server s[NEP];
 	mux_options o;
 	mux_stats st;
-	double tk, tr, rec1, rec2, td;
+	double tk, tr, rec1, rec2, td, err_span;
 	long econn_kill;
 	int i, rc;
 
@@ -185,12 +187,14 @@ main(void)
 	t_run_for(500);
 	snap(c2);
 	econn_kill = atomic_load(&n_econn);
+	err_span = atomic_load(&last_err_us) / 1000.0 - tk;
 	ok(c2[1] == c1[1], "nothing sent to the dead server (%llu calls "
 	    "before, %llu after)", (unsigned long long)c1[1],
 	    (unsigned long long)c2[1]);
 	ok(c2[0] > c1[0] && c2[2] > c1[2], "the others took the load");
 	ok(econn_kill > 0 && econn_kill <= THREADS, "%ld calls in flight on "
-	    "it failed with MUX_ECONN (at most one per thread)", econn_kill);
+	    "it failed with MUX_ECONN (at most one per thread), the last %.1f "
+	    "ms after the kill", econn_kill, err_span);
 
 	/* restart it: it is reconnected and gets its share back */
 	atomic_store(&phase, 2);
@@ -244,10 +248,10 @@ main(void)
 	    "%ld ok, %ld MUX_ECONN", atomic_load(&n_calls), atomic_load(&n_ok),
 	    atomic_load(&n_econn));
 	diag("FIGURES calls=%ld ok=%ld econn=%ld other=%ld retries=%llu "
-	    "connects=%llu recover_ms=%.0f drain_errors=%ld",
+	    "connects=%llu errors_for_ms=%.1f recover_ms=%.0f drain_errors=%ld",
 	    atomic_load(&n_calls), atomic_load(&n_ok), atomic_load(&n_econn),
 	    atomic_load(&n_other), (unsigned long long)st.retries,
-	    (unsigned long long)st.connects, rec1,
+	    (unsigned long long)st.connects, err_span, rec1,
 	    atomic_load(&phase_err[3]));
 	mux_free(M);
 	for (i = 0; i < NEP; i++)
