@@ -182,7 +182,7 @@ tsan:
 # demuxd under valgrind in the end-to-end tests, then libmux itself: the
 # client tests run under valgrind against a plain demuxd (not t/300-e2e:
 # valgrind runs posix_spawn as a fork, so a failed exec cannot be reported)
-VALGRIND_CLIENT = 340-async 350-reconnect 360-failover
+VALGRIND_CLIENT = 340-async 350-reconnect 355-health 360-failover
 valgrind: all
 	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t t/200-reload.t
 	@for t in $(VALGRIND_CLIENT); do \
