@@ -82,7 +82,6 @@ struct mc_conn {
 	int		 is_sock;	/* send(MSG_NOSIGNAL) on wfd */
 	pid_t		 child;		/* mux_spawn, else 0 */
 	int		 wakefd;	/* eventfd: wake the reader */
-	pthread_t	 reader;
 	_Atomic size_t	 max_frame;
 	_Atomic int	 refs;
 	mc_event_fn	 on_stop;
@@ -98,6 +97,8 @@ struct mc_conn {
 	_Atomic unsigned npending;	/* written under mu, read anywhere */
 	mc_call		**heap;		/* mu: async deadlines, min-heap */
 	size_t		 nheap, heapcap; /* mu */
+	_Atomic uint64_t next_dl;	/* heap[0]'s deadline, 0: none;
+					 * written under mu, read anywhere */
 	mc_call		*dead;		/* mu: async calls failed, to complete */
 	dmx_buf		 wbuf;		/* wmu: requests not yet being written */
 	dmx_buf		 wcur;		/* owned by the writer (writing=1) */
@@ -186,6 +187,13 @@ heap_down(mc_conn *c, size_t i)
 	heap_set(c, i, x);
 }
 
+static void
+heap_changed(mc_conn *c)
+{
+	atomic_store_explicit(&c->next_dl, c->nheap ?
+	    c->heap[0]->deadline_ns : 0, memory_order_relaxed);
+}
+
 static int
 heap_push(mc_conn *c, mc_call *x)
 {
@@ -200,6 +208,7 @@ heap_push(mc_conn *c, mc_call *x)
 	}
 	c->heap[c->nheap++] = x;
 	heap_up(c, c->nheap - 1);
+	heap_changed(c);
 	return 0;
 }
 
@@ -211,14 +220,15 @@ heap_del(mc_conn *c, mc_call *x)
 	if (x->deadline_ns == 0 || i >= c->nheap || c->heap[i] != x)
 		return;
 	c->nheap--;
-	if (i == c->nheap)
-		return;
-	heap_set(c, i, c->heap[c->nheap]);
-	if (i > 0 && c->heap[(i - 1) / 2]->deadline_ns >
-	    c->heap[i]->deadline_ns)
-		heap_up(c, i);
-	else
-		heap_down(c, i);
+	if (i < c->nheap) {
+		heap_set(c, i, c->heap[c->nheap]);
+		if (i > 0 && c->heap[(i - 1) / 2]->deadline_ns >
+		    c->heap[i]->deadline_ns)
+			heap_up(c, i);
+		else
+			heap_down(c, i);
+	}
+	heap_changed(c);
 }
 
 /* ---- the table of calls in flight (mu held) ---- */
@@ -263,8 +273,14 @@ table_insert(mc_conn *c, mc_call *p)
 {
 	if (c->npending >= c->nbuckets && table_grow(c) != 0)
 		return -1;
-	if (p->on_done != NULL && p->deadline_ns != 0 && heap_push(c, p) != 0)
-		return -1;
+	if (p->on_done != NULL && p->deadline_ns != 0) {
+		if (heap_push(c, p) != 0)
+			return -1;
+		/* the earliest deadline now: the reader may be asleep in a
+		 * poll timed for a later one (or none) */
+		if (p->heap_idx == 0)
+			wake_reader(c);
+	}
 	do
 		p->msgid = c->next_id++;
 	while (table_find(c, p->msgid) != NULL);
@@ -345,6 +361,7 @@ fail_all(mc_conn *c, int rc, const char *why)
 		c->buckets[i] = NULL;
 	}
 	c->nheap = 0;
+	heap_changed(c);
 	atomic_store(&c->npending, 0);
 	/* queued requests are dropped by the next writer, which checks the
 	 * state */
@@ -847,6 +864,9 @@ reader_main(void *arg)
 	int np, want_out, rc, i, readable = 0, tmo;
 	uint64_t v;
 	mc_call *dead;
+	mc_event_fn on_stop;
+	void *on_stop_arg;
+	uint64_t dl;
 	static __thread done_batch batch;
 
 	for (;;) {
@@ -857,11 +877,17 @@ reader_main(void *arg)
 		pthread_mutex_unlock(&c->wmu);
 		/* after a read that returned data, read again before polling:
 		 * under load more has usually arrived meanwhile, and the read
-		 * that finds nothing is cheaper than a poll per batch */
-		if (readable && !want_out)
+		 * that finds nothing is cheaper than a poll per batch. A
+		 * deadline that passed meanwhile is served first. */
+		if (readable && !want_out) {
+			dl = atomic_load_explicit(&c->next_dl,
+			    memory_order_relaxed);
+			if (dl != 0 && dl <= mc_now_ns())
+				expire(c);
 			goto read;
-
+		}
 		tmo = expire(c);
+
 		np = 0;
 		pfd[np].fd = c->wakefd;
 		pfd[np++].events = POLLIN;
@@ -958,8 +984,11 @@ read:
 	c->dead = NULL;
 	pthread_mutex_unlock(&c->mu);
 	run_done(dead);
-	if (c->on_stop != NULL)
-		c->on_stop(c->arg, c);
+	on_stop = c->on_stop;
+	on_stop_arg = c->arg;
+	mc_unref(c);		/* may free c */
+	if (on_stop != NULL)
+		on_stop(on_stop_arg);
 	return NULL;
 }
 
@@ -1022,6 +1051,8 @@ mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
     void *arg, char *err, size_t errlen)
 {
 	pthread_mutexattr_t ma;
+	pthread_attr_t ta;
+	pthread_t th;
 	struct stat st;
 	mc_conn *c;
 	int rc;
@@ -1046,7 +1077,7 @@ mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
 	c->max_frame = max_frame;
 	c->on_stop = on_stop;
 	c->arg = arg;
-	c->refs = 1;
+	c->refs = 2;		/* the caller's and the reader's */
 	c->is_sock = fstat(wfd, &st) == 0 && S_ISSOCK(st.st_mode);
 	c->next_id = random_u32();
 	/* callers hold the locks briefly and often: spin a little before
@@ -1056,7 +1087,10 @@ mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
 	pthread_mutex_init(&c->mu, &ma);
 	pthread_mutex_init(&c->wmu, &ma);
 	pthread_mutexattr_destroy(&ma);
-	rc = pthread_create(&c->reader, NULL, reader_main, c);
+	pthread_attr_init(&ta);
+	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+	rc = pthread_create(&th, &ta, reader_main, c);
+	pthread_attr_destroy(&ta);
 	if (rc != 0) {
 		snprintf(err, errlen, "cannot start the reader thread: %s",
 		    strerror(rc));
@@ -1109,10 +1143,7 @@ mc_unref(mc_conn *c)
 {
 	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
 		return;
-	mc_close(c);
-	if (pthread_equal(pthread_self(), c->reader))
-		abort();	/* a reader never holds a reference */
-	pthread_join(c->reader, NULL);
+	/* the reader's reference was among them: it has stopped */
 	close_fds(c->rfd, c->wfd);
 	close(c->wakefd);
 	if (c->child > 0)

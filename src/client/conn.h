@@ -9,10 +9,14 @@
  * on_done, which the connection's reader thread calls exactly once, with no
  * lock held, when the call is answered, fails or passes its deadline.
  *
- * Lifetime: mc_open returns a connection with one reference. Whoever holds a
- * reference may call any mc_ function; the last mc_unref closes it, joins
- * its reader (after which every async call on it has had on_done) and frees
- * it. The reader never drops a reference itself, so it never joins itself.
+ * Lifetime: mc_open returns a connection with one reference, the caller's;
+ * its reader thread (detached) holds another until it stops. Whoever holds a
+ * reference may call any mc_ function. The reader stops once the connection
+ * breaks or is closed (mc_close): it completes every async call still on
+ * it, drops its reference and then calls on_stop, its last act. The last
+ * reference dropped frees the connection, on whichever thread drops it, and
+ * never waits for another thread: so no reader can ever wait for another
+ * reader, whatever calls their on_done start on each other's connections.
  */
 #ifndef MC_CONN_H
 #define MC_CONN_H
@@ -46,18 +50,23 @@ struct mc_call {
 	_Atomic uint32_t done;		/* sync: 0 -> 1, a futex word */
 };
 
-/* Called on the reader thread when it stops (the connection broke or was
- * closed), after the last on_done, with no lock held. */
-typedef void (*mc_event_fn)(void *arg, mc_conn *c);
+/* Called on the reader thread as it ends (the connection broke or was
+ * closed), after the last on_done and after the reader dropped its
+ * reference (the connection may be gone), with no lock held. */
+typedef void (*mc_event_fn)(void *arg);
 
 /*
  * Start a connection over rfd/wfd (may be equal); it owns them and the child
- * (reaped on free), also on failure. Returns NULL with a reason in err.
+ * (reaped when it is freed), also on failure. Returns NULL with a reason in
+ * err; on_stop is then never called.
  */
 mc_conn *mc_open(int rfd, int wfd, pid_t child, size_t max_frame,
     mc_event_fn on_stop, void *arg, char *err, size_t errlen);
 
 void	 mc_ref(mc_conn *c);
+/* Drop a reference; the last one frees the connection. An owner done with
+ * a connection that is still open closes it first (mc_close): until it
+ * stops, its reader keeps it alive. */
 void	 mc_unref(mc_conn *c);
 
 /*

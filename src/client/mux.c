@@ -133,7 +133,8 @@ struct mux {
 
 	_Atomic unsigned users;		/* threads inside API calls */
 	_Atomic int	 freeing;
-	pthread_cond_t	 users_cv;	/* mu */
+	unsigned	 readers;	/* mu: connection readers running */
+	pthread_cond_t	 users_cv;	/* mu: users or readers reached 0 */
 
 	_Atomic uint64_t calls, retries, late_retired;
 };
@@ -821,18 +822,40 @@ backoff_ns(const mux_options *o, unsigned fails)
 	return d / 2 + rand_u64() % (d / 2 + 1);
 }
 
-/* Called by a connection's reader as it stops. */
+/* Called by a connection's reader as its last act: the supervisor looks
+ * for the broken connection, and mux_free counts the reader out. */
 static void
-on_conn_stop(void *arg, mc_conn *c)
+on_conn_stop(void *arg)
 {
 	mux_ep *ep = arg;
 	mux_t *m = ep->m;
 
-	(void)c;
 	pthread_mutex_lock(&m->mu);
 	m->kick = 1;
 	pthread_cond_signal(&m->cv);
+	if (--m->readers == 0)
+		pthread_cond_broadcast(&m->users_cv);
 	pthread_mutex_unlock(&m->mu);
+}
+
+/* Start a connection for ep over fds it takes; counts its reader in. */
+static mc_conn *
+conn_start(mux_t *m, mux_ep *ep, int rfd, int wfd, pid_t child, char *err,
+    size_t errlen)
+{
+	mc_conn *c;
+
+	pthread_mutex_lock(&m->mu);
+	m->readers++;
+	pthread_mutex_unlock(&m->mu);
+	c = mc_open(rfd, wfd, child, atomic_load(&m->max_frame), on_conn_stop,
+	    ep, err, errlen);
+	if (c == NULL) {
+		pthread_mutex_lock(&m->mu);
+		m->readers--;
+		pthread_mutex_unlock(&m->mu);
+	}
+	return c;
 }
 
 static void
@@ -876,8 +899,7 @@ ep_connect(mux_t *m, mux_ep *ep, char *err, size_t errlen)
 	    errlen);
 	if (fd < 0)
 		return NULL;
-	return mc_open(fd, fd, 0, atomic_load(&m->max_frame), on_conn_stop,
-	    ep, err, errlen);
+	return conn_start(m, ep, fd, fd, 0, err, errlen);
 }
 
 /* Make c the endpoint's connection (NULL: down); returns the old one for
@@ -1264,8 +1286,7 @@ mux_wrap(int rfd, int wfd, pid_t child, const char *name, char *err,
 		close(rfd);
 		return NULL;
 	}
-	c = mc_open(rfd, wfd, child, m->max_frame, on_conn_stop, &m->ep[0],
-	    err, errlen);
+	c = conn_start(m, &m->ep[0], rfd, wfd, child, err, errlen);
 	if (c == NULL) {
 		mux_free(m);
 		return NULL;
@@ -1465,13 +1486,17 @@ mux_free(mux_t *m)
 	while (atomic_load(&m->users) > 0)
 		pthread_cond_wait(&m->users_cv, &m->mu);
 	pthread_mutex_unlock(&m->mu);
-	/* releasing the connections joins their readers, which complete every
-	 * async call still on them (MUX_ECLOSED) */
+	/* the connections are closed: their readers complete every async
+	 * call still on them (MUX_ECLOSED) and stop; wait for the last */
 	for (i = 0; i < m->nep; i++) {
 		c = ep_swap(m, &m->ep[i], NULL, NULL);
 		if (c != NULL)
 			mc_unref(c);
 	}
+	pthread_mutex_lock(&m->mu);
+	while (m->readers > 0)
+		pthread_cond_wait(&m->users_cv, &m->mu);
+	pthread_mutex_unlock(&m->mu);
 	service_parked(m, mc_now_ns());		/* none can be sent now */
 	/* every callback runs exactly once: on the dispatcher, which drains
 	 * the queue before it exits, or here */
