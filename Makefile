@@ -248,7 +248,8 @@ install: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) \
 	install -m 644 docs/man/libmux.3 $(D)/share/man/man3/
 	install -m 644 docs/man/demux.yaml.5 $(D)/share/man/man5/
 	install -m 644 docs/man/demuxd.8 $(D)/share/man/man8/
-	install -m 644 conf/systemd/demuxd.service conf/demux.yaml $(D)/share/demux/
+	install -m 644 conf/systemd/demuxd.service "conf/systemd/demuxd@.service" \
+	  conf/demux.yaml $(D)/share/demux/
 
 uninstall:
 	rm -f $(D)/bin/demuxd $(D)/bin/muxcall $(D)/lib/libmux.* \
