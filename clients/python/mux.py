@@ -145,6 +145,7 @@ class Mux:
         if not p.event.wait(timeout):
             with self._lock:
                 if self._pending.pop(msgid, None) is p:
+                    self._drain_done()
                     raise Timeout("no answer to %s within %ss; the call may "
                                   "still run" % (method, timeout))
             p.event.wait()                # answered meanwhile
@@ -197,10 +198,12 @@ class Mux:
                 if self._closed is None:
                     self._closed = Draining("the server is draining: not "
                                             "sent, safe to retry elsewhere")
+                self._drain_done()
             return
         if msg[0] == 1 and len(msg) == 4:
             with self._lock:
                 p = self._pending.pop(msg[1], None)
+                self._drain_done()
             if p is None:
                 return                    # its caller timed out
             err = msg[2]
@@ -212,6 +215,17 @@ class Mux:
             else:
                 p.error = RemoteError(None, repr(err))
             p.event.set()
+
+    def _drain_done(self):
+        # (with _lock held) after $/drain, once nothing is in flight:
+        # half-close, so that demuxd, which keeps a drained connection open
+        # for requests still on their way, closes at once
+        if (isinstance(self._closed, Draining) and not self._pending and
+                self._sock is not None):
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
 
     def _fail_all(self, exc):
         with self._lock:

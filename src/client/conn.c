@@ -109,7 +109,8 @@ struct mc_conn {
 	int		 writing;	/* wmu: a thread owns wcur */
 	int		 want_out;	/* wmu: the reader must finish the write */
 	_Atomic uint64_t late;		/* responses nobody waited for */
-	_Atomic int	 draining;	/* the server sent $/drain */
+	_Atomic int	 draining;	/* the server sent $/drain (set under mu) */
+	int		 wr_shut;	/* mu: we half-closed after the drain */
 };
 
 uint64_t
@@ -291,6 +292,22 @@ table_insert(mc_conn *c, mc_call *p)
 	return 0;
 }
 
+/*
+ * After $/drain, once nothing is in flight (mu held): half-close, so that
+ * the server, which keeps a drained connection open for requests still on
+ * their way, sees that no more will come and closes at once. Nothing new is
+ * sent after $/drain (mc_start refuses under mu), so none can be lost.
+ */
+static void
+drain_done(mc_conn *c)
+{
+	if (atomic_load(&c->draining) && c->npending == 0 && c->is_sock &&
+	    !c->wr_shut) {
+		shutdown(c->wfd, SHUT_WR);
+		c->wr_shut = 1;
+	}
+}
+
 /* Unlink *pp from the table (and the heap); returns it. */
 static mc_call *
 table_remove(mc_conn *c, mc_call **pp)
@@ -303,6 +320,7 @@ table_remove(mc_conn *c, mc_call **pp)
 		heap_del(c, p);
 	atomic_store_explicit(&c->npending, c->npending - 1,
 	    memory_order_relaxed);
+	drain_done(c);
 	return p;
 }
 
@@ -776,7 +794,10 @@ on_notify(mc_conn *c, dmx_rd *r)
 		return;
 	if (ml == 7 && memcmp(meth, "$/drain", 7) == 0) {
 		/* send nothing new on this connection */
+		pthread_mutex_lock(&c->mu);
 		atomic_store(&c->draining, 1);
+		drain_done(c);
+		pthread_mutex_unlock(&c->mu);
 		return;
 	}
 	if (ml == 7 && memcmp(meth, "$/error", 7) == 0 &&

@@ -826,9 +826,28 @@ dmx_conn_attend(dmx_conn *c)
 		dmx_conn_release(c);
 		return;
 	}
-	if ((c->rd_closed || c->draining) && idle && !flushing) {
+	if (c->rd_closed && idle && !flushing) {
 		dmx_conn_release(c);
 		return;
+	}
+	if (c->draining && idle && !flushing) {
+		/* A request the client sent before it saw $/drain may still be
+		 * on its way; closing now would lose it with no answer (its
+		 * caller could not tell it never ran). Linger, answering such
+		 * requests -32012 "not executed", until the client closes
+		 * (libmux does once it has nothing in flight) or
+		 * DMX_DRAIN_LINGER_MS pass (dmx_server_run looks again). */
+		uint64_t now = dmx_now_ns();
+
+		if (c->drain_idle_since == 0)
+			c->drain_idle_since = now;
+		if (now - c->drain_idle_since >=
+		    (uint64_t)DMX_DRAIN_LINGER_MS * 1000000u) {
+			dmx_conn_release(c);
+			return;
+		}
+	} else if (c->draining) {
+		c->drain_idle_since = 0;
 	}
 	if (c->draining && c->abandoned && !flushing) {
 		/* drain timeout: the -32012 answers are out; the stuck jobs

@@ -892,6 +892,33 @@ close_idle(dmx_server *s)
 	return (int)(step / 1000000u) + 1;
 }
 
+/*
+ * While draining: connections idle since their $/drain linger (see
+ * dmx_conn_attend) until their clients close or DMX_DRAIN_LINGER_MS pass.
+ * Attend those whose time is up; returns ms until the next, -1 if none.
+ */
+static int
+end_lingering(dmx_server *s)
+{
+	uint64_t now = dmx_now_ns(), linger = DMX_DRAIN_LINGER_MS * 1000000ull,
+	    left, soonest = 0;
+	dmx_conn *c, *next;
+
+	for (c = s->conns; c != NULL; c = next) {
+		next = c->next;		/* attend may free c */
+		if (c->drain_idle_since == 0)
+			continue;
+		if (now - c->drain_idle_since >= linger) {
+			dmx_conn_attend(c);
+			continue;
+		}
+		left = linger - (now - c->drain_idle_since);
+		if (soonest == 0 || left < soonest)
+			soonest = left;
+	}
+	return soonest ? (int)(soonest / 1000000u) + 1 : -1;
+}
+
 /* The drain deadline passed: answer what is still in flight -32012. */
 static void
 abandon_all(dmx_server *s)
@@ -1011,10 +1038,12 @@ dmx_server_run(dmx_server *s)
 			}
 			{
 				int d = (int)((s->drain_deadline - now) /
-				    1000000u) + 1;
+				    1000000u) + 1, l = end_lingering(s);
 
 				if (timeout < 0 || d < timeout)
 					timeout = d;
+				if (l >= 0 && l < timeout)
+					timeout = l;
 			}
 			/* nothing signals a worker becoming idle: look again
 			 * soon while only workers remain */

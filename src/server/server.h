@@ -86,6 +86,11 @@ typedef struct dmx_ev {
 	enum dmx_ev_kind kind;
 } dmx_ev;
 
+/* How long a draining connection with nothing in flight stays open for
+ * requests its client sent before it saw $/drain (each answered -32012 "not
+ * executed"), unless the client closes first. */
+#define DMX_DRAIN_LINGER_MS	1000u
+
 struct dmx_conn {
 	dmx_ev		 ev;		/* first */
 	dmx_server	*srv;
@@ -124,6 +129,7 @@ struct dmx_conn {
 	dmx_job		*flight;	/* jobs taken and not yet recycled */
 	unsigned	 timers;	/* deadline entries that point here */
 	int		 draining;	/* I/O thread: $/drain sent */
+	uint64_t	 drain_idle_since; /* I/O thread: ns, draining and idle */
 	int		 abandoned;	/* I/O thread: drain timed out */
 };
 
