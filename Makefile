@@ -41,7 +41,8 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
 	     src/server/call.c src/server/conn.c src/server/server.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
-CLIENT_SRC = src/client/mux.c src/client/conn.c src/client/pack.c
+CLIENT_SRC = src/client/mux.c src/client/async.c src/client/supervise.c \
+	     src/client/conn.c src/client/pack.c
 TOOL_SRC = src/tools/muxcall.c src/tools/json.c
 
 PLUGINS	= echo sleep kv

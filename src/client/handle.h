@@ -1,0 +1,148 @@
+/*
+ * handle.h - the libmux handle's insides, shared by mux.c (the handle, its
+ * endpoints, sync calls), async.c (async calls and their delivery) and
+ * supervise.c (reconnects, health probes, calls waiting for a connection).
+ * Internal: nothing here is exported. See mux.c for the design and locking.
+ */
+#ifndef MH_HANDLE_H
+#define MH_HANDLE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "../common/uri.h"
+#include "conn.h"
+#include "demux/mux.h"
+
+#define MUX_DEFAULT_MAX_FRAME	(64u << 20)
+
+struct mux;
+
+/* The $/health probe of one endpoint; reused, one at a time. */
+typedef struct mux_probe {
+	mc_call		 call;
+	mux_result	 res;
+	struct mux_ep	*ep;
+	_Atomic int	 busy;
+} mux_probe;
+
+typedef struct mux_ep {
+	struct mux	*m;
+	unsigned	 idx;
+	char		*uri;		/* as given; "fd"/"spawn" */
+	dmx_uri		 addr;
+	int		 can_connect;	/* has an address (not fd/spawn) */
+	mc_conn		*conn;		/* eplock; NULL while down */
+	unsigned	 gen;		/* eplock: connections made */
+	/* supervisor only */
+	unsigned	 fails;		/* attempts failed in a row */
+	uint64_t	 retry_at;	/* next attempt, ns */
+	uint64_t	 health_at;	/* next $/health, ns */
+	char		 why[MUX_ERRLEN]; /* eplock: last failure */
+	mux_probe	 probe;
+	_Atomic int	 health_draining; /* $/health said "draining" */
+	_Atomic uint64_t calls;
+	_Atomic uint64_t connects;
+	_Atomic uint64_t connect_failures;
+} mux_ep;
+
+typedef struct mux_async {
+	mc_call		 call;		/* first: conn.c hands us this */
+	mux_result	 res;
+	struct mux	*m;
+	mux_callback	 cb;
+	void		*user;
+	int		 rc;
+	int		 tried;		/* sent once more already */
+	unsigned	 ep;		/* where it was sent */
+	uint64_t	 deadline;	/* ns; 0 none */
+	struct mux_async *next;		/* parked list, completion queue */
+	const char	*method;	/* copies, kept for a resend */
+	const void	*params;
+	size_t		 len;
+	char		 store[];
+} mux_async;
+
+struct mux {
+	mux_options	 opt;
+	unsigned	 nep;
+	mux_ep		*ep;
+	pthread_rwlock_t eplock;
+	_Atomic unsigned rr;		/* rotates ties between endpoints */
+	_Atomic int	 closed;
+	_Atomic size_t	 max_frame;
+
+	pthread_mutex_t	 mu;
+	pthread_cond_t	 cv;		/* kicks the supervisor */
+	pthread_cond_t	 up_cv;		/* an endpoint connected; or closed */
+	uint64_t	 up_epoch;	/* mu: connections made so far */
+	int		 kick;		/* mu */
+	int		 stop;		/* mu: the supervisor must exit */
+	mux_async	*parked;	/* mu: async calls waiting for a conn */
+	pthread_t	 sup;
+	int		 sup_started;
+
+	pthread_mutex_t	 qmu;
+	pthread_cond_t	 qcv;
+	mux_async	*qhead, *qtail;	/* qmu: completions to deliver */
+	int		 qstop;		/* qmu: the dispatcher must exit */
+	pthread_t	 disp;
+	int		 disp_started;	/* qmu */
+	int		 qfd;		/* completion_fd: eventfd, else -1 */
+
+	_Atomic unsigned users;		/* threads inside API calls */
+	_Atomic int	 freeing;
+	unsigned	 readers;	/* mu: connection readers running */
+	pthread_cond_t	 users_cv;	/* mu: users or readers reached 0 */
+
+	_Atomic uint64_t calls, retries, late_retired;
+};
+
+/* ---- mux.c ---- */
+
+/* Write a reason into a caller's err buffer (may be NULL). */
+void	 mh_set_err(char *err, size_t errlen, const char *fmt, ...)
+	    __attribute__((format(printf, 3, 4)));
+/* Set res->message from fmt unless it already has one. */
+void	 mh_set_msg(mux_result *res, const char *fmt, ...)
+	    __attribute__((format(printf, 2, 3)));
+/* Count a thread in and out of the API (mux_free waits for none). */
+void	 mh_enter(mux_t *m);
+void	 mh_leave(mux_t *m);
+/* MUX_OK, or MUX_EINVAL/MUX_ETOOBIG with a reason in res (if not NULL). */
+int	 mh_check_args(mux_t *m, const char *method, const void *params,
+	    size_t len, mux_result *res);
+/* The open, non-draining connection with the fewest calls in flight, other
+ * than endpoint skip (-1: none), referenced; or NULL with *why. */
+mc_conn	*mh_pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
+	    mux_result *res);
+/* Certainly not executed, so safe to send elsewhere? */
+int	 mh_retryable(int rc, const mux_result *res);
+/* Do calls wait for a connection (wait_connected, with a supervisor)? */
+int	 mh_can_wait(mux_t *m);
+
+/* ---- async.c ---- */
+
+/* Send a on the best endpoint but skip; MUX_OK once in flight. */
+int	 mh_async_send(mux_t *m, mux_async *a, int skip, int *no_endpoint);
+/* Queue a finished call for its callback. */
+void	 mh_deliver(mux_async *a, int rc);
+void	 mh_async_finish(mux_t *m);
+
+/* ---- supervise.c ---- */
+
+/* A connection for ep over fds it takes, its reader counted in. */
+mc_conn	*mh_conn_start(mux_t *m, mux_ep *ep, int rfd, int wfd, pid_t child,
+	    char *err, size_t errlen);
+mc_conn	*mh_ep_connect(mux_t *m, mux_ep *ep, char *err, size_t errlen);
+/* Make c the endpoint's connection (NULL: down); returns the old one. */
+mc_conn	*mh_ep_swap(mux_t *m, mux_ep *ep, mc_conn *c, const char *why);
+uint64_t mh_backoff_ns(const mux_options *o, unsigned fails);
+/* Send or fail the parked calls; returns the next deadline, 0 if none. */
+uint64_t mh_service_parked(mux_t *m, uint64_t now);
+int	 mh_supervisor_start(mux_t *m, char *err, size_t errlen);
+void	 mh_supervisor_stop(mux_t *m);
+
+#endif
