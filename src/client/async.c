@@ -170,7 +170,7 @@ mux_call_async(mux_t *m, const char *method, const void *params, size_t len,
 	a->params = len ? memcpy(a->store + mlen + 1, params, len) : NULL;
 	a->len = len;
 	if (timeout_ms > 0)
-		a->deadline = mc_now_ns() + (uint64_t)timeout_ms * 1000000u;
+		a->deadline = dmx_now_ns() + (uint64_t)timeout_ms * 1000000u;
 	mh_enter(m);
 	rc = mh_async_send(m, a, -1, &none);
 	if (rc == MUX_ENOTCONN && none && mh_can_wait(m)) {

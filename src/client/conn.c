@@ -113,15 +113,6 @@ struct mc_conn {
 	int		 wr_shut;	/* mu: we half-closed after the drain */
 };
 
-uint64_t
-mc_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 static void
 wake_reader(mc_conn *c)
 {
@@ -850,7 +841,7 @@ static int
 expire(mc_conn *c)
 {
 	mc_call *p, *list = NULL, *q;
-	uint64_t now = mc_now_ns(), wait;
+	uint64_t now = dmx_now_ns(), wait;
 	mc_call **pp;
 	int ms = -1;
 
@@ -903,7 +894,7 @@ reader_main(void *arg)
 		if (readable && !want_out) {
 			dl = atomic_load_explicit(&c->next_dl,
 			    memory_order_relaxed);
-			if (dl != 0 && dl <= mc_now_ns())
+			if (dl != 0 && dl <= dmx_now_ns())
 				expire(c);
 			goto read;
 		}

@@ -26,6 +26,7 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "../common/clock.h"
 #include "demux/mux.h"
 
 typedef struct mc_conn mc_conn;
@@ -99,7 +100,5 @@ uint64_t mc_late(mc_conn *c);		/* answers nobody waited for */
 void	 mc_set_max_frame(mc_conn *c, size_t bytes);
 /* Why it broke ("" while open); copies at most n bytes. */
 void	 mc_why(mc_conn *c, char *buf, size_t n);
-
-uint64_t mc_now_ns(void);
 
 #endif

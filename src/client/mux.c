@@ -608,10 +608,10 @@ mux_open(const char *endpoints, const mux_options *o, char *err,
 		}
 		mh_ep_swap(m, &m->ep[i], c, c == NULL ? why : NULL);
 		if (c == NULL)
-			m->ep[i].retry_at = mc_now_ns() +
+			m->ep[i].retry_at = dmx_now_ns() +
 			    mh_backoff_ns(&m->opt, m->ep[i].fails++);
 		else
-			m->ep[i].health_at = mc_now_ns() +
+			m->ep[i].health_at = dmx_now_ns() +
 			    m->opt.health_interval_ms * 1000000ull;
 	}
 	if (mh_supervisor_start(m, err, errlen) != 0) {
@@ -829,7 +829,7 @@ mux_close(mux_t *m)
 	pthread_cond_broadcast(&m->up_cv);
 	pthread_mutex_unlock(&m->mu);
 	if (!m->sup_started)
-		mh_service_parked(m, mc_now_ns());
+		mh_service_parked(m, dmx_now_ns());
 }
 
 void
@@ -858,7 +858,7 @@ mux_free(mux_t *m)
 	while (m->readers > 0)
 		pthread_cond_wait(&m->users_cv, &m->mu);
 	pthread_mutex_unlock(&m->mu);
-	mh_service_parked(m, mc_now_ns());		/* none can be sent now */
+	mh_service_parked(m, dmx_now_ns());		/* none can be sent now */
 	mh_async_finish(m);	/* every callback has run */
 	for (i = 0; i < m->nep; i++)
 		free(m->ep[i].uri);

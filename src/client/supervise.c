@@ -25,7 +25,7 @@ rand_u64(void)
 	uint64_t v;
 
 	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != (ssize_t)sizeof(v))
-		v = mc_now_ns() * 6364136223846793005ull + 1442695040888963407ull;
+		v = dmx_now_ns() * 6364136223846793005ull + 1442695040888963407ull;
 	return v;
 }
 
@@ -107,7 +107,7 @@ probe(mux_ep *ep, mc_conn *c)
 	memset(&p->call, 0, sizeof(p->call));
 	p->call.res = &p->res;
 	p->call.on_done = probe_done;
-	p->call.deadline_ns = mc_now_ns() + HEALTH_TIMEOUT_MS * 1000000ull;
+	p->call.deadline_ns = dmx_now_ns() + HEALTH_TIMEOUT_MS * 1000000ull;
 	if (mc_start(c, &p->call, "$/health", NULL, 0) != MUX_OK)
 		atomic_store(&p->busy, 0);
 }
@@ -221,7 +221,7 @@ sup_main(void *arg)
 	while (!m->stop) {
 		m->kick = 0;
 		pthread_mutex_unlock(&m->mu);
-		now = mc_now_ns();
+		now = dmx_now_ns();
 		next = now + 3600ull * 1000000000u;
 		up = 0;
 		for (i = 0; i < m->nep && !atomic_load(&m->closed); i++) {
@@ -241,7 +241,7 @@ sup_main(void *arg)
 			if (c == NULL && m->opt.reconnect && ep->can_connect &&
 			    now >= ep->retry_at) {
 				c = mh_ep_connect(m, ep, err, sizeof(err));
-				now = mc_now_ns();
+				now = dmx_now_ns();
 				if (c == NULL) {
 					atomic_fetch_add(&ep->connect_failures,
 					    1);
@@ -274,7 +274,7 @@ sup_main(void *arg)
 			pthread_cond_broadcast(&m->up_cv);
 			pthread_mutex_unlock(&m->mu);
 		}
-		soonest(&next, mh_service_parked(m, mc_now_ns()));
+		soonest(&next, mh_service_parked(m, dmx_now_ns()));
 
 		ts.tv_sec = (time_t)(next / 1000000000u);
 		ts.tv_nsec = (long)(next % 1000000000u);

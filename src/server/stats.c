@@ -5,15 +5,6 @@
 
 #include "stats.h"
 
-uint64_t
-dmx_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* Bucket of v: octave e = floor(log2 v), then the next 3 bits below the top
  * one. Values below 8 get exact buckets 0..7. */
 static unsigned

@@ -16,6 +16,8 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "../common/clock.h"
+
 #define DMX_HIST_SUB	8			/* sub-buckets per octave */
 #define DMX_HIST_N	(64 * DMX_HIST_SUB)
 
@@ -68,6 +70,5 @@ typedef struct dmx_server_stats {
 	_Atomic uint64_t reload_failures;	/* SIGHUPs that changed nothing */
 } dmx_server_stats;
 
-uint64_t dmx_now_ns(void);
 
 #endif
