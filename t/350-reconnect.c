@@ -97,10 +97,9 @@ main(void)
 
 	for (i = 0; i < 4; i++)
 		pthread_create(&th[i], NULL, slow_call, &r[i]);
-	/* the 4 are on the server once a ping behind them is answered */
-	while (mux_endpoint(M, 0, &info) == MUX_OK && info.inflight < 4)
-		if (mux_call(M, "$/ping", NULL, 0, &x, 5000) == MUX_OK)
-			mux_result_free(&x);
+	/* the 4 are running on the server: its pool says so */
+	while (t_stat(s.uri, "pool", "busy") < 4)
+		t_run_for(1);
 	tk = t_now_ms();
 	t_server_crash(&s);
 	for (i = 0; i < 4; i++)

@@ -58,8 +58,10 @@ void t_watchdog(unsigned seconds);
 void t_track(pid_t pid);
 void t_untrack(pid_t pid);
 
-/* Requests a demuxd has read ($/stats server.requests), asked over a
- * connection of its own to uri; -1 if it cannot be asked. */
+/* A counter from a demuxd's $/stats (e.g. "pool", "busy"), asked over a
+ * connection of its own to uri; -1 if it cannot be asked or is not there.
+ * t_requests: "server", "requests" (requests read so far). */
+long t_stat(const char *uri, const char *section, const char *key);
 long t_requests(const char *uri);
 
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
