@@ -254,6 +254,34 @@ main(void)
 	free(o1.message);
 	free(o2.message);
 
+	/* cancelling an async call: the request and the cancel leave on one
+	 * stream in that order, so the server always knows the call */
+	{
+		mux_token tok = MUX_TOKEN_INIT;
+		one oc1;
+
+		memset(&oc1, 0, sizeof(oc1));
+		atomic_store(&done_count, 0);
+		t0 = t_now_ms();
+		rc = mux_call_async_token(M, "sleep.sleep", "\x91\xcd\x0b\xb8",
+		    4, one_cb, &oc1, 0, &tok);
+		ok(rc == MUX_OK && tok.opaque != 0, "async call with a token "
+		    "started; the token names it");
+		rc = mux_cancel(M, &tok);
+		n = wait_done(1, 5000);
+		ok(rc == MUX_OK && n && oc1.rc == MUX_EREMOTE &&
+		    oc1.code == -32800, "mux_cancel: called back -32800 after "
+		    "%.0f ms, not the 3 s sleep (%s)", oc1.at - t0,
+		    oc1.message ? oc1.message : "");
+		ok(tok.opaque == 0 && mux_cancel(M, &tok) == MUX_EINVAL,
+		    "the token was cleared before the callback");
+		free(oc1.message);
+		rc = mux_call_async_token(M, "echo.echo", "\x01", 1, one_cb,
+		    &oc1, 0, &tok);
+		ok(rc == MUX_EINVAL && tok.opaque == 0,
+		    "a call that does not start leaves the token empty");
+	}
+
 	/* callbacks calling libmux: a chain of 200, each making a blocking
 	 * call, a notification and the next async call */
 	atomic_store(&done_count, 0);

@@ -195,6 +195,13 @@ typedef void (*mux_callback)(void *user, int rc, mux_result *res);
 MUX_API int mux_call_async(mux_t *m, const char *method, const void *params,
     size_t len, mux_callback cb, void *user, int timeout_ms);
 
+/* The same with a cancellation token for mux_cancel (see mux_call_token).
+ * tok must stay valid until cb has run; libmux clears it before cb runs, and
+ * while the call waits for a connection (it is on no server then). */
+MUX_API int mux_call_async_token(mux_t *m, const char *method,
+    const void *params, size_t len, mux_callback cb, void *user,
+    int timeout_ms, mux_token *tok);
+
 /*
  * With the completion_fd option: an fd (owned by the handle) that polls
  * readable while callbacks are ready; then call mux_dispatch, which runs

@@ -28,6 +28,7 @@ mh_deliver(mux_async *a, int rc)
 		mh_set_msg(&a->res, "%s", mux_strerror(rc));
 	a->rc = rc;
 	a->next = NULL;
+	mh_token_set(a->tok, 0);	/* no call in flight any more */
 	pthread_mutex_lock(&m->qmu);
 	first = m->qhead == NULL;
 	if (first)
@@ -44,6 +45,16 @@ mh_deliver(mux_async *a, int rc)
 }
 
 static void async_done(mc_call *call);
+
+/* Under the connection's lock, once the call has its msgid: whatever
+ * completes it comes later, so the token can never outlive the call. */
+static void
+async_inserted(mc_call *call)
+{
+	mux_async *a = (mux_async *)call;
+
+	mh_token_set(a->tok, mh_token(a->ep, a->gen, call->msgid));
+}
 
 /*
  * Send a on the best endpoint other than `skip`. Returns MUX_OK once it is
@@ -68,7 +79,9 @@ mh_async_send(mux_t *m, mux_async *a, int skip, int *no_endpoint)
 		a->call.res = &a->res;
 		a->call.on_done = async_done;
 		a->call.deadline_ns = a->deadline;
+		a->call.on_insert = a->tok != NULL ? async_inserted : NULL;
 		a->ep = ep;
+		a->gen = gen;
 		atomic_fetch_add_explicit(&m->calls, 1, memory_order_relaxed);
 		atomic_fetch_add_explicit(&m->ep[ep].calls, 1,
 		    memory_order_relaxed);
@@ -83,6 +96,7 @@ mh_async_send(mux_t *m, mux_async *a, int skip, int *no_endpoint)
 static void
 park(mux_t *m, mux_async *a)
 {
+	mh_token_set(a->tok, 0);	/* nothing on a server to cancel */
 	pthread_mutex_lock(&m->mu);
 	a->next = m->parked;
 	m->parked = a;
@@ -148,6 +162,14 @@ int
 mux_call_async(mux_t *m, const char *method, const void *params, size_t len,
     mux_callback cb, void *user, int timeout_ms)
 {
+	return mux_call_async_token(m, method, params, len, cb, user,
+	    timeout_ms, NULL);
+}
+
+int
+mux_call_async_token(mux_t *m, const char *method, const void *params,
+    size_t len, mux_callback cb, void *user, int timeout_ms, mux_token *tok)
+{
 	size_t mlen;
 	mux_async *a;
 	int rc, none;
@@ -166,6 +188,7 @@ mux_call_async(mux_t *m, const char *method, const void *params, size_t len,
 	a->m = m;
 	a->cb = cb;
 	a->user = user;
+	a->tok = tok;
 	a->method = memcpy(a->store, method, mlen + 1);
 	a->params = len ? memcpy(a->store + mlen + 1, params, len) : NULL;
 	a->len = len;
@@ -177,6 +200,7 @@ mux_call_async(mux_t *m, const char *method, const void *params, size_t len,
 		park(m, a);	/* the supervisor sends or fails it */
 		rc = MUX_OK;
 	} else if (rc != MUX_OK) {
+		mh_token_set(tok, 0);
 		free(a);
 	}
 	mh_leave(m);

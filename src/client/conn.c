@@ -278,6 +278,8 @@ table_insert(mc_conn *c, mc_call *p)
 	while (table_find(c, p->msgid) != NULL);
 	p->next = c->buckets[p->msgid & (c->nbuckets - 1)];
 	c->buckets[p->msgid & (c->nbuckets - 1)] = p;
+	if (p->on_insert != NULL)
+		p->on_insert(p);
 	atomic_store_explicit(&c->npending, c->npending + 1,
 	    memory_order_relaxed);
 	return 0;

@@ -40,6 +40,9 @@ struct mc_call {
 	mux_result	*res;		/* filled on completion */
 	mc_done_fn	 on_done;	/* NULL: a sync caller waits in mc_wait */
 	uint64_t	 deadline_ns;	/* async only: CLOCK_MONOTONIC, 0 none */
+	/* optional: called under the connection's lock once the call has its
+	 * msgid, before anything can complete it; must not block or lock */
+	void		(*on_insert)(mc_call *call);
 
 	/* owned by the connection while the call is in flight */
 	mc_call		*next;		/* hash chain, then the done list */

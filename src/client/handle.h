@@ -57,6 +57,8 @@ typedef struct mux_async {
 	int		 rc;
 	int		 tried;		/* sent once more already */
 	unsigned	 ep;		/* where it was sent */
+	unsigned	 gen;		/* ...and that endpoint's connection */
+	mux_token	*tok;		/* the caller's, or NULL */
 	uint64_t	 deadline;	/* ns; 0 none */
 	struct mux_async *next;		/* parked list, completion queue */
 	const char	*method;	/* copies, kept for a resend */
@@ -99,6 +101,22 @@ struct mux {
 
 	_Atomic uint64_t calls, retries, late_retired;
 };
+
+/* A cancellation token's value: endpoint + 1 (16 bits), its connection's
+ * generation (16 bits) and the msgid; 0 means no call. */
+static inline unsigned long long
+mh_token(unsigned ep, unsigned gen, uint32_t msgid)
+{
+	return (unsigned long long)(ep + 1) << 48 |
+	    (unsigned long long)(gen & 0xffff) << 32 | msgid;
+}
+
+static inline void
+mh_token_set(mux_token *tok, unsigned long long v)
+{
+	if (tok != NULL)
+		__atomic_store_n(&tok->opaque, v, __ATOMIC_RELEASE);
+}
 
 /* ---- mux.c ---- */
 

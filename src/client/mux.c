@@ -284,15 +284,6 @@ mh_can_wait(mux_t *m)
 
 /* ---- sync calls ---- */
 
-/* The token: endpoint + 1 (16 bits), its connection's generation (16 bits)
- * and the msgid; 0 means no call. */
-static unsigned long long
-token_make(unsigned ep, unsigned gen, uint32_t msgid)
-{
-	return (unsigned long long)(ep + 1) << 48 |
-	    (unsigned long long)(gen & 0xffff) << 32 | msgid;
-}
-
 int
 mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
     mux_result *res, int timeout_ms, mux_token *tok)
@@ -346,13 +337,9 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 		    memory_order_relaxed);
 		rc = mc_start(c, &call, method, params, len);
 		if (rc == MUX_OK) {
-			if (tok != NULL)
-				__atomic_store_n(&tok->opaque, token_make(ep,
-				    gen, call.msgid), __ATOMIC_RELEASE);
+			mh_token_set(tok, mh_token(ep, gen, call.msgid));
 			rc = mc_wait(c, &call, dlp);
-			if (tok != NULL)
-				__atomic_store_n(&tok->opaque, 0,
-				    __ATOMIC_RELEASE);
+			mh_token_set(tok, 0);
 		}
 		mc_unref(c);
 		if (attempt++ == 0 && mh_retryable(rc, res) && m->nep > 1) {
@@ -847,12 +834,15 @@ mux_free(mux_t *m)
 	while (atomic_load(&m->users) > 0)
 		pthread_cond_wait(&m->users_cv, &m->mu);
 	pthread_mutex_unlock(&m->mu);
-	/* the connections are closed: their readers complete every async
-	 * call still on them (MUX_ECLOSED) and stop; wait for the last */
+	/* close the connections (mux_close did, but the supervisor may have
+	 * made one after it looked): their readers complete every async call
+	 * still on them (MUX_ECLOSED) and stop; wait for the last */
 	for (i = 0; i < m->nep; i++) {
 		c = mh_ep_swap(m, &m->ep[i], NULL, NULL);
-		if (c != NULL)
+		if (c != NULL) {
+			mc_close(c);	/* its reader stops only then */
 			mc_unref(c);
+		}
 	}
 	pthread_mutex_lock(&m->mu);
 	while (m->readers > 0)

@@ -250,6 +250,11 @@ sup_main(void *arg)
 					    mh_backoff_ns(&m->opt, ++ep->fails);
 				} else {
 					mh_ep_swap(m, ep, c, NULL);
+					/* mux_close closes what it finds under
+					 * eplock; one installed after it looked
+					 * is closed here */
+					if (atomic_load(&m->closed))
+						mc_close(c);
 					ep->fails = 0;
 					ep->health_at = now + hi;
 					up = 1;

@@ -254,11 +254,15 @@ dmx_uri_connect(const dmx_uri *u, int timeout_ms, char *err, size_t errlen)
 		if (fd < 0)
 			return fail(err, errlen, "unix:%s: socket: %s", u->path,
 			    strerror(errno));
-		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		/* a server that stopped accepting leaves its backlog full: a
+		 * blocking connect would wait for it without end */
+		if (connect_within(fd, (struct sockaddr *)&sa, sizeof(sa),
+		    timeout_ms) != 0) {
 			e = errno;
 			close(fd);
 			return fail(err, errlen, "unix:%s: connect: %s", u->path,
-			    strerror(e));
+			    e == EAGAIN ? "the server's backlog is full (it "
+			    "does not accept)" : strerror(e));
 		}
 		return fd;
 	}
