@@ -2,9 +2,10 @@
  * 370-haproxy.c - demuxd behind HAProxy (TCP mode): two demuxd and one
  * haproxy on loopback ports, clients connecting to haproxy only. Calls are
  * spread over both servers; one is killed mid-run and every call still ends
- * either answered or with MUX_ECONN (its connection went with the server):
- * none hangs, none is lost, and the handle reconnects through haproxy to the
- * server that is left.
+ * answered or with a documented error — MUX_ECONN (it was sent on a
+ * connection that went with the server) or MUX_ENOTCONN (refused before it
+ * was sent, retry elsewhere refused too): none hangs, none is lost, and the
+ * handle reconnects through haproxy to the server that is left.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -24,7 +25,8 @@
 
 static mux_t *M;
 static atomic_int stop;
-static atomic_long n_calls, n_ok, n_econn, n_other, n_wrong, ok_after;
+static atomic_long n_calls, n_ok, n_econn, n_notconn, n_other, n_wrong,
+    ok_after;
 static atomic_int killed;
 
 static void *
@@ -49,6 +51,8 @@ caller(void *arg)
 				atomic_fetch_add(&n_wrong, 1);
 		} else if (rc == MUX_ECONN) {
 			atomic_fetch_add(&n_econn, 1);
+		} else if (rc == MUX_ENOTCONN) {
+			atomic_fetch_add(&n_notconn, 1);
 		} else {
 			atomic_fetch_add(&n_other, 1);
 			diag("unexpected %s: %s", mux_strerror(rc),
@@ -157,17 +161,24 @@ main(void)
 	ok(atomic_load(&ok_after) > 0 && r2c > r2b, "after the kill the "
 	    "other server took the calls: %ld answered, %ld requests there "
 	    "in the last second", atomic_load(&ok_after), r2c - r2b);
-	check_int(atomic_load(&n_other), ==, 0, "no error but MUX_ECONN");
+	check_int(atomic_load(&n_other), ==, 0, "no error but MUX_ECONN and "
+	    "MUX_ENOTCONN");
 	check_int(atomic_load(&n_wrong), ==, 0, "no answer to the wrong "
 	    "caller");
-	ok(atomic_load(&n_calls) == atomic_load(&n_ok) + atomic_load(&n_econn),
-	    "none hung or was lost: %ld calls = %ld answered + %ld MUX_ECONN",
-	    atomic_load(&n_calls), atomic_load(&n_ok), atomic_load(&n_econn));
-	ok(atomic_load(&n_econn) <= THREADS, "MUX_ECONN only for calls in "
-	    "flight at the kill (%ld)", atomic_load(&n_econn));
-	diag("FIGURES calls=%ld ok=%ld econn=%ld retries=%llu connects=%llu "
-	    "run_after_kill_ms=%.0f", atomic_load(&n_calls),
-	    atomic_load(&n_ok), atomic_load(&n_econn),
+	ok(atomic_load(&n_calls) == atomic_load(&n_ok) +
+	    atomic_load(&n_econn) + atomic_load(&n_notconn),
+	    "none hung or was lost: %ld calls = %ld answered + %ld MUX_ECONN + "
+	    "%ld MUX_ENOTCONN", atomic_load(&n_calls), atomic_load(&n_ok),
+	    atomic_load(&n_econn), atomic_load(&n_notconn));
+	/* errors: the calls in flight at the kill, and the few sent on a new
+	 * connection haproxy still gave the dead backend before its check
+	 * (every 200 ms) marked it down */
+	ok(atomic_load(&n_econn) + atomic_load(&n_notconn) <= 4 * THREADS,
+	    "errors only around the kill (%ld)", atomic_load(&n_econn) +
+	    atomic_load(&n_notconn));
+	diag("FIGURES calls=%ld ok=%ld econn=%ld enotconn=%ld retries=%llu "
+	    "connects=%llu run_after_kill_ms=%.0f", atomic_load(&n_calls),
+	    atomic_load(&n_ok), atomic_load(&n_econn), atomic_load(&n_notconn),
 	    (unsigned long long)ms.retries, (unsigned long long)ms.connects,
 	    t_now_ms() - tk);
 	mux_free(M);
