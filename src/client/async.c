@@ -36,7 +36,7 @@ mh_deliver(mux_async *a, int rc)
 	else
 		m->qtail->next = a;
 	m->qtail = a;
-	if (m->qfd < 0)
+	if (m->qfd < 0 && first)	/* it sleeps only on an empty queue */
 		pthread_cond_signal(&m->qcv);
 	pthread_mutex_unlock(&m->qmu);
 	if (m->qfd >= 0 && first && write(m->qfd, &one, sizeof(one)) < 0) {
@@ -147,12 +147,13 @@ start_dispatcher(mux_t *m)
 {
 	int rc = 0;
 
-	if (m->qfd >= 0)
+	/* every async call passes here: no lock once the thread runs */
+	if (m->qfd >= 0 || atomic_load(&m->disp_started))
 		return 0;
 	pthread_mutex_lock(&m->qmu);
 	if (!m->disp_started) {
 		rc = pthread_create(&m->disp, NULL, dispatch_main, m);
-		m->disp_started = rc == 0;
+		atomic_store(&m->disp_started, rc == 0);
 	}
 	pthread_mutex_unlock(&m->qmu);
 	return rc;

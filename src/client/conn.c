@@ -900,7 +900,9 @@ reader_main(void *arg)
 				expire(c);
 			goto read;
 		}
-		tmo = expire(c);
+		/* no async deadline pending: no lock to take */
+		tmo = atomic_load_explicit(&c->next_dl, memory_order_relaxed) ?
+		    expire(c) : -1;
 
 		np = 0;
 		pfd[np].fd = c->wakefd;

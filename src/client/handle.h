@@ -91,7 +91,7 @@ struct mux {
 	mux_async	*qhead, *qtail;	/* qmu: completions to deliver */
 	int		 qstop;		/* qmu: the dispatcher must exit */
 	pthread_t	 disp;
-	int		 disp_started;	/* qmu */
+	_Atomic int	 disp_started;	/* written under qmu */
 	int		 qfd;		/* completion_fd: eventfd, else -1 */
 
 	_Atomic unsigned users;		/* threads inside API calls */

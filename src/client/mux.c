@@ -164,6 +164,7 @@ mh_pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
 {
 	mc_conn *best = NULL, *c;
 	unsigned i, k, start, n, bestn = ~0u, draining = 0;
+	int down = -1;			/* the first endpoint found down */
 	char reason[MUX_ERRLEN] = "", *cut;
 
 	if (atomic_load(&m->closed)) {
@@ -181,13 +182,8 @@ mh_pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
 		if ((int)i == skip)
 			continue;
 		if (c == NULL || !mc_is_open(c)) {
-			if (reason[0] == '\0') {
-				if (c != NULL)
-					mc_why(c, reason, sizeof(reason));
-				else
-					snprintf(reason, sizeof(reason), "%s",
-					    m->ep[i].why);
-			}
+			if (down < 0)
+				down = (int)i;
 			continue;
 		}
 		if (mc_is_draining(c) ||
@@ -206,6 +202,14 @@ mh_pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
 	if (best != NULL) {
 		mc_ref(best);
 		*gen = m->ep[*idx].gen;
+	} else if (res != NULL && down >= 0) {
+		/* only a failed pick says why, so the hot path never copies
+		 * a reason; the connection is safe to read under eplock */
+		c = m->ep[down].conn;
+		if (c != NULL)
+			mc_why(c, reason, sizeof(reason));
+		else
+			snprintf(reason, sizeof(reason), "%s", m->ep[down].why);
 	}
 	pthread_rwlock_unlock(&m->eplock);
 	if (best != NULL)
