@@ -436,6 +436,71 @@ t_stat(const char *uri, const char *section, const char *key)
 	return v;
 }
 
+static long
+path_get(const msgpack_object *o, const char *path)
+{
+	const char *end = strchr(path, '/');
+	size_t n = end ? (size_t)(end - path) : strlen(path);
+	uint32_t i;
+
+	if (o->type != MSGPACK_OBJECT_MAP)
+		return -1;
+	for (i = 0; i < o->via.map.size; i++) {
+		const msgpack_object_kv *kv = &o->via.map.ptr[i];
+
+		if (kv->key.type != MSGPACK_OBJECT_STR ||
+		    kv->key.via.str.size != n ||
+		    memcmp(kv->key.via.str.ptr, path, n) != 0)
+			continue;
+		if (end != NULL)
+			return path_get(&kv->val, end + 1);
+		return kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER ?
+		    (long)kv->val.via.u64 : -1;
+	}
+	return -1;
+}
+
+long
+t_stat_path(const char *uri, const char *path)
+{
+	char err[MUX_ERRLEN];
+	msgpack_unpacked u;
+	mux_result r;
+	long v = -1;
+	mux_t *d;
+
+	d = mux_connect(uri, err, sizeof(err));
+	if (d == NULL)
+		return -1;
+	if (mux_call(d, "$/stats", NULL, 0, &r, 5000) == MUX_OK) {
+		msgpack_unpacked_init(&u);
+		if (msgpack_unpack_next(&u, r.data, r.len, NULL) ==
+		    MSGPACK_UNPACK_SUCCESS)
+			v = path_get(&u.data, path);
+		msgpack_unpacked_destroy(&u);
+	}
+	mux_result_free(&r);
+	mux_free(d);
+	return v;
+}
+
+long
+t_rss_kb(pid_t pid)
+{
+	char path[64], line[256];
+	long kb = -1;
+	FILE *fp;
+
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	if ((fp = fopen(path, "r")) == NULL)
+		return -1;
+	while (fgets(line, sizeof(line), fp) != NULL)
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+			break;
+	fclose(fp);
+	return kb;
+}
+
 long
 t_requests(const char *uri)
 {

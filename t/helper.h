@@ -62,6 +62,11 @@ void t_untrack(pid_t pid);
  * connection of its own to uri; -1 if it cannot be asked or is not there.
  * t_requests: "server", "requests" (requests read so far). */
 long t_stat(const char *uri, const char *section, const char *key);
+/* The same for any depth: path is keys separated by '/', e.g.
+ * "plugins/ver/queued" or "methods/echo.echo/calls". */
+long t_stat_path(const char *uri, const char *path);
+/* Resident memory of process pid, in KiB (-1 if unknown). */
+long t_rss_kb(pid_t pid);
 long t_requests(const char *uri);
 
 /* A TCP port on 127.0.0.1 that was free a moment ago. */

@@ -28,49 +28,29 @@ ld(_Atomic uint64_t *v)
 }
 
 static void
-pack_method(msgpack_packer *pk, dmx_server *s, const dmx_route *rt)
+pack_method(msgpack_packer *pk, const dmx_route *rt)
 {
 	dmx_method_stats *ms = &rt->stats->m;
 	uint64_t calls = ld(&ms->calls), disp = ld(&ms->dispatched);
 	uint64_t inflight = disp > calls ? disp - calls : 0;
-	uint64_t running = dmx_pool_running(rt->plugin->pool ?
-	    rt->plugin->pool : dmx_server_pool(s), rt, NULL);
-	uint64_t total = ld(&ms->errors_other), cnt[DMX_ERR_SLOTS];
-	int64_t code[DMX_ERR_SLOTS];
-	unsigned used, i, j, n = 0;
+	uint64_t running = dmx_pool_running(rt->plugin->pool, rt->stats, NULL);
+	dmx_err_snap es;
+	unsigned i;
 	char key[24];
 
-	used = atomic_load_explicit(&ms->err_used, memory_order_acquire);
-	if (used > DMX_ERR_SLOTS)
-		used = DMX_ERR_SLOTS;
-	/* merge slots that raced to hold the same code */
-	for (i = 0; i < used; i++) {
-		int64_t c = atomic_load_explicit(&ms->err_code[i],
-		    memory_order_relaxed);
-		uint64_t k = ld(&ms->err_count[i]);
-
-		for (j = 0; j < n && code[j] != c; j++)
-			;
-		if (j == n) {
-			code[n] = c;
-			cnt[n++] = 0;
-		}
-		cnt[j] += k;
-		total += k;
-	}
-
+	dmx_method_errors(ms, &es);
 	dmx_pack_cstr(pk, rt->name);
 	msgpack_pack_map(pk, 7);
 	pk_kv_u64(pk, "calls", calls);
-	pk_kv_u64(pk, "errors_total", total);
+	pk_kv_u64(pk, "errors_total", es.total);
 	dmx_pack_cstr(pk, "errors");
-	msgpack_pack_map(pk, n + (ld(&ms->errors_other) ? 1 : 0));
-	for (i = 0; i < n; i++) {
-		snprintf(key, sizeof(key), "%lld", (long long)code[i]);
-		pk_kv_u64(pk, key, cnt[i]);
+	msgpack_pack_map(pk, es.n + (es.other ? 1 : 0));
+	for (i = 0; i < es.n; i++) {
+		snprintf(key, sizeof(key), "%lld", (long long)es.code[i]);
+		pk_kv_u64(pk, key, es.count[i]);
 	}
-	if (ld(&ms->errors_other))
-		pk_kv_u64(pk, "other", ld(&ms->errors_other));
+	if (es.other)
+		pk_kv_u64(pk, "other", es.other);
 	pk_kv_u64(pk, "in_flight", inflight);
 	pk_kv_u64(pk, "running", running);
 	pk_kv_u64(pk, "queued", inflight > running ? inflight - running : 0);
@@ -148,11 +128,10 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 				continue;
 			inflight += nd > nc ? nd - nc : 0;
 		}
-		busy = dmx_pool_running(seen[j]->pool ? seen[j]->pool :
-		    dmx_server_pool(s), NULL, seen[j]);
-		dmx_pool *pool = seen[j]->pool ? seen[j]->pool :
-		    dmx_server_pool(s);
+		dmx_pool *pool = seen[j]->pool;
 		dmx_pool_info own;
+
+		busy = dmx_pool_running(pool, NULL, seen[j]);
 
 		dmx_pool_info_get(pool, STUCK_MS, &own);
 		dmx_pack_cstr(&pk, seen[j]->name);
@@ -160,7 +139,7 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 		dmx_pack_cstr(&pk, "version");
 		dmx_pack_cstr(&pk, seen[j]->desc->version ? seen[j]->desc->version : "");
 		dmx_pack_cstr(&pk, "pool");
-		dmx_pack_cstr(&pk, seen[j]->pool ? "own" : "shared");
+		dmx_pack_cstr(&pk, seen[j]->own_pool ? "own" : "shared");
 		pk_kv_u64(&pk, "workers_busy", busy);
 		pk_kv_u64(&pk, "workers_idle", (uint64_t)own.idle);
 		pk_kv_u64(&pk, "queued", own.queued);
@@ -172,7 +151,7 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 	dmx_pack_cstr(&pk, "methods");
 	msgpack_pack_map(&pk, n);
 	for (i = 0; i < n; i++)
-		pack_method(&pk, s, dmx_router_at(r, i));
+		pack_method(&pk, dmx_router_at(r, i));
 }
 
 int

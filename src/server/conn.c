@@ -22,6 +22,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "../common/bug.h"
 #include "log.h"
 #include "server.h"
 
@@ -61,7 +62,9 @@ job_get(dmx_conn *c)
 	if (j == NULL)
 		return NULL;
 	j->next = NULL;
+	j->gen = NULL;
 	j->route = NULL;
+	j->conn_id = c->id;
 	j->notify = 0;
 	j->errored = 0;
 	j->in.len = 0;
@@ -87,8 +90,7 @@ static void conn_free(dmx_conn *c);
 static int
 job_recycle_locked(dmx_conn *c, dmx_job *j)
 {
-	const dmx_config *cfg = dmx_server_config(c->srv);
-
+	DMX_BUG_ON(j->gen != NULL);
 	dmx_buf_shrink(&j->in, JOB_KEEP);
 	dmx_buf_shrink(&j->out, JOB_KEEP);
 	if (j->fl_prev)
@@ -104,8 +106,8 @@ job_recycle_locked(dmx_conn *c, dmx_job *j)
 		return c->inflight == 0 && c->timers == 0;
 	/* wake the I/O thread only for what it must act on: reading can
 	 * resume, or a closing connection has gone idle */
-	if ((c->paused && c->inflight <= cfg->max_inflight / 2 &&
-	    c->oq_bytes <= cfg->max_output / 2) ||
+	if ((c->paused && c->inflight <= c->resume_inflight &&
+	    c->oq_bytes <= c->resume_output) ||
 	    (c->closing && c->inflight == 0))
 		dmx_server_attn(c->srv, c);
 	return 0;
@@ -206,7 +208,28 @@ static void
 send_run(dmx_conn *c, dmx_job *head, dmx_job *tail)
 {
 	dmx_job *j, *next, *after = tail->next;
+	dmx_gen *g = NULL;
+	unsigned long refs = 0;
 	int last = 0;
+
+	/* the answers are built: no plugin code or route is needed any more.
+	 * Drop each job's generation reference (one atomic per run of jobs of
+	 * the same generation, which is nearly always the whole list). */
+	for (j = head; j != after; j = j->next) {
+		if (j->gen == NULL)
+			continue;
+		if (j->gen != g) {
+			if (g != NULL)
+				dmx_gen_unref(g, refs);
+			g = j->gen;
+			refs = 0;
+		}
+		refs++;
+		j->gen = NULL;
+		j->route = NULL;
+	}
+	if (g != NULL)
+		dmx_gen_unref(g, refs);
 
 	pthread_mutex_lock(&c->mu);
 	for (j = head; j != after; j = next) {
@@ -371,6 +394,8 @@ typedef struct batch {
 		unsigned  n;
 	} q[BATCH_POOLS];
 	unsigned nq;
+	dmx_gen	*gen;		/* every job's: one read pass, one generation */
+	unsigned long refs;	/* jobs in q that hold a reference to it */
 } batch;
 
 static void submit(dmx_conn *c, batch *bt);
@@ -464,7 +489,7 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		    DMX_E_SHUTTING_DOWN, 0);
 		return;
 	}
-	rt = dmx_router_find(dmx_server_router(c->srv), m, ml);
+	rt = dmx_router_find(bt->gen->router, m, ml);
 	if (rt == NULL) {
 		if (notify)
 			dmx_debug("conn %u: notification for unknown method "
@@ -490,6 +515,8 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		}
 		return;
 	}
+	j->gen = bt->gen;		/* its reference is taken in submit */
+	bt->refs++;
 	j->route = rt;
 	j->msgid = (uint32_t)msgid;
 	j->notify = (uint8_t)notify;
@@ -508,8 +535,7 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	j->params_off = (uint32_t)(r.p - p);
 	j->params_len = (uint32_t)(len - j->params_off);
 	{
-		dmx_pool *pool = rt->plugin->pool ? rt->plugin->pool :
-		    dmx_server_pool(c->srv);
+		dmx_pool *pool = rt->plugin->pool;
 		unsigned q;
 
 		for (q = 0; q < bt->nq && bt->q[q].pool != pool; q++)
@@ -539,6 +565,9 @@ submit(dmx_conn *c, batch *bt)
 	dmx_job *rej, *next;
 	unsigned q;
 
+	/* before any job can run and drop its reference */
+	dmx_gen_ref(bt->gen, bt->refs);
+	bt->refs = 0;
 	for (q = 0; q < bt->nq; q++) {
 		dmx_pool_submit(bt->q[q].pool, bt->q[q].head, bt->q[q].tail,
 		    bt->q[q].n, &rej);
@@ -700,8 +729,14 @@ pause_if_full(dmx_conn *c)
 	pthread_mutex_lock(&c->mu);
 	full = c->inflight >= cfg->max_inflight ||
 	    c->oq_bytes >= cfg->max_output;
-	if (full)
+	if (full) {
+		/* resume once half have gone; the thresholds are kept here
+		 * so that a worker never reads a configuration a reload may
+		 * free */
 		c->paused = 1;
+		c->resume_inflight = cfg->max_inflight / 2;
+		c->resume_output = cfg->max_output / 2;
+	}
 	pthread_mutex_unlock(&c->mu);
 	if (full)
 		dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLIN);
@@ -721,6 +756,8 @@ dmx_conn_on_readable(dmx_conn *c)
 		return;
 	}
 	bt.nq = 0;
+	bt.gen = dmx_server_gen(c->srv);
+	bt.refs = 0;
 	while (!c->rd_closed && !c->discard && total < READ_BUDGET) {
 		if (c->rbuf_pending) {
 			/* frames left unparsed by back pressure come first;
@@ -807,15 +844,14 @@ dmx_conn_on_readable(dmx_conn *c)
 void
 dmx_conn_attend(dmx_conn *c)
 {
-	const dmx_config *cfg = dmx_server_config(c->srv);
 	int want_out, broken, resume, idle, flushing;
 
 	pthread_mutex_lock(&c->mu);
 	c->attn = 0;
 	want_out = c->want_out;
 	broken = c->broken;
-	resume = c->paused && c->inflight <= cfg->max_inflight / 2 &&
-	    c->oq_bytes <= cfg->max_output / 2;
+	resume = c->paused && c->inflight <= c->resume_inflight &&
+	    c->oq_bytes <= c->resume_output;
 	if (resume)
 		c->paused = 0;
 	idle = c->inflight == 0;

@@ -18,8 +18,6 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
-#include "plugin_host.h"
-#include "router.h"
 #include "server.h"
 
 #define DEMUXD_VERSION "0.1.0"
@@ -81,14 +79,13 @@ main(int argc, char **argv)
 	};
 	const char *file = NULL;
 	int verbosity = 0, check = 0, stdio = 0, ch, rc = 0;
-	dmx_config cfg;
-	dmx_plugin **plugins = NULL;
-	dmx_router *router = NULL;
+	const dmx_config *cfg;
+	dmx_config *loaded;
 	dmx_server *srv = NULL;
 	dmx_metrics *metrics = NULL;
+	const dmx_gen *g;
 	char err[1024];
 	sigset_t set;
-	size_t i, nloaded = 0, nmethods = 0;
 
 	while ((ch = getopt_long(argc, argv, "c:vqhV", opts, NULL)) != -1) {
 		switch (ch) {
@@ -118,67 +115,38 @@ main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	loaded = calloc(1, sizeof(*loaded));
+	if (loaded == NULL) {
+		fprintf(stderr, "demuxd: out of memory\n");
+		return 1;
+	}
 	if (file != NULL) {
-		if (dmx_config_load(file, &cfg, err, sizeof(err)) != 0) {
+		if (dmx_config_load(file, loaded, err, sizeof(err)) != 0) {
 			fprintf(stderr, "demuxd: %s\n", err);
+			free(loaded);
 			return 2;
 		}
 	} else {
-		dmx_config_defaults(&cfg);
+		dmx_config_defaults(loaded);
 	}
-	dmx_log_set_level((cfg.log_level >= 0 ? cfg.log_level :
+	dmx_log_set_level((loaded->log_level >= 0 ? loaded->log_level :
 	    DEMUX_LOG_INFO) + verbosity);
+	raise_nofile(loaded);
 
-	plugins = calloc(cfg.nplugins ? cfg.nplugins : 1, sizeof(*plugins));
-	if (plugins == NULL) {
-		fprintf(stderr, "demuxd: out of memory\n");
-		rc = 1;
-		goto out;
-	}
-	for (i = 0; i < cfg.nplugins; i++) {
-		plugins[i] = dmx_plugin_load(&cfg.plugins[i], cfg.file, err,
-		    sizeof(err));
-		if (plugins[i] == NULL) {
-			fprintf(stderr, "demuxd: %s\n", err);
-			rc = 2;
-			goto out;
-		}
-		nloaded++;
-		nmethods += plugins[i]->nmethods;
-		/* names given in the YAML were checked by the parser; this
-		 * catches a duplicate that comes from a plugin's own name */
-		for (size_t j = 0; j < i; j++)
-			if (strcmp(plugins[j]->name, plugins[i]->name) == 0) {
-				fprintf(stderr, "demuxd: %s:%d:%d: duplicate "
-				    "plugin '%s' (first at line %d)", cfg.file,
-				    cfg.plugins[i].line, cfg.plugins[i].col,
-				    plugins[i]->name, cfg.plugins[j].line);
-				fputc('\n', stderr);
-				rc = 2;
-				goto out;
-			}
-	}
-	router = dmx_router_new(plugins, nloaded, err, sizeof(err));
-	if (router == NULL) {
-		fprintf(stderr, "demuxd: %s: %s\n", cfg.file ? cfg.file :
-		    "(defaults)", err);
-		rc = 2;
-		goto out;
-	}
-	if (check) {
-		printf("%s: ok (%zu plugins, %zu methods)\n", cfg.file, nloaded,
-		    nmethods);
-		goto out;
-	}
-
-	raise_nofile(&cfg);
-	srv = dmx_server_new(&cfg, router, err, sizeof(err));
+	/* every plugin loaded and initialised, or nothing starts; the first
+	 * generation owns the configuration from here on */
+	srv = dmx_server_new(loaded, err, sizeof(err));
 	if (srv == NULL) {
 		fprintf(stderr, "demuxd: %s\n", err);
-		rc = 1;
+		return 2;
+	}
+	g = dmx_server_gen(srv);
+	cfg = g->cfg;
+	if (check) {
+		printf("%s: ok (%zu plugins, %zu methods)\n", cfg->file,
+		    g->nplugins, dmx_gen_nmethods(g));
 		goto out;
 	}
-	dmx_server_set_plugins(srv, plugins, nloaded);
 	if (stdio) {
 		if (dmx_server_add_stdio(srv, err, sizeof(err)) != 0) {
 			fprintf(stderr, "demuxd: %s\n", err);
@@ -190,26 +158,27 @@ main(int argc, char **argv)
 		rc = 1;
 		goto out;
 	}
-	if (cfg.metrics != NULL && !stdio) {
-		metrics = dmx_metrics_start(srv, cfg.metrics, err, sizeof(err));
+	if (cfg->metrics != NULL && !stdio) {
+		metrics = dmx_metrics_start(srv, cfg->metrics, err, sizeof(err));
 		if (metrics == NULL) {
 			fprintf(stderr, "demuxd: %s:%d:%d: metrics: %s\n",
-			    cfg.file, cfg.metrics_line, cfg.metrics_col, err);
+			    cfg->file, cfg->metrics_line, cfg->metrics_col, err);
 			rc = 1;
 			goto out;
 		}
 	}
-	if (cfg.access_log != NULL && dmx_access_open(cfg.access_log, err,
+	if (cfg->access_log != NULL && dmx_access_open(cfg->access_log, err,
 	    sizeof(err)) != 0) {
-		fprintf(stderr, "demuxd: %s: access_log: %s\n", cfg.file, err);
+		fprintf(stderr, "demuxd: %s: access_log: %s\n", cfg->file, err);
 		rc = 1;
 		goto out;
 	}
-	if (!stdio && cfg.nlisten == 0)
+	if (!stdio && cfg->nlisten == 0)
 		dmx_warn("no listen addresses configured: nothing to serve");
 	dmx_info("READY: %zu plugin(s), %zu method(s), %s%d worker(s)",
-	    nloaded, nmethods, cfg.workers == 0 ? "on-demand, at most " : "",
-	    cfg.workers == 0 ? cfg.max_threads : cfg.workers);
+	    g->nplugins, dmx_gen_nmethods(g), cfg->workers == 0 ?
+	    "on-demand, at most " : "", cfg->workers == 0 ? cfg->max_threads :
+	    cfg->workers);
 	if (dmx_server_run(srv) != 0)
 		rc = 1;
 	if (dmx_server_busy_workers(srv) > 0) {
@@ -227,12 +196,7 @@ out:
 	dmx_metrics_stop(metrics);
 	dmx_server_free(srv);
 	dmx_access_close();
-	dmx_router_free(router);
-	for (i = nloaded; i-- > 0;)
-		dmx_plugin_unload(plugins[i]);	/* NULL if a reload did */
-	free(plugins);
 	if (rc == 0 && !check)
 		dmx_info("stopped");
-	dmx_config_free(&cfg);
 	return rc;
 }

@@ -46,11 +46,13 @@ ld(_Atomic uint64_t *v)
 	return atomic_load_explicit(v, memory_order_relaxed);
 }
 
+/* Called on libmicrohttpd's thread: the generation's reference (taken by
+ * the caller) keeps every route name and counter alive while we read. */
 static void
-render(dmx_server *s, dmx_buf *b)
+render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 {
 	dmx_server_stats *st = dmx_server_stats_get(s);
-	const dmx_router *r = dmx_server_router(s);
+	const dmx_router *r = g->router;
 	size_t i, n = dmx_router_count(r);
 	dmx_pool_info pi;
 	unsigned k;
@@ -109,14 +111,19 @@ render(dmx_server *s, dmx_buf *b)
 	out(b, "# HELP demux_method_errors_total Error answers, per method "
 	    "and code.\n# TYPE demux_method_errors_total counter\n");
 	for (i = 0; i < n; i++) {
-		dmx_method_stats *ms = &dmx_router_at(r, i)->stats->m;
-		unsigned used = atomic_load(&ms->err_used);
+		const dmx_route *rt = dmx_router_at(r, i);
+		dmx_err_snap es;
 
-		for (k = 0; k < used && k < DMX_ERR_SLOTS; k++)
+		dmx_method_errors(&rt->stats->m, &es);
+		for (k = 0; k < es.n; k++)
 			out(b, "demux_method_errors_total{method=\"%s\","
-			    "code=\"%lld\"} %llu\n", dmx_router_at(r, i)->name,
-			    (long long)atomic_load(&ms->err_code[k]),
-			    (unsigned long long)ld(&ms->err_count[k]));
+			    "code=\"%lld\"} %llu\n", rt->name,
+			    (long long)es.code[k],
+			    (unsigned long long)es.count[k]);
+		if (es.other)
+			out(b, "demux_method_errors_total{method=\"%s\","
+			    "code=\"other\"} %llu\n", rt->name,
+			    (unsigned long long)es.other);
 	}
 	out(b, "# HELP demux_method_in_flight Transactions accepted and not "
 	    "yet answered.\n# TYPE demux_method_in_flight gauge\n");
@@ -163,7 +170,10 @@ answer(void *cls, struct MHD_Connection *conn, const char *url,
 		status = MHD_HTTP_METHOD_NOT_ALLOWED;
 		out(&b, "only GET\n");
 	} else if (strcmp(url, "/metrics") == 0) {
-		render(m->srv, &b);
+		dmx_gen *g = dmx_server_gen_acquire(m->srv);
+
+		render(m->srv, g, &b);
+		dmx_gen_unref(g, 1);
 	} else {
 		status = MHD_HTTP_NOT_FOUND;
 		out(&b, "demuxd serves /metrics\n");

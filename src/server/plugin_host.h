@@ -29,8 +29,10 @@ typedef struct dmx_plugin {
 	int		    workers;	/* own pool size from the YAML, or 0 */
 	unsigned	    queue;	/* its queue bound, or 0 */
 	unsigned	   *timeout_ms;	/* per method (nmethods), 0: none */
-	struct dmx_pool	   *pool;	/* its own pool (set by the server), or
-					 * NULL for the shared one */
+	/* set by the generation that loads it (gen.c, I/O thread only) */
+	struct dmx_pool	   *pool;	/* runs its jobs: its own or the shared */
+	int		    own_pool;	/* pool belongs to this plugin */
+	unsigned	    refs;	/* generations that route to it */
 	char		    sig[256];	/* what it was loaded from: a reload
 					 * keeps it only if this is unchanged */
 } dmx_plugin;

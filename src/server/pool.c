@@ -25,12 +25,24 @@
  * each job, so decoding does not allocate in the steady state.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "job.h"
 #include "log.h"
-#include "server.h"
+#include "pool.h"
+
+/* What a fixed worker is running, for $/stats and /metrics. Readers on
+ * other threads compare the pointers and never follow them: the job's
+ * generation may be freed by the time they look. */
+struct dmx_busy {
+	_Atomic uint64_t since;		/* 0 = idle, else ns */
+	const void *_Atomic stats;	/* its route's counters */
+	const void *_Atomic plugin;
+	_Atomic unsigned limit_ms;	/* its method's timeout_ms, or 0 */
+};
 
 struct dmx_pool {
 	pthread_mutex_t	 mu;
@@ -46,10 +58,11 @@ struct dmx_pool {
 	int		 max_threads;
 	int		 on_demand;
 	pthread_t	*threads;
-	_Atomic uint64_t *busy_since;	/* per fixed worker: 0 = idle, else ns */
-	const dmx_route *_Atomic *busy_route; /* per fixed worker: its job's */
+	struct dmx_busy	*busy;		/* per fixed worker */
 	_Atomic int	 next_index;	/* hands each worker its slot */
 	size_t		 stack_size;
+	dmx_pool_done_fn done;
+	void		*done_arg;
 };
 
 /* Plugins run on these threads: give them room like a main thread would have
@@ -62,6 +75,17 @@ job_is_fast(const dmx_job *j)
 {
 	return atomic_load_explicit(&j->route->stats->avg_ns,
 	    memory_order_relaxed) < DMX_FAST_NS;
+}
+
+static void
+busy_set(struct dmx_busy *b, const dmx_route *rt)
+{
+	atomic_store_explicit(&b->stats, rt ? (const void *)rt->stats : NULL,
+	    memory_order_relaxed);
+	atomic_store_explicit(&b->plugin, rt ? (const void *)rt->plugin : NULL,
+	    memory_order_relaxed);
+	atomic_store_explicit(&b->limit_ms, rt ? rt->timeout_ms : 0,
+	    memory_order_relaxed);
 }
 
 static void *
@@ -112,17 +136,17 @@ worker_main(void *arg)
 		/* one clock read per batch: a batch is one slow job, or
 		 * fast ones */
 		now = dmx_now_ns();
-		atomic_store_explicit(&p->busy_since[me], now,
+		atomic_store_explicit(&p->busy[me].since, now,
 		    memory_order_relaxed);
 		for (next = j; next != NULL; next = next->next) {
-			atomic_store_explicit(&p->busy_route[me], next->route,
-			    memory_order_relaxed);
+			busy_set(&p->busy[me], next->route);
 			dmx_job_run(next, &zone, &now);
 			msgpack_zone_clear(&zone);
 		}
-		atomic_store_explicit(&p->busy_since[me], 0,
+		atomic_store_explicit(&p->busy[me].since, 0,
 		    memory_order_relaxed);
-		dmx_conn_send_list(j);
+		busy_set(&p->busy[me], NULL);
+		p->done(j, p->done_arg);
 		pthread_mutex_lock(&p->mu);
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -146,7 +170,8 @@ ondemand_thread(void *arg)
 	msgpack_zone_init(&zone, 4096);
 	dmx_job_run(a.job, &zone, &now);
 	msgpack_zone_destroy(&zone);
-	dmx_conn_send(a.job);
+	a.job->next = NULL;
+	a.pool->done(a.job, a.pool->done_arg);
 	/* dmx_pool_free waits for nthreads to reach 0, so a.pool is alive */
 	pthread_mutex_lock(&a.pool->mu);
 	if (--a.pool->nthreads == 0)
@@ -156,8 +181,8 @@ ondemand_thread(void *arg)
 }
 
 dmx_pool *
-dmx_pool_new(int nworkers, int max_threads, unsigned queue_max, char *err,
-    size_t errlen)
+dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
+    dmx_pool_done_fn done, void *done_arg, char *err, size_t errlen)
 {
 	pthread_attr_t attr;
 	dmx_pool *p;
@@ -173,16 +198,16 @@ dmx_pool_new(int nworkers, int max_threads, unsigned queue_max, char *err,
 	pthread_cond_init(&p->done_cv, NULL);
 	p->stack_size = DMX_WORKER_STACK;
 	p->qmax = queue_max;
+	p->done = done;
+	p->done_arg = done_arg;
 	if (nworkers == 0) {
 		p->on_demand = 1;
 		p->max_threads = max_threads;
 		return p;
 	}
 	p->threads = calloc((size_t)nworkers, sizeof(*p->threads));
-	p->busy_since = calloc((size_t)nworkers, sizeof(*p->busy_since));
-	p->busy_route = calloc((size_t)nworkers, sizeof(*p->busy_route));
-	if (p->threads == NULL || p->busy_since == NULL ||
-	    p->busy_route == NULL) {
+	p->busy = calloc((size_t)nworkers, sizeof(*p->busy));
+	if (p->threads == NULL || p->busy == NULL) {
 		snprintf(err, errlen, "out of memory");
 		dmx_pool_free(p);
 		return NULL;
@@ -313,8 +338,7 @@ dmx_pool_free(dmx_pool *p)
 		for (i = 0; i < p->nthreads; i++)
 			pthread_join(p->threads[i], NULL);
 	free(p->threads);
-	free(p->busy_since);
-	free(p->busy_route);
+	free(p->busy);
 	pthread_cond_destroy(&p->cv);
 	pthread_cond_destroy(&p->done_cv);
 	pthread_mutex_destroy(&p->mu);
@@ -324,12 +348,11 @@ dmx_pool_free(dmx_pool *p)
 /* A worker is stuck past its method's deadline, or past stuck_ms for a
  * method without one. */
 static uint64_t
-stuck_limit(dmx_pool *p, int i, uint64_t stuck_ms)
+stuck_limit(const struct dmx_busy *b, uint64_t stuck_ms)
 {
-	const dmx_route *rt = atomic_load_explicit(&p->busy_route[i],
-	    memory_order_relaxed);
+	unsigned t = atomic_load_explicit(&b->limit_ms, memory_order_relaxed);
 
-	return rt != NULL && rt->timeout_ms > 0 ? rt->timeout_ms : stuck_ms;
+	return t > 0 ? t : stuck_ms;
 }
 
 void
@@ -348,53 +371,50 @@ dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
 	pthread_mutex_unlock(&p->mu);
 	out->busy = p->on_demand ? out->workers : out->workers - out->idle;
 	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
-		since = atomic_load_explicit(&p->busy_since[i],
+		since = atomic_load_explicit(&p->busy[i].since,
 		    memory_order_relaxed);
 		if (since == 0 || since > now)
 			continue;
 		ms = (now - since) / 1000000u;
 		if (ms > out->longest_ms)
 			out->longest_ms = ms;
-		if (ms >= stuck_limit(p, i, stuck_ms))
+		if (ms >= stuck_limit(&p->busy[i], stuck_ms))
 			out->stuck++;
 	}
 }
 
 unsigned
-dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const dmx_plugin *pl)
+dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const void *pl)
 {
 	uint64_t now = dmx_now_ns(), since;
-	const dmx_route *rt;
 	unsigned n = 0;
 	int i;
 
 	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
-		since = atomic_load_explicit(&p->busy_since[i],
+		since = atomic_load_explicit(&p->busy[i].since,
 		    memory_order_relaxed);
-		rt = atomic_load_explicit(&p->busy_route[i],
-		    memory_order_relaxed);
-		if (since != 0 && since <= now && rt != NULL &&
-		    rt->plugin == pl && (now - since) / 1000000u >=
-		    stuck_limit(p, i, stuck_ms))
+		if (since != 0 && since <= now && atomic_load_explicit(
+		    &p->busy[i].plugin, memory_order_relaxed) == pl &&
+		    (now - since) / 1000000u >= stuck_limit(&p->busy[i],
+		    stuck_ms))
 			n++;
 	}
 	return n;
 }
 
 unsigned
-dmx_pool_running(dmx_pool *p, const dmx_route *rt, const dmx_plugin *pl)
+dmx_pool_running(dmx_pool *p, const void *stats, const void *pl)
 {
-	const dmx_route *cur;
 	unsigned n = 0;
 	int i;
 
 	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
-		if (atomic_load_explicit(&p->busy_since[i],
+		if (atomic_load_explicit(&p->busy[i].since,
 		    memory_order_relaxed) == 0)
 			continue;
-		cur = atomic_load_explicit(&p->busy_route[i],
-		    memory_order_relaxed);
-		if (cur != NULL && (rt ? cur == rt : cur->plugin == pl))
+		if (stats ? atomic_load_explicit(&p->busy[i].stats,
+		    memory_order_relaxed) == stats : atomic_load_explicit(
+		    &p->busy[i].plugin, memory_order_relaxed) == pl)
 			n++;
 	}
 	return n;

@@ -11,7 +11,6 @@
 
 struct dmx_router {
 	dmx_route	*routes;	/* nroutes entries, sorted by name */
-	dmx_route_stats	*stats;		/* one per route */
 	size_t		 nroutes;
 	const dmx_route **slots;	/* nslots, power of two, NULL = empty */
 	size_t		 mask;
@@ -71,8 +70,16 @@ pack_descriptions(dmx_router *r, dmx_plugin *const *plugins, size_t n)
 	}
 }
 
+static void
+stats_put(dmx_route_stats *st)
+{
+	if (st != NULL && --st->refs == 0)
+		free(st);
+}
+
 dmx_router *
-dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err, size_t errlen)
+dmx_router_new(dmx_plugin *const *plugins, size_t n, const dmx_router *prev,
+    char *err, size_t errlen)
 {
 	dmx_router *r;
 	size_t i, j, k, total = 0, nslots;
@@ -83,11 +90,10 @@ dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err, size_t errlen)
 	if (r == NULL)
 		goto oom;
 	r->routes = calloc(total ? total : 1, sizeof(*r->routes));
-	r->stats = calloc(total ? total : 1, sizeof(*r->stats));
 	for (nslots = 16; nslots < total * 2; nslots *= 2)
 		;
 	r->slots = calloc(nslots, sizeof(*r->slots));
-	if (r->routes == NULL || r->slots == NULL || r->stats == NULL)
+	if (r->routes == NULL || r->slots == NULL)
 		goto oom;
 	r->mask = nslots - 1;
 	for (i = 0, k = 0; i < n; i++)
@@ -102,9 +108,19 @@ dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err, size_t errlen)
 	r->nroutes = total;
 	qsort(r->routes, total, sizeof(*r->routes), route_cmp);
 	for (k = 0; k < total; k++) {
-		r->routes[k].stats = &r->stats[k];
-		/* unknown until measured: not batched before then */
-		atomic_init(&r->stats[k].avg_ns, UINT32_MAX);
+		dmx_route *rt = &r->routes[k];
+		const dmx_route *old = prev ? dmx_router_find(prev, rt->name,
+		    rt->len) : NULL;
+
+		if (old != NULL) {
+			rt->stats = old->stats;
+		} else if ((rt->stats = calloc(1, sizeof(*rt->stats))) != NULL) {
+			/* unknown until measured: not batched before then */
+			atomic_init(&rt->stats->avg_ns, UINT32_MAX);
+		} else {
+			goto oom;
+		}
+		rt->stats->refs++;
 	}
 	for (k = 0; k < total; k++) {
 		const dmx_route *rt = &r->routes[k];
@@ -134,10 +150,13 @@ oom:
 void
 dmx_router_free(dmx_router *r)
 {
+	size_t i;
+
 	if (r == NULL)
 		return;
+	for (i = 0; r->routes != NULL && i < r->nroutes; i++)
+		stats_put(r->routes[i].stats);
 	free(r->routes);
-	free(r->stats);
 	free(r->slots);
 	dmx_buf_release(&r->methods);
 	dmx_buf_release(&r->plugins);

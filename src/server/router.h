@@ -18,8 +18,10 @@
 #include "plugin_host.h"
 
 /* What workers learn about a method as they run it. Written without locks
- * (relaxed atomics): approximate by design. */
+ * (relaxed atomics): approximate by design. A method that keeps its name
+ * across a reload keeps its counters: the new router shares them (refs). */
 typedef struct dmx_route_stats {
+	unsigned	 refs;		/* routers using it (I/O thread) */
 	_Atomic uint32_t avg_ns;	/* moving average of the run time */
 	_Atomic uint64_t timeouts;	/* answered -32011 */
 	dmx_method_stats m;		/* what $/stats reports */
@@ -40,10 +42,11 @@ typedef struct dmx_route {
 
 typedef struct dmx_router dmx_router;
 
-/* Build from n plugins (not owned). Returns NULL with a reason in err when
- * two plugins serve the same full method name. */
-dmx_router *dmx_router_new(dmx_plugin *const *plugins, size_t n, char *err,
-    size_t errlen);
+/* Build from n plugins (not owned), sharing the counters of every method
+ * that `prev` (NULL: none) routes under the same name. Returns NULL with a
+ * reason in err when two plugins serve the same full method name. */
+dmx_router *dmx_router_new(dmx_plugin *const *plugins, size_t n,
+    const dmx_router *prev, char *err, size_t errlen);
 void dmx_router_free(dmx_router *r);
 
 /* Find a method by its full name (not NUL-terminated); NULL if unknown. */

@@ -40,39 +40,26 @@ typedef struct dmx_listener {
 	struct dmx_listener *next;
 } dmx_listener;
 
-/* A plugin swapped out by a reload, waiting for its last job. */
-typedef struct dmx_retired {
-	dmx_plugin	   *plugin;
-	const dmx_router   *router;	/* whose routes count its jobs */
-	struct dmx_retired *next;
-} dmx_retired;
-
 struct dmx_server {
-	/* swapped by a reload; workers and the metrics thread read them */
-	const dmx_config *_Atomic cfg;
-	const dmx_router *_Atomic router;
+	/* the generation serving now: replaced by a reload with one store.
+	 * The I/O thread reads it freely (it is the only writer); another
+	 * thread takes a reference under gen_mu (dmx_server_gen_acquire). */
+	dmx_gen *_Atomic gen;
+	pthread_mutex_t	 gen_mu;
+	dmx_gen		*gens;		/* every generation not yet freed,
+					 * the current one first (I/O thread) */
+	pthread_mutex_t	 dead_mu;
+	dmx_gen		*dead;		/* unreferenced, to be freed by the I/O
+					 * thread (dead_mu) */
+	_Atomic int	 have_dead;
 	dmx_pool	*pool;		/* the shared pool */
-	dmx_pool	**own_pools;	/* plugins' own pools */
-	size_t		 nown;
 	int		 epfd;
 	dmx_ev		 wake_ev;
-	int		 wakefd;	/* eventfd: attention list non-empty */
+	int		 wakefd;	/* eventfd: attention list non-empty,
+					 * or a generation died */
 	dmx_ev		 sig_ev;
 	int		 sigfd;
 	dmx_listener	*listeners;	/* list */
-	/* reloads: generations the server made and owns, and plugins waiting
-	 * for their last job */
-	dmx_plugin	**initial;	/* main's plugin array (entries may be
-					 * unloaded and set to NULL here) */
-	size_t		 ninitial;
-	dmx_plugin	**live;		/* plugins of the current generation */
-	size_t		 nlive;
-	dmx_config	**cfgs;		/* configurations loaded by reloads */
-	size_t		 ncfgs;
-	dmx_router	**routers;	/* routers built by reloads */
-	size_t		 nrouters;
-	dmx_retired	*retired;
-	unsigned	 generation;
 	dmx_conn	*conns;		/* I/O thread only */
 	unsigned	 nconns;
 	unsigned	 next_id;
@@ -90,16 +77,34 @@ struct dmx_server {
 	dmx_conn	*attn_head;	/* protected by attn_mu */
 };
 
+dmx_gen *
+dmx_server_gen(const dmx_server *s)
+{
+	return atomic_load_explicit(&s->gen, memory_order_relaxed);
+}
+
+dmx_gen *
+dmx_server_gen_acquire(dmx_server *s)
+{
+	dmx_gen *g;
+
+	pthread_mutex_lock(&s->gen_mu);
+	g = atomic_load_explicit(&s->gen, memory_order_acquire);
+	dmx_gen_ref(g, 1);
+	pthread_mutex_unlock(&s->gen_mu);
+	return g;
+}
+
 const dmx_config *
 dmx_server_config(const dmx_server *s)
 {
-	return s->cfg;
+	return dmx_server_gen(s)->cfg;
 }
 
 const dmx_router *
 dmx_server_router(const dmx_server *s)
 {
-	return s->router;
+	return dmx_server_gen(s)->router;
 }
 
 dmx_pool *
@@ -246,30 +251,101 @@ conn_new(dmx_server *s, int rfd, int wfd, int is_sock)
 	return c;
 }
 
-static int own_pool_add(dmx_server *s, dmx_pool *p);
 static void reload(dmx_server *s);
-static void reap_retired(dmx_server *s);
-static void plugin_drop(dmx_server *s, dmx_plugin *p);
+
+/* A finished batch from any pool: to the connections. */
+static void
+jobs_done(dmx_job *list, void *arg)
+{
+	(void)arg;
+	dmx_conn_send_list(list);
+}
+
+/* The last reference to a generation is gone (any thread): the I/O thread
+ * frees it (reap_dead), never a worker, which may belong to a pool the
+ * generation stops. */
+static void
+gen_dead(dmx_gen *g, void *arg)
+{
+	dmx_server *s = arg;
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&s->dead_mu);
+	g->dead_next = s->dead;
+	s->dead = g;
+	pthread_mutex_unlock(&s->dead_mu);
+	atomic_store_explicit(&s->have_dead, 1, memory_order_release);
+	if (write(s->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		dmx_warn("eventfd write: %s", strerror(errno));
+}
+
+static dmx_gen_hooks
+gen_hooks(dmx_server *s)
+{
+	dmx_gen_hooks h = { s->pool, jobs_done, s, gen_dead, s };
+
+	return h;
+}
+
+/* Free the generations whose last reference went. (I/O thread) */
+static void
+reap_dead(dmx_server *s)
+{
+	dmx_gen *g, *next, **pp;
+
+	if (!atomic_exchange_explicit(&s->have_dead, 0, memory_order_acquire))
+		return;
+	pthread_mutex_lock(&s->dead_mu);
+	g = s->dead;
+	s->dead = NULL;
+	pthread_mutex_unlock(&s->dead_mu);
+	for (; g != NULL; g = next) {
+		next = g->dead_next;
+		for (pp = &s->gens; *pp != NULL && *pp != g; pp = &(*pp)->next)
+			;
+		if (*pp == g)
+			*pp = g->next;
+		dmx_info("generation %u had its last job: freeing it (%zu "
+		    "plugin(s) no longer used are unloaded)", g->id,
+		    g->nplugins);
+		dmx_gen_free(g);
+	}
+}
 
 dmx_server *
-dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
-    size_t errlen)
+dmx_server_new(dmx_config *cfg, char *err, size_t errlen)
 {
 	dmx_server *s;
+	dmx_gen_hooks hooks;
+	dmx_gen *g;
 	struct epoll_event ev;
 	sigset_t set;
-	size_t i;
 
 	s = calloc(1, sizeof(*s));
 	if (s == NULL) {
 		snprintf(err, errlen, "out of memory");
+		dmx_config_free(cfg);
+		free(cfg);
 		return NULL;
 	}
-	s->cfg = cfg;
-	s->router = router;
 	s->stats.started_ns = dmx_now_ns();
 	s->epfd = s->wakefd = s->sigfd = -1;
 	pthread_mutex_init(&s->attn_mu, NULL);
+	pthread_mutex_init(&s->gen_mu, NULL);
+	pthread_mutex_init(&s->dead_mu, NULL);
+	s->pool = dmx_pool_new(cfg->workers, cfg->max_threads, cfg->queue,
+	    jobs_done, s, err, errlen);
+	if (s->pool == NULL) {
+		dmx_config_free(cfg);
+		free(cfg);
+		goto fail;
+	}
+	hooks = gen_hooks(s);
+	g = dmx_gen_new(cfg, NULL, &hooks, err, errlen);
+	if (g == NULL)
+		goto fail;
+	atomic_store(&s->gen, g);
+	s->gens = g;
 	if (dmx_buf_reserve(&s->scratch, 256u << 10) != 0) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -300,25 +376,6 @@ dmx_server_new(const dmx_config *cfg, const dmx_router *router, char *err,
 	s->sig_ev.kind = DMX_EV_SIGNAL;
 	ev.data.ptr = &s->sig_ev;
 	epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->sigfd, &ev);
-
-	s->pool = dmx_pool_new(cfg->workers, cfg->max_threads, cfg->queue, err,
-	    errlen);
-	if (s->pool == NULL)
-		goto fail;
-	/* plugins with `workers:` get a pool of their own, so that a slow
-	 * plugin cannot starve the others */
-	for (i = 0; i < dmx_router_count(router); i++) {
-		dmx_plugin *pl = dmx_router_at(router, i)->plugin;
-
-		if (pl->workers == 0 || pl->pool != NULL)
-			continue;
-		pl->pool = dmx_pool_new(pl->workers, 0, pl->queue, err, errlen);
-		if (pl->pool == NULL || own_pool_add(s, pl->pool) != 0) {
-			snprintf(err, errlen, "cannot start the pool of plugin "
-			    "'%s'", pl->name);
-			goto fail;
-		}
-	}
 	return s;
 fail:
 	dmx_server_free(s);
@@ -372,7 +429,7 @@ listener_close(dmx_server *s, dmx_listener *l)
 int
 dmx_server_listen(dmx_server *s, char *err, size_t errlen)
 {
-	const dmx_config *cfg = s->cfg;
+	const dmx_config *cfg = dmx_server_config(s);
 	dmx_listener *l, **tail = &s->listeners;
 	char e[512];
 	size_t i;
@@ -454,10 +511,12 @@ on_accept(dmx_server *s, dmx_listener *l)
 				    strerror(errno));
 			return;
 		}
-		if (s->nconns >= s->cfg->max_connections) {
+		if (s->nconns >= dmx_server_config(s)->max_connections) {
+			unsigned max = dmx_server_config(s)->max_connections;
+
 			dmx_warn("refusing a connection on %s: max_connections "
-			    "(%u) reached", l->text, s->cfg->max_connections);
-			refuse(fd, s->cfg->max_connections);
+			    "(%u) reached", l->text, max);
+			refuse(fd, max);
 			continue;
 		}
 		if (l->uri.kind == DMX_URI_TCP) {
@@ -489,106 +548,6 @@ close_listeners(dmx_server *s)
 
 
 /* ---- reload (SIGHUP) ---- */
-
-static int
-own_pool_add(dmx_server *s, dmx_pool *p)
-{
-	dmx_pool **a = realloc(s->own_pools, (s->nown + 1) * sizeof(*a));
-
-	if (a == NULL)
-		return -1;
-	s->own_pools = a;
-	s->own_pools[s->nown++] = p;
-	return 0;
-}
-
-static void
-own_pool_remove(dmx_server *s, dmx_pool *p)
-{
-	size_t i;
-
-	for (i = 0; i < s->nown; i++)
-		if (s->own_pools[i] == p) {
-			s->own_pools[i] = s->own_pools[--s->nown];
-			return;
-		}
-}
-
-static int
-ptr_add(void ***arr, size_t *n, void *p)
-{
-	void **a = realloc(*arr, (*n + 1) * sizeof(*a));
-
-	if (a == NULL)
-		return -1;
-	*arr = a;
-	a[(*n)++] = p;
-	return 0;
-}
-
-void
-dmx_server_set_plugins(dmx_server *s, dmx_plugin **plugins, size_t n)
-{
-	s->initial = plugins;
-	s->ninitial = n;
-	s->live = calloc(n ? n : 1, sizeof(*s->live));
-	if (s->live != NULL) {
-		memcpy(s->live, plugins, n * sizeof(*plugins));
-		s->nlive = n;
-	}
-}
-
-/* Unload a plugin whose last job is done; forget it in main's array. */
-static void
-plugin_drop(dmx_server *s, dmx_plugin *p)
-{
-	size_t i;
-
-	if (p->pool != NULL) {
-		own_pool_remove(s, p->pool);
-		dmx_pool_free(p->pool);
-		p->pool = NULL;
-	}
-	for (i = 0; i < s->ninitial; i++)
-		if (s->initial[i] == p)
-			s->initial[i] = NULL;
-	dmx_plugin_unload(p);
-}
-
-/* Retired plugins whose jobs have all been answered: fini, dlclose. */
-static void
-reap_retired(dmx_server *s)
-{
-	dmx_retired **pp = &s->retired, *r;
-	size_t i, n;
-	uint64_t inflight;
-
-	while ((r = *pp) != NULL) {
-		inflight = 0;
-		n = dmx_router_count(r->router);
-		for (i = 0; i < n; i++) {
-			const dmx_route *rt = dmx_router_at(r->router, i);
-			uint64_t c, d;
-
-			if (rt->plugin != r->plugin)
-				continue;
-			c = atomic_load(&rt->stats->m.calls);
-			d = atomic_load(&rt->stats->m.dispatched);
-			inflight += d > c ? d - c : 0;
-		}
-		if (inflight == 0 && dmx_pool_running(r->plugin->pool ?
-		    r->plugin->pool : s->pool, NULL, r->plugin) == 0) {
-			dmx_info("reload: plugin '%s' (%s) had its last job: "
-			    "unloading the old code", r->plugin->name,
-			    r->plugin->path);
-			plugin_drop(s, r->plugin);
-			*pp = r->next;
-			free(r);
-		} else {
-			pp = &r->next;
-		}
-	}
-}
 
 /* Make the listeners match the new configuration; keep what is unchanged. */
 static void
@@ -624,31 +583,28 @@ relisten(dmx_server *s, const dmx_config *cfg)
 
 /*
  * Re-read the configuration. Anything wrong (the YAML, a plugin that does
- * not load) leaves the running configuration exactly as it was. Otherwise:
- * unchanged plugins are kept as they are (same instance, same state), new
- * and changed ones are loaded from a private copy of their file (a changed
- * .so at the same path really is new code), routing switches in one store,
- * jobs already dispatched finish on the code they started with, and old
- * plugins are finalised and unloaded once their last job is answered.
+ * not load) leaves the running configuration exactly as it was. Otherwise
+ * the new generation (gen.c: unchanged plugins kept as they are, new and
+ * changed ones loaded from a private copy of their file) is published with
+ * one store; jobs already dispatched finish on the generation they started
+ * with, which is freed, with the plugins only it used, after its last job.
  */
 static void
 reload(dmx_server *s)
 {
-	const dmx_config *old = s->cfg;
-	const dmx_router *old_router = s->router;
+	dmx_gen *old = dmx_server_gen(s), *g;
+	dmx_gen_hooks hooks = gen_hooks(s);
 	dmx_config *cfg;
-	dmx_plugin **np = NULL;
-	char *fresh = NULL, err[1024], sig[256];
-	dmx_router *r = NULL;
-	size_t i, k, nfresh = 0, nretired = 0;
+	char err[1024];
+	size_t kept = 0, i, k;
 
-	if (old->file == NULL) {
+	if (old->cfg->file == NULL) {
 		dmx_warn("reload: no configuration file to read");
 		return;
 	}
-	dmx_info("reload: reading %s", old->file);
+	dmx_info("reload: reading %s", old->cfg->file);
 	cfg = calloc(1, sizeof(*cfg));
-	if (cfg == NULL || dmx_config_load(old->file, cfg, err,
+	if (cfg == NULL || dmx_config_load(old->cfg->file, cfg, err,
 	    sizeof(err)) != 0) {
 		dmx_warn("reload: %s; keeping the running configuration",
 		    cfg ? err : "out of memory");
@@ -656,115 +612,35 @@ reload(dmx_server *s)
 		atomic_fetch_add(&s->stats.reload_failures, 1);
 		return;
 	}
-	np = calloc(cfg->nplugins ? cfg->nplugins : 1, sizeof(*np));
-	fresh = calloc(cfg->nplugins ? cfg->nplugins : 1, 1);
-	if (np == NULL || fresh == NULL) {
-		snprintf(err, sizeof(err), "out of memory");
-		goto fail;
-	}
-	for (i = 0; i < cfg->nplugins; i++) {
-		dmx_plugin_signature(&cfg->plugins[i], sig, sizeof(sig));
-		for (k = 0; k < s->nlive; k++)
-			if (strcmp(s->live[k]->sig, sig) == 0)
-				break;
-		if (k < s->nlive) {
-			np[i] = s->live[k];
-			continue;
-		}
-		np[i] = dmx_plugin_load_fresh(&cfg->plugins[i], cfg->file, err,
-		    sizeof(err));
-		if (np[i] == NULL)
-			goto fail;
-		fresh[i] = 1;
-		nfresh++;
-	}
-	for (i = 0; i < cfg->nplugins; i++)
-		for (k = 0; k < i; k++)
-			if (strcmp(np[i]->name, np[k]->name) == 0) {
-				snprintf(err, sizeof(err), "%s:%d:%d: duplicate "
-				    "plugin '%s'", cfg->file,
-				    cfg->plugins[i].line, cfg->plugins[i].col,
-				    np[i]->name);
-				goto fail;
-			}
-	r = dmx_router_new(np, cfg->nplugins, err, sizeof(err));
-	if (r == NULL)
-		goto fail;
-	for (i = 0; i < cfg->nplugins; i++) {
-		if (!fresh[i] || np[i]->workers == 0)
-			continue;
-		np[i]->pool = dmx_pool_new(np[i]->workers, 0, np[i]->queue,
-		    err, sizeof(err));
-		if (np[i]->pool == NULL || own_pool_add(s, np[i]->pool) != 0)
-			goto fail;
-	}
-	if (ptr_add((void ***)&s->cfgs, &s->ncfgs, cfg) != 0 ||
-	    ptr_add((void ***)&s->routers, &s->nrouters, r) != 0) {
-		snprintf(err, sizeof(err), "out of memory");
-		goto fail;
+	g = dmx_gen_new(cfg, old, &hooks, err, sizeof(err));
+	if (g == NULL) {
+		dmx_warn("reload: %s; keeping the running configuration", err);
+		atomic_fetch_add(&s->stats.reload_failures, 1);
+		return;
 	}
 
-	/* the switch: requests read from now on use the new routes */
-	relisten(s, cfg);
-	atomic_store(&s->router, r);
-	atomic_store(&s->cfg, cfg);
-	if (cfg->workers != old->workers || cfg->max_threads != old->max_threads)
+	/* the switch: requests read from now on use the new generation */
+	relisten(s, g->cfg);
+	pthread_mutex_lock(&s->gen_mu);
+	atomic_store_explicit(&s->gen, g, memory_order_release);
+	pthread_mutex_unlock(&s->gen_mu);
+	g->next = s->gens;
+	s->gens = g;
+	if (g->cfg->workers != old->cfg->workers ||
+	    g->cfg->max_threads != old->cfg->max_threads)
 		dmx_warn("reload: the shared pool's size changes on restart "
 		    "only");
-	if (cfg->log_level >= 0)
-		dmx_log_set_level(cfg->log_level);
-
-	/* plugins no longer configured as they were: retire them */
-	for (k = 0; k < s->nlive; k++) {
-		dmx_retired *rt;
-
-		for (i = 0; i < cfg->nplugins && np[i] != s->live[k]; i++)
-			;
-		if (i < cfg->nplugins)
-			continue;
-		rt = calloc(1, sizeof(*rt));
-		if (rt == NULL) {
-			dmx_warn("reload: out of memory: plugin '%s' stays "
-			    "loaded", s->live[k]->name);
-			continue;
-		}
-		rt->plugin = s->live[k];
-		rt->router = old_router;
-		rt->next = s->retired;
-		s->retired = rt;
-		nretired++;
-	}
-	free(s->live);
-	s->live = np;
-	s->nlive = cfg->nplugins;
-	free(fresh);
+	if (g->cfg->log_level >= 0)
+		dmx_log_set_level(g->cfg->log_level);
+	for (i = 0; i < old->nplugins; i++)
+		for (k = 0; k < g->nplugins; k++)
+			if (g->plugins[k] == old->plugins[i])
+				kept++;
 	atomic_fetch_add(&s->stats.reloads, 1);
-	dmx_info("reload: %s: %zu plugin(s): %zu kept, %zu loaded, %zu to be "
-	    "unloaded after their last job", cfg->file, cfg->nplugins,
-	    cfg->nplugins - nfresh, nfresh, nretired);
-	reap_retired(s);
-	return;
-fail:
-	dmx_warn("reload: %s; keeping the running configuration", err);
-	atomic_fetch_add(&s->stats.reload_failures, 1);
-	for (i = 0; np != NULL && i < cfg->nplugins; i++)
-		if (fresh[i] && np[i] != NULL) {
-			if (np[i]->pool != NULL) {
-				own_pool_remove(s, np[i]->pool);
-				dmx_pool_free(np[i]->pool);
-				np[i]->pool = NULL;
-			}
-			dmx_plugin_unload(np[i]);
-		}
-	if (s->nrouters > 0 && s->routers[s->nrouters - 1] == r)
-		s->nrouters--;
-	if (s->ncfgs > 0 && s->cfgs[s->ncfgs - 1] == cfg)
-		s->ncfgs--;
-	dmx_router_free(r);
-	dmx_config_free(cfg);
-	free(cfg);
-	free(np);
-	free(fresh);
+	dmx_info("reload: %s: generation %u: %zu plugin(s): %zu kept, %zu "
+	    "loaded, %zu to be unloaded after their last job", g->cfg->file,
+	    g->id, g->nplugins, kept, g->nfresh, old->nplugins - kept);
+	dmx_gen_unref(old, 1);		/* the server's reference */
 }
 
 static void
@@ -776,10 +652,11 @@ begin_stop(dmx_server *s, const char *why)
 		return;
 	s->stopping = 1;
 	s->drain_deadline = dmx_now_ns() +
-	    (uint64_t)s->cfg->drain_timeout_ms * 1000000u;
+	    (uint64_t)dmx_server_config(s)->drain_timeout_ms * 1000000u;
 	dmx_info("%s: draining: no new connections, $/drain to %u "
 	    "connection(s), new requests answered -32012, up to %u ms for "
-	    "those in flight", why, s->nconns, s->cfg->drain_timeout_ms);
+	    "those in flight", why, s->nconns,
+	    dmx_server_config(s)->drain_timeout_ms);
 	close_listeners(s);
 	for (c = s->conns; c != NULL; c = next) {
 		next = c->next;
@@ -865,13 +742,14 @@ run_timers(dmx_server *s)
 static int
 close_idle(dmx_server *s)
 {
+	const dmx_config *cfg = dmx_server_config(s);
 	uint64_t now = dmx_now_ns(), idle_ns, step;
 	dmx_conn *c, *next;
 	unsigned inflight;
 
-	if (s->cfg->idle_timeout_ms == 0 || s->stopping)
+	if (cfg->idle_timeout_ms == 0 || s->stopping)
 		return -1;
-	idle_ns = (uint64_t)s->cfg->idle_timeout_ms * 1000000u;
+	idle_ns = (uint64_t)cfg->idle_timeout_ms * 1000000u;
 	step = idle_ns / 4 > 1000000u ? idle_ns / 4 : 1000000u;
 	if (now < s->next_idle_check)
 		return (int)((s->next_idle_check - now) / 1000000u) + 1;
@@ -886,7 +764,7 @@ close_idle(dmx_server *s)
 		if (inflight > 0)
 			continue;
 		dmx_debug("conn %u: idle for %u ms: closing", c->id,
-		    s->cfg->idle_timeout_ms);
+		    cfg->idle_timeout_ms);
 		dmx_conn_stop_reading(c);
 	}
 	return (int)(step / 1000000u) + 1;
@@ -932,22 +810,39 @@ abandon_all(dmx_server *s)
 		n += dmx_conn_abandon(c);
 	}
 	dmx_warn("drain_timeout_ms (%u) passed: %u request(s) still in "
-	    "flight answered -32012", s->cfg->drain_timeout_ms, n);
+	    "flight answered -32012", dmx_server_config(s)->drain_timeout_ms,
+	    n);
 }
 
 int
 dmx_server_busy_workers(dmx_server *s)
 {
 	dmx_pool_info pi;
+	const dmx_gen *g;
 	size_t i;
 	int busy;
 
 	dmx_pool_info_get(s->pool, 0, &pi);
 	busy = pi.on_demand ? pi.workers : pi.busy;
-	for (i = 0; i < s->nown; i++) {
-		dmx_pool_info_get(s->own_pools[i], 0, &pi);
-		busy += pi.busy;
-	}
+	/* a plugin's own pool belongs to the first generation that holds it;
+	 * count each pool once */
+	for (g = s->gens; g != NULL; g = g->next)
+		for (i = 0; i < g->nplugins; i++) {
+			const dmx_plugin *p = g->plugins[i];
+			const dmx_gen *o;
+			size_t k;
+			int seen = 0;
+
+			if (!p->own_pool)
+				continue;
+			for (o = s->gens; o != g && !seen; o = o->next)
+				for (k = 0; k < o->nplugins && !seen; k++)
+					seen = o->plugins[k] == p;
+			if (seen)
+				continue;
+			dmx_pool_info_get(p->pool, 0, &pi);
+			busy += pi.busy;
+		}
 	return busy;
 }
 
@@ -1013,13 +908,7 @@ dmx_server_run(dmx_server *s)
 		timeout = run_timers(s);
 		if (timeout >= 0)
 			on_wake(s, 0);	/* act on what the answers changed */
-		if (s->retired != NULL) {
-			/* nothing signals a retired plugin's last job: look
-			 * again soon */
-			reap_retired(s);
-			if (s->retired != NULL && (timeout < 0 || timeout > 20))
-				timeout = 20;
-		}
+		reap_dead(s);
 		{
 			int idle = close_idle(s);
 
@@ -1112,41 +1001,24 @@ dmx_server_free(dmx_server *s)
 	/* runs every queued job; their replies go nowhere and their
 	 * connections are freed by the last of them */
 	dmx_pool_free(s->pool);
-	while (s->nown > 0)
-		dmx_pool_free(s->own_pools[--s->nown]);
-	free(s->own_pools);
-	/* what reloads loaded: the plugins no longer in main's array (every
-	 * job is done: the pools were joined above), their routers and
-	 * configurations */
-	{
-		size_t i, k;
+	/* every job is done (the pools were joined above, and connections
+	 * are freed by their last job): the current generation goes with the
+	 * server's reference, and every retired one has gone already */
+	if (s->gens != NULL) {
+		dmx_gen *g = dmx_server_gen(s);
 
-		while (s->retired != NULL) {
-			dmx_retired *r = s->retired;
-
-			s->retired = r->next;
-			r->plugin->pool = NULL;	/* freed above */
-			plugin_drop(s, r->plugin);
-			free(r);
-		}
-		for (i = 0; i < s->nlive; i++) {
-			for (k = 0; k < s->ninitial; k++)
-				if (s->initial[k] == s->live[i])
-					break;
-			if (k == s->ninitial) {
-				s->live[i]->pool = NULL;
-				dmx_plugin_unload(s->live[i]);
+		g->hooks.dead = NULL;	/* free it here, at once */
+		for (dmx_gen **pp = &s->gens; *pp; pp = &(*pp)->next)
+			if (*pp == g) {
+				*pp = g->next;
+				break;
 			}
-		}
-		free(s->live);
-		for (i = 0; i < s->nrouters; i++)
-			dmx_router_free(s->routers[i]);
-		free(s->routers);
-		for (i = 0; i < s->ncfgs; i++) {
-			dmx_config_free(s->cfgs[i]);
-			free(s->cfgs[i]);
-		}
-		free(s->cfgs);
+		atomic_store(&s->have_dead, 1);
+		reap_dead(s);
+		dmx_gen_unref(g, 1);
+		if (s->gens != NULL)
+			dmx_warn("generation %u still has jobs at exit: its "
+			    "plugins stay loaded", s->gens->id);
 	}
 	free(s->listeners);
 	if (s->epfd >= 0)
@@ -1165,5 +1037,7 @@ dmx_server_free(dmx_server *s)
 	free(s->timers);
 	dmx_buf_release(&s->scratch);
 	pthread_mutex_destroy(&s->attn_mu);
+	pthread_mutex_destroy(&s->gen_mu);
+	pthread_mutex_destroy(&s->dead_mu);
 	free(s);
 }

@@ -41,44 +41,14 @@
 #include "../common/buf.h"
 #include "../common/wire.h"
 #include "config.h"
+#include "gen.h"
+#include "job.h"
+#include "pool.h"
 #include "router.h"
 #include "stats.h"
 
 typedef struct dmx_server dmx_server;
 typedef struct dmx_conn dmx_conn;
-typedef struct dmx_pool dmx_pool;
-
-/* A job's state: who may answer it. Changed by compare-and-swap, so that a
- * result and an early answer (drain timeout) cannot both be sent. */
-enum dmx_job_state {
-	DMX_JOB_QUEUED = 0,	/* waiting for a worker */
-	DMX_JOB_RUNNING,	/* in process_transaction */
-	DMX_JOB_DONE,		/* its own answer is (being) sent */
-	DMX_JOB_ANSWERED,	/* answered early: do not run / drop result */
-};
-
-/* One transaction. Owned by its connection (free list); see conn.c. */
-typedef struct dmx_job {
-	struct demux_call_head head;	/* first: what plugin.h's wrappers read */
-	struct dmx_job	*next;		/* pool queue, output queue, free list */
-	struct dmx_job	*fl_prev, *fl_next; /* conn's in-flight list (mu) */
-	_Atomic int	 state;		/* enum dmx_job_state */
-	uint64_t	 seq;		/* bumped on every reuse (mu) */
-	_Atomic int	 cancel;	/* $/cancelRequest arrived while running */
-	dmx_conn	*conn;
-	const dmx_route	*route;		/* NULL for host-made replies */
-	uint32_t	 msgid;
-	uint8_t		 notify;	/* a notification: nothing to send */
-	uint8_t		 errored;	/* an error response is in `out` */
-	int64_t		 err_code;	/* its code */
-	uint64_t	 t_dispatch;	/* when the I/O thread routed it (ns) */
-	uint32_t	 params_off;	/* params within `in` */
-	uint32_t	 params_len;
-	size_t		 result_off;	/* where the result starts in `out` */
-	dmx_buf		 in;		/* the request frame */
-	dmx_buf		 out;		/* the response, ready to write */
-	msgpack_packer	 pk;		/* writes into `out` */
-} dmx_job;
 
 /* What every epoll registration points to. */
 enum dmx_ev_kind { DMX_EV_LISTEN, DMX_EV_CONN, DMX_EV_WAKE, DMX_EV_SIGNAL };
@@ -120,6 +90,8 @@ struct dmx_conn {
 	int		 want_out;	/* socket full: waiting for EPOLLOUT */
 	int		 broken;	/* write failed or closing: drop output */
 	int		 paused;	/* reading paused for back pressure */
+	unsigned	 resume_inflight; /* while paused: resume at or below */
+	size_t		 resume_output;
 	int		 closing;	/* reading has stopped: close when idle */
 	int		 released;	/* the I/O thread let go */
 	int		 attn;		/* on srv's attention list */
@@ -133,15 +105,16 @@ struct dmx_conn {
 	int		 abandoned;	/* I/O thread: drain timed out */
 };
 
-/* Create the server from a validated config and loaded plugins (not owned:
- * they must outlive the server). Returns NULL with a reason in err. */
-dmx_server *dmx_server_new(const dmx_config *cfg, const dmx_router *router,
-    char *err, size_t errlen);
-/* The plugins of the configuration (main's array): a reload keeps those
- * that did not change and unloads the others once idle, setting their
- * entries to NULL; the caller unloads the non-NULL ones after
- * dmx_server_free. */
-void dmx_server_set_plugins(dmx_server *s, dmx_plugin **plugins, size_t n);
+/* Create the server for a validated configuration (taken: it belongs to
+ * the first generation from now on, also on failure): the shared pool, then
+ * the generation (every plugin loaded and initialised). Returns NULL with
+ * "FILE:LINE:COL: ..." or another reason in err. */
+dmx_server *dmx_server_new(dmx_config *cfg, char *err, size_t errlen);
+/* The current generation (I/O thread, or main before dmx_server_run). */
+dmx_gen *dmx_server_gen(const dmx_server *s);
+/* The current generation with a reference, for another thread (/metrics);
+ * drop it with dmx_gen_unref(g, 1). */
+dmx_gen *dmx_server_gen_acquire(dmx_server *s);
 /* Listen on every configured address; -1 with "FILE:LINE:COL: ..." in err. */
 int  dmx_server_listen(dmx_server *s, char *err, size_t errlen);
 /* Serve one connection on stdin/stdout; the loop ends when it closes. */
@@ -149,7 +122,7 @@ int  dmx_server_add_stdio(dmx_server *s, char *err, size_t errlen);
 /* Run until SIGINT/SIGTERM (or the stdio connection ends), then finish every
  * accepted request, close everything and return 0. */
 int  dmx_server_run(dmx_server *s);
-/* Stop the workers and free. Plugins are left loaded. */
+/* Stop the workers, free every generation (plugins' fini, dlclose), free. */
 void dmx_server_free(dmx_server *s);
 
 /* ---- between conn.c, call.c, pool.c and server.c ---- */
@@ -200,15 +173,6 @@ void dmx_conn_attend(dmx_conn *c);
 /* The I/O thread lets go of the connection; freed now or by the last job. */
 void dmx_conn_release(dmx_conn *c);
 
-/* Run a routed job on a worker: decode, call the plugin, validate. The reply
- * is then in j->out (empty for a notification); the caller sends it. *now
- * is a recent clock reading (ns) on entry and the end time on return: jobs
- * run back to back share readings (a clock read is not free on every VM). */
-void dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now);
-/* Make `out` hold an error response for the job's msgid. */
-void dmx_job_set_error(dmx_job *j, int64_t code, const char *msg,
-    const char *trace);
-
 /* Ask the I/O thread to attend to c. Called with c->mu held. */
 void dmx_server_attn(dmx_server *s, dmx_conn *c);
 /* Unregister from epoll and unlink from the connection list. (I/O thread) */
@@ -216,8 +180,11 @@ void dmx_server_forget(dmx_server *s, dmx_conn *c);
 
 /* Accessors for conn.c */
 dmx_server_stats *dmx_server_stats_get(dmx_server *s);
+/* The current generation's configuration and router (I/O thread only:
+ * other threads use the generation their job or reference holds). */
 const dmx_config *dmx_server_config(const dmx_server *s);
 const dmx_router *dmx_server_router(const dmx_server *s);
+/* The shared pool (lives as long as the server). */
 dmx_pool *dmx_server_pool(const dmx_server *s);
 int  dmx_server_epoll_mod(dmx_server *s, dmx_conn *c, uint32_t events);
 /* Large scratch buffer for reads of connections with no partial frame. */
@@ -225,39 +192,5 @@ dmx_buf *dmx_server_scratch(dmx_server *s);
 int  dmx_server_stopping(const dmx_server *s);
 /* Handlers still running in any pool (after a drain timeout). */
 int  dmx_server_busy_workers(dmx_server *s);
-
-/* ---- pool.c ---- */
-
-/* nworkers > 0: a fixed pool. 0: on-demand, one thread per job up to
- * max_threads. Returns NULL with a reason in err. */
-dmx_pool *dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
-    char *err, size_t errlen);
-/* Queue a list of n jobs linked by ->next. Jobs past the queue bound, or in
- * on-demand mode past the thread cap (or whose thread cannot start), are not
- * run: they come back as a list in *rejected for the caller to answer
- * -32010. */
-void dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
-    dmx_job **rejected);
-/* Run every queued job, stop the threads and free. */
-void dmx_pool_free(dmx_pool *p);
-
-/* A snapshot for $/stats. `stuck`: workers running one job for longer than
- * stuck_ms; `longest_ms`: the longest such run now. */
-typedef struct dmx_pool_info {
-	int		 on_demand;
-	int		 workers;	/* fixed: pool size; on-demand: running */
-	int		 max_threads;
-	int		 busy, idle;
-	unsigned	 queued;
-	unsigned	 stuck;
-	uint64_t	 longest_ms;
-} dmx_pool_info;
-void dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out);
-/* Workers running route rt now (or, with rt NULL, any method of pl). */
-unsigned dmx_pool_running(dmx_pool *p, const dmx_route *rt,
-    const dmx_plugin *pl);
-/* Workers stuck (over stuck_ms) in a method of plugin pl. */
-unsigned dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms,
-    const dmx_plugin *pl);
 
 #endif

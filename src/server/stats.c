@@ -3,6 +3,7 @@
  */
 #include <time.h>
 
+#include "../common/bug.h"
 #include "stats.h"
 
 /* Bucket of v: octave e = floor(log2 v), then the next 3 bits below the top
@@ -100,34 +101,47 @@ dmx_hist_sum_ns(const dmx_hist *h)
 void
 dmx_method_error(dmx_method_stats *s, int64_t code)
 {
-	uint32_t i, used;
+	int64_t c;
+	unsigned i;
 
-	used = atomic_load_explicit(&s->err_used, memory_order_acquire);
-	for (i = 0; i < used && i < DMX_ERR_SLOTS; i++)
-		if (atomic_load_explicit(&s->err_code[i],
-		    memory_order_relaxed) == code) {
+	/* 0 marks a free slot: job.c never lets an answer carry it */
+	DMX_BUG_ON(code == 0);
+	for (i = 0; i < DMX_ERR_SLOTS; i++) {
+		c = atomic_load_explicit(&s->err_code[i], memory_order_acquire);
+		if (c == 0) {
+			/* slots fill in order: the first free one is ours
+			 * unless another thread claims it first, maybe for
+			 * this very code */
+			if (atomic_compare_exchange_strong_explicit(
+			    &s->err_code[i], &c, code, memory_order_acq_rel,
+			    memory_order_acquire))
+				c = code;
+		}
+		if (c == code) {
 			atomic_fetch_add_explicit(&s->err_count[i], 1,
 			    memory_order_relaxed);
 			return;
 		}
-	/* claim a new slot: store the code before publishing the slot */
-	while (used < DMX_ERR_SLOTS) {
-		if (atomic_compare_exchange_weak_explicit(&s->err_used, &used,
-		    used + 1, memory_order_acq_rel, memory_order_acquire)) {
-			atomic_store_explicit(&s->err_code[used], code,
-			    memory_order_relaxed);
-			atomic_fetch_add_explicit(&s->err_count[used], 1,
-			    memory_order_relaxed);
-			return;
-		}
-		/* someone else claimed one: it may be our code */
-		for (; i < used && i < DMX_ERR_SLOTS; i++)
-			if (atomic_load_explicit(&s->err_code[i],
-			    memory_order_relaxed) == code) {
-				atomic_fetch_add_explicit(&s->err_count[i], 1,
-				    memory_order_relaxed);
-				return;
-			}
 	}
 	atomic_fetch_add_explicit(&s->errors_other, 1, memory_order_relaxed);
+}
+
+void
+dmx_method_errors(dmx_method_stats *s, dmx_err_snap *out)
+{
+	unsigned i;
+	int64_t c;
+
+	out->n = 0;
+	out->total = out->other = atomic_load_explicit(&s->errors_other,
+	    memory_order_relaxed);
+	for (i = 0; i < DMX_ERR_SLOTS; i++) {
+		c = atomic_load_explicit(&s->err_code[i], memory_order_acquire);
+		if (c == 0)
+			break;
+		out->code[out->n] = c;
+		out->count[out->n] = atomic_load_explicit(&s->err_count[i],
+		    memory_order_relaxed);
+		out->total += out->count[out->n++];
+	}
 }

@@ -48,15 +48,29 @@ typedef struct dmx_method_stats {
 	_Atomic uint64_t dispatched;	/* routed (I/O thread only) */
 	_Atomic uint64_t calls;		/* answered (or notifications run) */
 	/* errors by code: the first DMX_ERR_SLOTS distinct codes get a slot,
-	 * the rest are counted in errors_other */
+	 * the rest are counted in errors_other. A slot is claimed by storing
+	 * its code (0: free; no error has code 0) with one compare-and-swap,
+	 * so a reader never sees a slot without its code, and no code ever
+	 * holds two slots. */
 	_Atomic int64_t	 err_code[DMX_ERR_SLOTS];
 	_Atomic uint64_t err_count[DMX_ERR_SLOTS];
-	_Atomic uint32_t err_used;
 	_Atomic uint64_t errors_other;
 	dmx_hist	 latency;	/* dispatch to answer */
 } dmx_method_stats;
 
 void dmx_method_error(dmx_method_stats *s, int64_t code);
+
+/* A snapshot of the errors by code, for $/stats and /metrics: fills up to
+ * DMX_ERR_SLOTS codes and counts, *other with the errors of codes past them,
+ * and returns how many codes. Each counter is read once. */
+typedef struct dmx_err_snap {
+	unsigned n;
+	int64_t	 code[DMX_ERR_SLOTS];
+	uint64_t count[DMX_ERR_SLOTS];
+	uint64_t other;
+	uint64_t total;		/* all of them */
+} dmx_err_snap;
+void dmx_method_errors(dmx_method_stats *s, dmx_err_snap *out);
 
 /* Per server. */
 typedef struct dmx_server_stats {

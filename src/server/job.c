@@ -1,5 +1,5 @@
 /*
- * call.c - one transaction on a worker: decode params, run the plugin, check
+ * job.c - one transaction on a worker: decode params, run the plugin, check
  * what it answered, and the host functions behind demux_result() and
  * demux_error().
  *
@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/wire.h"
+#include "job.h"
 #include "log.h"
-#include "server.h"
 
 /* A packer sink that drops everything: used once an error is set. */
 static int
@@ -258,7 +259,7 @@ send:
 
 		dmx_hist_record(&ms->latency, dt);
 		if (dmx_access_enabled())
-			dmx_access_log(j->conn->id, j->msgid, j->notify,
+			dmx_access_log(j->conn_id, j->msgid, j->notify,
 			    rt->name, rt->len, j->errored, j->err_code, dt);
 	}
 }

@@ -1,0 +1,2 @@
+#!/bin/sh
+exec "${BUILD:-build}/t/205-reload-refs"
