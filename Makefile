@@ -36,7 +36,8 @@ PLUGIN_LDFLAGS = -shared -Wl,--no-undefined -Wl,-z,defs
 LIBMUX_SOVERSION = 0
 LIBMUX_VERSION = 0.1.0
 
-COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c
+COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c \
+	     src/common/text.c
 SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
 	     src/server/job.c src/server/gen.c src/server/conn.c src/server/server.c \

@@ -1,10 +1,12 @@
 """tap.py - TAP helpers for the Python tests (imported, not a test itself).
 
-    from tap import ok, done_testing, BUILD, rss_kb
+    from tap import ok, done_testing, BUILD, rss_kb, watchdog
+    watchdog(60)            # a hung test fails instead of stalling the suite
     ok(cond, "what it proves")
     done_testing()          # prints the plan, exits 1 if a check failed
 """
 import os
+import signal
 import sys
 
 BUILD = os.path.abspath(os.environ.get("BUILD", "build"))
@@ -33,6 +35,29 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return -1
+
+
+_children = []
+
+
+def track(proc):
+    """Kill this child process (a Popen) if the watchdog fires."""
+    _children.append(proc)
+
+
+def watchdog(seconds):
+    """Fail the test, killing its tracked children, after `seconds`."""
+    def fire(signum, frame):
+        print("not ok - watchdog: still running after %d s" % seconds,
+              flush=True)
+        for p in _children:
+            try:
+                p.kill()
+            except OSError:
+                pass
+        os._exit(1)
+    signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
 
 
 def done_testing():

@@ -18,14 +18,16 @@ python3-msgpack.
 import itertools
 import os
 import random
+import select
 import socket
 import subprocess
 import threading
+import time
 
 import msgpack
 
 __all__ = ["Mux", "MuxError", "RemoteError", "ClosedError",
-           "ConnectionLost", "Timeout", "Draining"]
+           "ConnectionLost", "ProtocolError", "Timeout", "Draining"]
 
 
 class MuxError(Exception):
@@ -48,6 +50,12 @@ class ClosedError(MuxError):
 
 class ConnectionLost(MuxError):
     """The connection broke; the effect of calls in flight is unknown."""
+
+
+class ProtocolError(ConnectionLost):
+    """The server sent what is not MessagePack-RPC (garbage, or a response
+    whose msgid is not an integer): the connection is dropped, since no
+    answer on it can be trusted to reach the right caller."""
 
 
 class Draining(MuxError):
@@ -95,6 +103,15 @@ class Mux:
             self._sock = _connect(uri)
             self._rfile = self._wfile = None
             self._proc = None
+        # writes never block: a server that does not read must not hold a
+        # caller past its timeout (the reader waits in select)
+        if self._sock is not None:
+            self._sock.setblocking(False)
+            self._wfd = self._rfd = self._sock.fileno()
+        else:
+            self._wfd = self._wfile.fileno()
+            self._rfd = self._rfile.fileno()
+            os.set_blocking(self._wfd, False)
         self._wlock = threading.Lock()
         self._lock = threading.Lock()
         self._pending = {}
@@ -119,18 +136,53 @@ class Mux:
             if i not in self._pending:
                 return i
 
-    def _send(self, data):
-        with self._wlock:
-            if self._sock is not None:
-                self._sock.sendall(data)
-            else:
-                self._wfile.write(data)
-                self._wfile.flush()
+    def _send(self, data, deadline=None):
+        """Write data whole, by the deadline (time.monotonic(), or None).
+        Raises Timeout if nothing could be written in time; a frame cut off
+        half-way corrupts the stream, so that drops the connection."""
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._wlock.acquire(timeout=-1 if left is None else left):
+            raise Timeout("the connection stayed busy: not sent")
+        try:
+            view, sent = memoryview(data), 0
+            while sent < len(view):
+                try:
+                    if self._sock is not None:
+                        n = self._sock.send(view[sent:])
+                    else:
+                        n = os.write(self._wfd, view[sent:])
+                    sent += n
+                    continue
+                except (BlockingIOError, InterruptedError):
+                    pass
+                left = (None if deadline is None else
+                        deadline - time.monotonic())
+                if left is not None and left <= 0:
+                    if sent == 0:
+                        raise Timeout("the server is not reading: not sent")
+                    err = ConnectionLost("the server stopped reading in the "
+                                         "middle of a request; the effect "
+                                         "of calls in flight is unknown")
+                    self._fail_all(err)
+                    self._shutdown()
+                    raise Timeout("the server is not reading: the request "
+                                  "was cut off, and the connection dropped")
+                select.select([], [self._wfd], [], left)
+        finally:
+            self._wlock.release()
+
+    def _shutdown(self):
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def transaction(self, method, *params, timeout=None):
         """Call method with params and return its result. Raises
         RemoteError, Timeout, ConnectionLost or ClosedError."""
         p = _Pending()
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             if self._closed is not None:
                 raise self._closed
@@ -138,11 +190,16 @@ class Mux:
             self._pending[msgid] = p
         try:
             self._send(msgpack.packb([0, msgid, method, list(params)],
-                                     use_bin_type=True))
+                                     use_bin_type=True), deadline)
+        except Timeout:
+            with self._lock:
+                self._pending.pop(msgid, None)
+            raise
         except OSError as e:
             self._fail_all(ConnectionLost("send: %s; the effect of calls in "
                                           "flight is unknown" % e))
-        if not p.event.wait(timeout):
+        if not p.event.wait(None if deadline is None else
+                            max(0.0, deadline - time.monotonic())):
             with self._lock:
                 if self._pending.pop(msgid, None) is p:
                     self._drain_done()
@@ -170,28 +227,48 @@ class Mux:
     # -- reading ----------------------------------------------------------
 
     def _read_loop(self):
-        u = msgpack.Unpacker(raw=False, strict_map_key=False)
+        # a string that is not valid UTF-8 (a server cutting a name inside
+        # a character) decodes with surrogate escapes instead of failing
+        u = msgpack.Unpacker(raw=False, strict_map_key=False,
+                             unicode_errors="surrogateescape")
         why = ConnectionLost("the server closed the connection; the effect "
                              "of calls in flight is unknown")
         try:
             while True:
-                if self._sock is not None:
-                    data = self._sock.recv(1 << 16)
-                else:
-                    data = os.read(self._rfile.fileno(), 1 << 16)
+                select.select([self._rfd], [], [])
+                try:
+                    if self._sock is not None:
+                        data = self._sock.recv(1 << 16)
+                    else:
+                        data = os.read(self._rfd, 1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    continue
                 if not data:
                     break
                 u.feed(data)
                 for msg in u:
                     self._on_message(msg)
-        except (OSError, ValueError, msgpack.UnpackException) as e:
+        except ProtocolError as e:
+            why = e
+        except OSError as e:
             why = ConnectionLost("connection lost (%s); the effect of calls "
                                  "in flight is unknown" % e)
+        except (ValueError, msgpack.UnpackException) as e:
+            why = ProtocolError("the server sent bytes that are not "
+                                "MessagePack (%s %s): dropping the "
+                                "connection" % (type(e).__name__, e))
         self._fail_all(why)
+        self._shutdown()
 
     def _on_message(self, msg):
-        if not isinstance(msg, list) or not msg:
-            return
+        if (not isinstance(msg, list) or not msg or
+                not isinstance(msg[0], int) or isinstance(msg[0], bool)):
+            raise ProtocolError("the server sent %.60r, not a MessagePack-RPC "
+                                "message: dropping the connection" % (msg,))
+        if msg[0] == 1 and (len(msg) != 4 or not isinstance(msg[1], int) or
+                            isinstance(msg[1], bool)):
+            raise ProtocolError("a response without an integer msgid "
+                                "(%.60r): dropping the connection" % (msg,))
         if msg[0] == 2 and len(msg) == 3 and msg[1] == "$/drain":
             # the server is stopping: send nothing new on this connection
             with self._lock:

@@ -8,6 +8,7 @@
 
 #include <msgpack.h>
 
+#include "../common/text.h"
 #include "log.h"
 #include "server.h"
 
@@ -184,7 +185,7 @@ dmx_builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m,
 		dmx_buf_release(&tmp);
 	} else {
 		dmx_conn_reply_error(c, msgid, DMX_E_NO_METHOD,
-		    "method '%.*s' not found", (int)(ml > 200 ? 200 : ml), m);
+		    "method '%.*s' not found", (int)dmx_utf8_cut(m, ml, 200), m);
 		return DMX_E_NO_METHOD;
 	}
 	return 0;

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "../common/bug.h"
+#include "../common/text.h"
 #include "log.h"
 #include "server.h"
 
@@ -491,14 +492,18 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	}
 	rt = dmx_router_find(bt->gen->router, m, ml);
 	if (rt == NULL) {
-		if (notify)
+		if (notify) {
+			char name[900];
+
+			dmx_escape(name, sizeof(name), m, ml, 200);
 			dmx_debug("conn %u: notification for unknown method "
-			    "'%.*s' dropped", c->id, (int)(ml > 200 ? 200 : ml),
-			    m);
-		else
+			    "'%s' dropped", c->id, name);
+		} else {
+			/* cut on a character boundary: clients decode it */
 			dmx_conn_reply_error(c, (uint32_t)msgid, DMX_E_NO_METHOD,
 			    "method '%.*s' not found",
-			    (int)(ml > 200 ? 200 : ml), m);
+			    (int)dmx_utf8_cut(m, ml, 200), m);
+		}
 		dmx_access_log(c->id, (uint32_t)msgid, notify, m, ml, 1,
 		    DMX_E_NO_METHOD, 0);
 		return;

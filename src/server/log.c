@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/text.h"
 #include "log.h"
 
 static atomic_int log_level = DEMUX_LOG_INFO;
@@ -109,7 +110,7 @@ void
 dmx_access_log(unsigned conn, uint32_t msgid, int notify, const char *method,
     size_t mlen, int errored, int64_t code, uint64_t ns)
 {
-	char line[512], status[24];
+	char line[1024], status[24], name[900];
 	struct timespec ts;
 	struct tm tm;
 	size_t n;
@@ -124,10 +125,11 @@ dmx_access_log(unsigned conn, uint32_t msgid, int notify, const char *method,
 		snprintf(status, sizeof(status), "%lld", (long long)code);
 	else
 		snprintf(status, sizeof(status), "ok");
+	/* the name is the peer's: escaped, so that it cannot forge a line */
+	dmx_escape(name, sizeof(name), method, mlen, 200);
 	r = snprintf(line + n, sizeof(line) - n, ".%03ldZ conn=%u %s%u method="
-	    "%.*s status=%s us=%llu\n", ts.tv_nsec / 1000000, conn,
-	    notify ? "notify msgid=" : "msgid=", msgid,
-	    (int)(mlen > 200 ? 200 : mlen), method, status,
+	    "%s status=%s us=%llu\n", ts.tv_nsec / 1000000, conn,
+	    notify ? "notify msgid=" : "msgid=", msgid, name, status,
 	    (unsigned long long)(ns / 1000));
 	if (r > 0)
 		n += (size_t)r < sizeof(line) - n ? (size_t)r :
