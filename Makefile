@@ -37,10 +37,11 @@ LIBMUX_SOVERSION = 0
 LIBMUX_VERSION = 0.1.0
 
 COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c \
-	     src/common/text.c
+	     src/common/text.c src/common/msg.c
 SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
-	     src/server/job.c src/server/gen.c src/server/conn.c src/server/server.c \
+	     src/server/job.c src/server/gen.c src/server/timer.c \
+	     src/server/conn.c src/server/server.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/async.c src/client/supervise.c \
 	     src/client/conn.c src/client/pack.c
@@ -67,7 +68,7 @@ all: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) \
 
 # ---- dependencies (Debian) ----
 DEB_PKGS = pkg-config libyaml-dev libmsgpack-dev libjansson-dev libmicrohttpd-dev \
-	   python3-msgpack perl curl haproxy
+	   python3-msgpack perl curl haproxy iproute2
 
 $(BUILD)/.deps:
 	@mkdir -p $(BUILD)

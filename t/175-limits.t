@@ -52,6 +52,10 @@ def main():
             try:
                 sent += s.send(req)
                 stalled_since = None
+            except (BrokenPipeError, ConnectionResetError):
+                # idle_timeout_ms (300) also closes a connection whose
+                # answers go unread
+                break
             except BlockingIOError:
                 if stalled_since is None:
                     stalled_since = time.monotonic()

@@ -70,6 +70,7 @@
 #include <msgpack.h>
 
 #include "../common/buf.h"
+#include "../common/msg.h"
 #include "../common/wire.h"
 #include "conn.h"
 
@@ -504,16 +505,10 @@ queue_msg(mc_conn *c, int type, mc_call *call, const char *method,
 		atomic_store_explicit(&call->wpos, c->queued,
 		    memory_order_relaxed);
 	msgpack_packer_init(&pk, &c->wbuf, dmx_buf_pack_write);
-	if (type == DMX_MSG_REQUEST) {
-		msgpack_pack_array(&pk, 4);
-		msgpack_pack_uint8(&pk, DMX_MSG_REQUEST);
-		msgpack_pack_uint32(&pk, call->msgid);
-	} else {
-		msgpack_pack_array(&pk, 3);
-		msgpack_pack_uint8(&pk, DMX_MSG_NOTIFY);
-	}
-	msgpack_pack_str(&pk, mlen);
-	msgpack_pack_str_body(&pk, method, mlen);
+	if (type == DMX_MSG_REQUEST)
+		dmx_msg_request_head(&pk, call->msgid, method, mlen);
+	else
+		dmx_msg_notify_head(&pk, method, mlen);
 	if (len == 0)
 		msgpack_pack_array(&pk, 0);
 	else
@@ -632,16 +627,20 @@ mc_notify(mc_conn *c, const char *method, const void *params, size_t len)
 void
 mc_cancel(mc_conn *c, uint32_t msgid)
 {
-	unsigned char p[6] = { 0x91, 0xce };
+	msgpack_packer pk;
+	size_t before;
 
-	p[2] = (unsigned char)(msgid >> 24);
-	p[3] = (unsigned char)(msgid >> 16);
-	p[4] = (unsigned char)(msgid >> 8);
-	p[5] = (unsigned char)msgid;
 	if (atomic_load(&c->state) != MC_OPEN)
 		return;
 	pthread_mutex_lock(&c->wmu);
-	queue_msg(c, DMX_MSG_NOTIFY, NULL, "$/cancelRequest", p, sizeof(p));
+	before = c->wbuf.len;
+	if (dmx_buf_reserve(&c->wbuf, 32) == 0) {
+		msgpack_packer_init(&pk, &c->wbuf, dmx_buf_pack_write);
+		dmx_msg_cancel(&pk, msgid);
+		c->queued += c->wbuf.len - before;
+		if (!c->writing && !c->want_out)
+			flush_locked(c);
+	}
 	pthread_mutex_unlock(&c->wmu);
 }
 

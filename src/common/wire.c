@@ -123,8 +123,10 @@ dmx_scan_frame(dmx_scan *s, const uint8_t *p, size_t n, size_t max,
 	uint64_t skip, children;
 	int rc;
 
-	if (s->pending == 0 && s->pos == 0)
+	if (s->pending == 0 && s->pos == 0) {
 		s->pending = 1;
+		s->objects = 0;
+	}
 	while (s->pending > 0 && s->pos < n) {
 		rc = describe(p + s->pos, n - s->pos, &hdr, &skip, &children);
 		if (rc < 0)
@@ -135,6 +137,7 @@ dmx_scan_frame(dmx_scan *s, const uint8_t *p, size_t n, size_t max,
 			return DMX_SCAN_TOOBIG;
 		s->pos += hdr + (size_t)skip;
 		s->pending = s->pending - 1 + children;
+		s->objects++;
 		/* every object takes at least one byte */
 		if (s->pending > max - s->pos)
 			return DMX_SCAN_TOOBIG;

@@ -58,9 +58,12 @@ enum { DMX_MSG_REQUEST = 0, DMX_MSG_RESPONSE = 1, DMX_MSG_NOTIFY = 2 };
 typedef struct dmx_scan {
 	size_t   pos;		/* bytes of the current frame walked so far */
 	uint64_t pending;	/* objects still to walk; 0 = between frames */
+	uint64_t objects;	/* objects walked in the current frame; after
+				 * DMX_SCAN_FRAME, the frame's count (what
+				 * decoding it would allocate scales with) */
 } dmx_scan;
 
-#define DMX_SCAN_INIT { 0, 0 }
+#define DMX_SCAN_INIT { 0, 0, 0 }
 
 enum {
 	DMX_SCAN_MORE    = 0,	/* the frame is incomplete: read more */

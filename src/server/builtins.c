@@ -8,7 +8,6 @@
 
 #include <msgpack.h>
 
-#include "../common/text.h"
 #include "log.h"
 #include "server.h"
 
@@ -66,9 +65,8 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 }
 
 static void
-pack_stats(dmx_conn *c, dmx_buf *b)
+pack_stats(dmx_server *s, dmx_buf *b)
 {
-	dmx_server *s = c->srv;
 	const dmx_router *r = dmx_server_router(s);
 	dmx_server_stats *st = dmx_server_stats_get(s);
 	size_t i, j, n = dmx_router_count(r), nplugins = 0;
@@ -156,36 +154,27 @@ pack_stats(dmx_conn *c, dmx_buf *b)
 }
 
 int
-dmx_builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m,
-    uint32_t ml)
+dmx_builtin(dmx_server *s, const char *m, uint32_t ml, dmx_buf *result)
 {
-	const dmx_router *r = dmx_server_router(c->srv);
+	const dmx_router *r = dmx_server_router(s);
 	const dmx_buf *b;
-	dmx_buf tmp = DMX_BUF_INIT;
+	msgpack_packer pk;
 
-	if (notify)
-		return 0;	/* $/ notifications the server does not know
-				 * are ignored, as LSP specifies */
+	msgpack_packer_init(&pk, result, dmx_buf_pack_write);
 	if (ml == 6 && memcmp(m, "$/ping", 6) == 0) {
-		dmx_conn_reply(c, msgid, "\xa4pong", 5);
+		dmx_pack_cstr(&pk, "pong");
 	} else if (ml == 8 && memcmp(m, "$/health", 8) == 0) {
-		if (dmx_server_stopping(c->srv))
-			dmx_conn_reply(c, msgid, "\xa8" "draining", 9);
-		else
-			dmx_conn_reply(c, msgid, "\xa7" "serving", 8);
+		dmx_pack_cstr(&pk, dmx_server_stopping(s) ? "draining" :
+		    "serving");
 	} else if (ml == 9 && memcmp(m, "$/methods", 9) == 0) {
 		b = dmx_router_methods(r);
-		dmx_conn_reply(c, msgid, b->data, b->len);
+		dmx_buf_append(result, b->data, b->len);
 	} else if (ml == 9 && memcmp(m, "$/plugins", 9) == 0) {
 		b = dmx_router_plugins(r);
-		dmx_conn_reply(c, msgid, b->data, b->len);
+		dmx_buf_append(result, b->data, b->len);
 	} else if (ml == 7 && memcmp(m, "$/stats", 7) == 0) {
-		pack_stats(c, &tmp);
-		dmx_conn_reply(c, msgid, tmp.data, tmp.len);
-		dmx_buf_release(&tmp);
+		pack_stats(s, result);
 	} else {
-		dmx_conn_reply_error(c, msgid, DMX_E_NO_METHOD,
-		    "method '%.*s' not found", (int)dmx_utf8_cut(m, ml, 200), m);
 		return DMX_E_NO_METHOD;
 	}
 	return 0;

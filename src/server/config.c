@@ -583,6 +583,29 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				return cfg_fail(c, v, "max_output: must be at "
 				    "least 4096 bytes");
 			cfg->max_output = (size_t)u;
+		} else if (strcmp(key, "max_elements") == 0) {
+			if (get_uint(c, v, key, 16, 1ull << 32, &u) != 0)
+				return -1;
+			cfg->max_elements = (uint64_t)u;
+		} else if (strcmp(key, "max_inflight_bytes") == 0) {
+			if (get_uint(c, v, key, 4096, 1ull << 40, &u) != 0)
+				return -1;
+			cfg->max_inflight_bytes = (size_t)u;
+		} else if (strcmp(key, "max_memory") == 0) {
+			if (get_uint(c, v, key, 1u << 20, 1ull << 44, &u) != 0)
+				return -1;
+			cfg->max_memory = (size_t)u;
+		} else if (strcmp(key, "frame_timeout_ms") == 0) {
+			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
+				return -1;
+			cfg->frame_timeout_ms = (unsigned)u;
+		} else if (strcmp(key, "tcp_keepalive_ms") == 0) {
+			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
+				return -1;
+			if (u > 0 && u < 1000)
+				return cfg_fail(c, v, "tcp_keepalive_ms: 0 (off) or "
+				    "at least 1000");
+			cfg->tcp_keepalive_ms = (unsigned)u;
 		} else if (strcmp(key, "idle_timeout_ms") == 0) {
 			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
 				return -1;
@@ -632,7 +655,9 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 		} else {
 			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
 			    "workers, max_threads, queue, max_frame, max_inflight, "
-			    "max_connections, max_output, idle_timeout_ms, "
+			    "max_connections, max_output, max_elements, "
+			    "max_inflight_bytes, max_memory, frame_timeout_ms, "
+			    "tcp_keepalive_ms, idle_timeout_ms, "
 			    "drain_timeout_ms, reuse_port, log_level, metrics, "
 			    "access_log or "
 			    "plugins)", key);
@@ -654,6 +679,11 @@ dmx_config_defaults(dmx_config *cfg)
 	cfg->max_connections = DMX_DEFAULT_MAX_CONNECTIONS;
 	cfg->drain_timeout_ms = DMX_DEFAULT_DRAIN_TIMEOUT_MS;
 	cfg->max_output = DMX_DEFAULT_MAX_OUTPUT;
+	cfg->max_elements = DMX_DEFAULT_MAX_ELEMENTS;
+	cfg->max_inflight_bytes = DMX_DEFAULT_MAX_INFLIGHT_BYTES;
+	cfg->max_memory = DMX_DEFAULT_MAX_MEMORY;
+	cfg->frame_timeout_ms = DMX_DEFAULT_FRAME_TIMEOUT_MS;
+	cfg->tcp_keepalive_ms = DMX_DEFAULT_TCP_KEEPALIVE_MS;
 	cfg->log_level = -1;
 }
 

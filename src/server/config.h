@@ -13,6 +13,7 @@
 #define DMX_CONFIG_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct dmx_conf_listen {
 	char   *uri;		/* "unix:PATH" (resolved) or "tcp:HOST:PORT" */
@@ -50,6 +51,13 @@ typedef struct dmx_config {
 	unsigned	 max_connections;
 	unsigned	 drain_timeout_ms; /* SIGTERM: wait this long for in-flight */
 	size_t		 max_output;	/* unsent reply bytes per connection */
+	uint64_t	 max_elements;	/* msgpack objects per request */
+	size_t		 max_inflight_bytes; /* request bytes in flight, per
+					 * connection */
+	size_t		 max_memory;	/* request bytes in flight and partial
+					 * frames, all connections */
+	unsigned	 frame_timeout_ms; /* a frame begun must end by then */
+	unsigned	 tcp_keepalive_ms; /* idle before keepalive probes; 0 off */
 	unsigned	 idle_timeout_ms; /* close idle connections; 0: never */
 	int		 reuse_port;	/* SO_REUSEPORT on tcp listeners */
 	int		 log_level;	/* -1: not set in the file */
@@ -66,6 +74,11 @@ typedef struct dmx_config {
 #define DMX_DEFAULT_MAX_THREADS		1024
 #define DMX_DEFAULT_DRAIN_TIMEOUT_MS	30000u
 #define DMX_DEFAULT_MAX_OUTPUT		(16u << 20)
+#define DMX_DEFAULT_MAX_ELEMENTS	(1u << 20)
+#define DMX_DEFAULT_MAX_INFLIGHT_BYTES	(64u << 20)
+#define DMX_DEFAULT_MAX_MEMORY		(1ull << 30)
+#define DMX_DEFAULT_FRAME_TIMEOUT_MS	30000u
+#define DMX_DEFAULT_TCP_KEEPALIVE_MS	60000u
 
 /*
  * Read and validate FILE. On success fill *cfg (free with dmx_config_free)

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "../common/bug.h"
+#include "../common/msg.h"
 #include "../common/text.h"
 #include "log.h"
 #include "server.h"
@@ -73,6 +74,60 @@ job_get(dmx_conn *c)
 	return j;
 }
 
+/* ---- requests in flight by msgid (c->mu held) ---- */
+
+static unsigned
+id_hash(uint32_t msgid)
+{
+	return (msgid * 2654435761u) >> 7;
+}
+
+static void
+id_insert_locked(dmx_conn *c, dmx_job *j)
+{
+	unsigned h;
+
+	if (c->idtab == NULL || c->idcount >= c->idmask + 1) {
+		unsigned n = c->idtab ? (c->idmask + 1) * 2 : 16, i;
+		dmx_job **t = calloc(n, sizeof(*t)), *e, *next;
+
+		if (t == NULL && c->idtab == NULL)
+			return;		/* not cancellable; still served */
+		if (t != NULL) {
+			for (i = 0; c->idtab && i <= c->idmask; i++)
+				for (e = c->idtab[i]; e != NULL; e = next) {
+					next = e->id_next;
+					h = id_hash(e->msgid) & (n - 1);
+					e->id_next = t[h];
+					t[h] = e;
+				}
+			free(c->idtab);
+			c->idtab = t;
+			c->idmask = n - 1;
+		}
+	}
+	h = id_hash(j->msgid) & c->idmask;
+	j->id_next = c->idtab[h];
+	c->idtab[h] = j;
+	j->hashed = 1;
+	c->idcount++;
+}
+
+static void
+id_remove_locked(dmx_conn *c, dmx_job *j)
+{
+	dmx_job **pp;
+
+	for (pp = &c->idtab[id_hash(j->msgid) & c->idmask]; *pp != NULL;
+	    pp = &(*pp)->id_next)
+		if (*pp == j) {
+			*pp = j->id_next;
+			break;
+		}
+	j->hashed = 0;
+	c->idcount--;
+}
+
 static void
 job_free(dmx_job *j)
 {
@@ -82,6 +137,7 @@ job_free(dmx_job *j)
 }
 
 static void conn_free(dmx_conn *c);
+static void rbuf_account(dmx_conn *c);
 
 /*
  * Return a job to its connection's free list. Called with c->mu held.
@@ -92,8 +148,18 @@ static int
 job_recycle_locked(dmx_conn *c, dmx_job *j)
 {
 	DMX_BUG_ON(j->gen != NULL);
+	/* the contents are done with: a buffer that grew for one large
+	 * message goes back to JOB_KEEP (shrink keeps what len covers) */
+	if (j->hashed)
+		id_remove_locked(c, j);
+	j->in.len = j->out.len = 0;
 	dmx_buf_shrink(&j->in, JOB_KEEP);
 	dmx_buf_shrink(&j->out, JOB_KEEP);
+	if (j->in_bytes > 0) {
+		c->in_bytes -= j->in_bytes;
+		dmx_server_mem_sub(c->srv, j->in_bytes);
+		j->in_bytes = 0;
+	}
 	if (j->fl_prev)
 		j->fl_prev->fl_next = j->fl_next;
 	else
@@ -108,7 +174,8 @@ job_recycle_locked(dmx_conn *c, dmx_job *j)
 	/* wake the I/O thread only for what it must act on: reading can
 	 * resume, or a closing connection has gone idle */
 	if ((c->paused && c->inflight <= c->resume_inflight &&
-	    c->oq_bytes <= c->resume_output) ||
+	    c->oq_bytes <= c->resume_output &&
+	    c->in_bytes <= c->resume_in_bytes) ||
 	    (c->closing && c->inflight == 0))
 		dmx_server_attn(c->srv, c);
 	return 0;
@@ -173,6 +240,8 @@ flush_locked(dmx_conn *c)
 		}
 		left = (size_t)n;
 		c->oq_bytes -= left;
+		if (n > 0)
+			c->last_write = dmx_now_ns();
 		atomic_fetch_add_explicit(&dmx_server_stats_get(c->srv)->bytes_out,
 		    (uint64_t)n, memory_order_relaxed);
 		while (c->oq_head != NULL) {
@@ -184,6 +253,7 @@ flush_locked(dmx_conn *c)
 			left -= j->out.len - c->oq_off;
 			c->oq_off = 0;
 			c->oq_head = j->next;
+			c->oq_n--;
 			if (c->oq_head == NULL)
 				c->oq_tail = NULL;
 			last |= job_recycle_locked(c, j);
@@ -198,9 +268,66 @@ flush_locked(dmx_conn *c)
 		c->oq_head = c->oq_tail = NULL;
 		c->oq_off = 0;
 		c->oq_bytes = 0;
+		c->oq_n = 0;
 	}
 	c->writing = 0;
 	return last;
+}
+
+/* ---- parking: replies that could not be sent are not built ---- */
+
+int
+dmx_conn_admit(dmx_job *j)
+{
+	dmx_conn *c = j->conn;
+	int run = 1;
+
+	if (!atomic_load_explicit(&c->out_full, memory_order_relaxed))
+		return 1;	/* the common case: one relaxed load */
+	pthread_mutex_lock(&c->mu);
+	if (atomic_load_explicit(&c->out_full, memory_order_relaxed) &&
+	    !c->broken && atomic_load(&j->state) == DMX_JOB_QUEUED) {
+		j->next = NULL;
+		if (c->parked_tail)
+			c->parked_tail->next = j;
+		else
+			c->parked = j;
+		c->parked_tail = j;
+		run = 0;
+	}
+	pthread_mutex_unlock(&c->mu);
+	return run;
+}
+
+/* Once the client has read half of what waited (or will never read): the
+ * parked jobs, to be requeued after unlocking. Called with c->mu held. */
+static dmx_job *
+take_unparked_locked(dmx_conn *c)
+{
+	dmx_job *list;
+
+	if (c->parked == NULL && !atomic_load_explicit(&c->out_full,
+	    memory_order_relaxed))
+		return NULL;
+	if (!c->broken && c->oq_bytes > c->out_limit / 2)
+		return NULL;
+	atomic_store_explicit(&c->out_full, 0, memory_order_relaxed);
+	list = c->parked;
+	c->parked = c->parked_tail = NULL;
+	return list;
+}
+
+/* Hand parked jobs back to their pools (c->mu not held: an on-demand pool
+ * may run one right here). */
+static void
+requeue(dmx_job *list)
+{
+	dmx_job *j, *next;
+
+	for (j = list; j != NULL; j = next) {
+		next = j->next;
+		dmx_pool_requeue(j->route->plugin->pool, j);
+	}
 }
 
 /* Queue jobs head..tail of connection c (or recycle them) and flush unless
@@ -210,6 +337,7 @@ send_run(dmx_conn *c, dmx_job *head, dmx_job *tail)
 {
 	dmx_job *j, *next, *after = tail->next;
 	dmx_gen *g = NULL;
+	dmx_job *unparked;
 	unsigned long refs = 0;
 	int last = 0;
 
@@ -246,11 +374,17 @@ send_run(dmx_conn *c, dmx_job *head, dmx_job *tail)
 			c->oq_head = j;
 		c->oq_tail = j;
 		c->oq_bytes += j->out.len;
+		if (c->oq_n++ == 0)
+			c->last_write = dmx_now_ns();	/* a new wait begins */
 	}
+	if (c->oq_bytes >= c->out_limit)
+		atomic_store_explicit(&c->out_full, 1, memory_order_relaxed);
 	/* an active writer, or the I/O thread after EPOLLOUT, takes them */
 	if (!c->writing && !c->want_out && c->oq_head != NULL)
 		last |= flush_locked(c);
+	unparked = take_unparked_locked(c);
 	pthread_mutex_unlock(&c->mu);
+	requeue(unparked);
 	if (last)
 		conn_free(c);
 }
@@ -284,6 +418,8 @@ dmx_conn_send_list(dmx_job *head)
 void
 dmx_conn_on_writable(dmx_conn *c)
 {
+	dmx_job *unparked;
+
 	pthread_mutex_lock(&c->mu);
 	c->want_out = 0;
 	/* the I/O thread still holds the connection, so flush can never drop
@@ -291,10 +427,24 @@ dmx_conn_on_writable(dmx_conn *c)
 	if (!c->writing)
 		(void)flush_locked(c);
 	dmx_server_attn(c->srv, c);	/* EPOLLOUT on or off, or close */
+	unparked = take_unparked_locked(c);
 	pthread_mutex_unlock(&c->mu);
+	requeue(unparked);
 }
 
 /* ---- host-made replies (I/O thread) ---- */
+
+/* A packer sink into a fixed buffer: past its end, it only counts. */
+static int
+refuse_write(void *data, const char *p, size_t n)
+{
+	dmx_buf *b = data;
+
+	if (b->len + n <= b->cap)
+		memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
 
 void
 dmx_conn_reply_error(dmx_conn *c, uint32_t msgid, int64_t code,
@@ -328,7 +478,6 @@ send_error_notice(dmx_conn *c, int64_t code, const char *fmt, ...)
 	msgpack_packer pk;
 	dmx_job *j;
 	va_list ap;
-	size_t n;
 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -352,16 +501,8 @@ send_error_notice(dmx_conn *c, int64_t code, const char *fmt, ...)
 	j = job_get(c);
 	if (j == NULL)
 		return;
-	n = strlen(msg);
 	msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
-	msgpack_pack_array(&pk, 3);
-	msgpack_pack_uint8(&pk, DMX_MSG_NOTIFY);
-	msgpack_pack_str(&pk, 7);
-	msgpack_pack_str_body(&pk, "$/error", 7);
-	msgpack_pack_array(&pk, 2);
-	msgpack_pack_int64(&pk, code);
-	msgpack_pack_str(&pk, n);
-	msgpack_pack_str_body(&pk, msg, n);
+	dmx_msg_error_notice(&pk, code, msg);
 	dmx_conn_send(j);
 }
 
@@ -375,12 +516,25 @@ dmx_conn_reply(dmx_conn *c, uint32_t msgid, const void *result, size_t len)
 	if (j == NULL)
 		return;
 	msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
-	msgpack_pack_array(&pk, 4);
-	msgpack_pack_uint8(&pk, DMX_MSG_RESPONSE);
-	msgpack_pack_uint32(&pk, msgid);
-	msgpack_pack_nil(&pk);
+	dmx_msg_result_head(&pk, msgid);
 	dmx_buf_append(&j->out, result, len);
 	dmx_conn_send(j);
+}
+
+void
+dmx_conn_refuse(int fd, int64_t code, const char *why)
+{
+	char mem[256];
+	dmx_buf b = { mem, 0, sizeof(mem) };
+	msgpack_packer pk;
+
+	/* a small fixed buffer: the message fits, and nothing is allocated
+	 * on the way to shedding load (a longer one is cut off unsent) */
+	msgpack_packer_init(&pk, &b, refuse_write);
+	dmx_msg_error_notice(&pk, code, why);
+	if (b.len <= sizeof(mem) &&
+	    send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		dmx_debug("refuse: %s", strerror(errno));
 }
 
 /* ---- dispatch (I/O thread) ---- */
@@ -474,7 +628,22 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		return;
 	}
 	if (ml >= 2 && m[0] == '$' && m[1] == '/') {
-		int code = dmx_builtin(c, notify, (uint32_t)msgid, m, ml);
+		dmx_buf res = DMX_BUF_INIT;
+		int code = 0;
+
+		/* $/ notifications the server does not know are ignored, as
+		 * LSP specifies */
+		if (!notify) {
+			code = dmx_builtin(c->srv, m, ml, &res);
+			if (code == 0)
+				dmx_conn_reply(c, (uint32_t)msgid, res.data,
+				    res.len);
+			else
+				dmx_conn_reply_error(c, (uint32_t)msgid, code,
+				    "method '%.*s' not found",
+				    (int)dmx_utf8_cut(m, ml, 200), m);
+			dmx_buf_release(&res);
+		}
 
 		dmx_access_log(c->id, (uint32_t)msgid, notify, m, ml, code != 0,
 		    code, 0);
@@ -530,12 +699,22 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	atomic_store_explicit(&rt->stats->m.dispatched, atomic_load_explicit(
 	    &rt->stats->m.dispatched, memory_order_relaxed) + 1,
 	    memory_order_relaxed);
-	if (rt->timeout_ms > 0) {
+	/* its bytes count against max_inflight_bytes and max_memory until
+	 * it is recycled */
+	j->in_bytes = len;
+	dmx_server_mem_add(c->srv, len);
+	{
+		/* the job is in flight: the connection cannot go before the
+		 * claim is counted */
+		int claim = rt->timeout_ms > 0 && dmx_server_timer_add(c->srv,
+		    j, j->t_dispatch + (uint64_t)rt->timeout_ms * 1000000u);
+
 		pthread_mutex_lock(&c->mu);
-		c->timers++;
+		c->in_bytes += len;
+		c->timers += (unsigned)claim;
+		if (!notify)
+			id_insert_locked(c, j);
 		pthread_mutex_unlock(&c->mu);
-		dmx_server_timer_add(c->srv, c, j, j->t_dispatch +
-		    (uint64_t)rt->timeout_ms * 1000000u);
 	}
 	j->params_off = (uint32_t)(r.p - p);
 	j->params_len = (uint32_t)(len - j->params_off);
@@ -606,20 +785,58 @@ submit(dmx_conn *c, batch *bt)
  * connection, and the reset can destroy the error answer before the client
  * reads it.
  */
+/* The msgid of a request whose first bytes are p[0..n), if they hold one. */
+static int
+frame_msgid(const uint8_t *p, size_t n, uint32_t *msgid)
+{
+	uint64_t type, id;
+	uint32_t cnt;
+	dmx_rd r;
+
+	dmx_rd_init(&r, p, n);
+	if (dmx_rd_array(&r, &cnt) != 0 || cnt < 2 ||
+	    dmx_rd_uint(&r, &type) != 0 || type != DMX_MSG_REQUEST ||
+	    dmx_rd_uint(&r, &id) != 0 || id > UINT32_MAX)
+		return 0;
+	*msgid = (uint32_t)id;
+	return 1;
+}
+
+/*
+ * A complete frame of more than max_elements objects: answered -32013
+ * without being decoded (decoding costs ~24 bytes per object, whatever the
+ * object's own size), and the connection goes on.
+ */
+static void
+too_many_elements(dmx_conn *c, const uint8_t *p, size_t n, uint64_t objects)
+{
+	uint64_t max = dmx_server_config(c->srv)->max_elements;
+	uint32_t msgid;
+
+	atomic_fetch_add_explicit(&dmx_server_stats_get(c->srv)->requests, 1,
+	    memory_order_relaxed);
+	dmx_info("conn %u: a message of %llu elements (max_elements %llu): "
+	    "refused", c->id, (unsigned long long)objects,
+	    (unsigned long long)max);
+	if (frame_msgid(p, n, &msgid))
+		dmx_conn_reply_error(c, msgid, DMX_E_TOO_LARGE, "message too "
+		    "large: %llu elements, over max_elements (%llu)",
+		    (unsigned long long)objects, (unsigned long long)max);
+	else
+		send_error_notice(c, DMX_E_TOO_LARGE, "message too large: %llu "
+		    "elements, over max_elements (%llu)",
+		    (unsigned long long)objects, (unsigned long long)max);
+}
+
 static void
 fatal_frame(dmx_conn *c, const uint8_t *p, size_t n, int why)
 {
 	const dmx_config *cfg = dmx_server_config(c->srv);
-	uint64_t type, msgid;
-	uint32_t cnt;
-	dmx_rd r;
+	uint32_t msgid;
 
 	if (why == DMX_SCAN_TOOBIG) {
-		dmx_rd_init(&r, p, n);
-		if (dmx_rd_array(&r, &cnt) == 0 && cnt >= 2 &&
-		    dmx_rd_uint(&r, &type) == 0 && type == DMX_MSG_REQUEST &&
-		    dmx_rd_uint(&r, &msgid) == 0 && msgid <= UINT32_MAX)
-			dmx_conn_reply_error(c, (uint32_t)msgid, DMX_E_TOO_LARGE,
+		if (frame_msgid(p, n, &msgid))
+			dmx_conn_reply_error(c, msgid, DMX_E_TOO_LARGE,
 			    "message too large: over max_frame (%zu bytes)",
 			    cfg->max_frame);
 		else
@@ -681,8 +898,10 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 		if (++frames % CHECK_EVERY == 0) {
 			pthread_mutex_lock(&c->mu);
 			full = c->inflight >= cfg->max_inflight ||
-			    c->oq_bytes >= cfg->max_output;
+			    c->oq_bytes >= cfg->max_output ||
+			    c->in_bytes >= cfg->max_inflight_bytes;
 			pthread_mutex_unlock(&c->mu);
+			full = full || dmx_server_mem_full(c->srv);
 			if (full) {
 				c->rbuf_pending = 1;
 				break;
@@ -696,7 +915,10 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 			fatal_frame(c, p + off, n - off, rc);
 			return n;
 		}
-		dispatch(c, p + off, flen, bt);
+		if (c->scan.objects > cfg->max_elements)
+			too_many_elements(c, p + off, flen, c->scan.objects);
+		else
+			dispatch(c, p + off, flen, bt);
 		off += flen;
 		if (c->invalid > MAX_INVALID) {
 			fatal_frame(c, p + off, 0, DMX_SCAN_INVALID + 100);
@@ -713,6 +935,7 @@ dmx_conn_stop_reading(dmx_conn *c)
 		return;
 	c->rd_closed = 1;
 	dmx_buf_release(&c->rbuf);
+	rbuf_account(c);
 	dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLIN);
 	pthread_mutex_lock(&c->mu);
 	c->closing = 1;
@@ -729,11 +952,13 @@ static int
 pause_if_full(dmx_conn *c)
 {
 	const dmx_config *cfg = dmx_server_config(c->srv);
-	int full;
+	int full, mem = 0;
 
 	pthread_mutex_lock(&c->mu);
+	c->out_limit = cfg->max_output;
 	full = c->inflight >= cfg->max_inflight ||
-	    c->oq_bytes >= cfg->max_output;
+	    c->oq_bytes >= cfg->max_output ||
+	    c->in_bytes >= cfg->max_inflight_bytes;
 	if (full) {
 		/* resume once half have gone; the thresholds are kept here
 		 * so that a worker never reads a configuration a reload may
@@ -741,11 +966,49 @@ pause_if_full(dmx_conn *c)
 		c->paused = 1;
 		c->resume_inflight = cfg->max_inflight / 2;
 		c->resume_output = cfg->max_output / 2;
+		c->resume_in_bytes = cfg->max_inflight_bytes / 2;
 	}
 	pthread_mutex_unlock(&c->mu);
-	if (full)
+	if (!c->mem_paused && dmx_server_mem_full(c->srv)) {
+		/* the server as a whole holds too much: wait for half */
+		c->mem_paused = mem = 1;
+		dmx_server_mem_wait(c->srv);
+	}
+	if (full || mem)
 		dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLIN);
-	return full;
+	return full || mem;
+}
+
+void
+dmx_conn_mem_resume(dmx_conn *c)
+{
+	int paused;
+
+	c->mem_paused = 0;
+	pthread_mutex_lock(&c->mu);
+	paused = c->paused;
+	pthread_mutex_unlock(&c->mu);
+	if (paused || c->rd_closed)
+		return;
+	dmx_server_epoll_mod(c->srv, c, c->events | EPOLLIN);
+	if (c->rbuf_pending)
+		dmx_conn_on_readable(c);
+}
+
+/* Keep the server's memory count in step with the partial-frame buffer, and
+ * note when a partial frame began (frame_timeout_ms). (I/O thread) */
+static void
+rbuf_account(dmx_conn *c)
+{
+	if (c->rbuf.cap > c->rbuf_counted)
+		dmx_server_mem_add(c->srv, c->rbuf.cap - c->rbuf_counted);
+	else
+		dmx_server_mem_sub(c->srv, c->rbuf_counted - c->rbuf.cap);
+	c->rbuf_counted = c->rbuf.cap;
+	if (c->rbuf.len == 0 || c->rbuf_pending)
+		c->frame_since = 0;
+	else if (c->frame_since == 0)
+		c->frame_since = c->last_active;
 }
 
 void
@@ -841,6 +1104,7 @@ dmx_conn_on_readable(dmx_conn *c)
 		if ((size_t)n < room && !c->rbuf_pending)
 			break;		/* drained the socket, parsed it all */
 	}
+	rbuf_account(c);
 	submit(c, &bt);
 }
 
@@ -856,7 +1120,8 @@ dmx_conn_attend(dmx_conn *c)
 	want_out = c->want_out;
 	broken = c->broken;
 	resume = c->paused && c->inflight <= c->resume_inflight &&
-	    c->oq_bytes <= c->resume_output;
+	    c->oq_bytes <= c->resume_output &&
+	    c->in_bytes <= c->resume_in_bytes;
 	if (resume)
 		c->paused = 0;
 	idle = c->inflight == 0;
@@ -902,7 +1167,7 @@ dmx_conn_attend(dmx_conn *c)
 		shutdown(c->wfd, SHUT_WR);
 		c->wr_shut = 1;
 	}
-	if (resume && !c->rd_closed) {
+	if (resume && !c->rd_closed && !c->mem_paused) {
 		dmx_server_epoll_mod(c->srv, c, c->events | EPOLLIN);
 		/* data waiting in the socket is reported by level-triggered
 		 * epoll; frames already read but not parsed are not */
@@ -913,6 +1178,54 @@ dmx_conn_attend(dmx_conn *c)
 		dmx_server_epoll_mod(c->srv, c, c->events | EPOLLOUT);
 	else if (!want_out && (c->events & EPOLLOUT))
 		dmx_server_epoll_mod(c->srv, c, c->events & ~(uint32_t)EPOLLOUT);
+}
+
+/* ---- timeouts ---- */
+
+int
+dmx_conn_check_timeouts(dmx_conn *c, uint64_t now, uint64_t idle_ns,
+    uint64_t frame_ns)
+{
+	unsigned active, parked = 0;
+	uint64_t last_write;
+	int output;
+	dmx_job *j;
+
+	if (frame_ns > 0 && c->frame_since != 0 &&
+	    now - c->frame_since >= frame_ns && !c->rd_closed) {
+		dmx_info("conn %u: a frame begun %llu ms ago is still "
+		    "incomplete (frame_timeout_ms): closing", c->id,
+		    (unsigned long long)((now - c->frame_since) / 1000000u));
+		send_error_notice(c, DMX_E_TOO_LARGE, "frame not completed "
+		    "within frame_timeout_ms (%llu ms); closing the connection",
+		    (unsigned long long)(frame_ns / 1000000u));
+		dmx_conn_stop_reading(c);
+		return 0;	/* closes once the notice is out */
+	}
+	if (idle_ns == 0 || now - c->last_active < idle_ns || c->mem_paused)
+		return 0;	/* (paused for memory: the silence is ours) */
+	pthread_mutex_lock(&c->mu);
+	for (j = c->parked; j != NULL; j = j->next)
+		parked++;
+	active = c->inflight - c->oq_n - parked;
+	output = c->oq_head != NULL;
+	last_write = c->last_write;
+	pthread_mutex_unlock(&c->mu);
+	if (active > 0)
+		return 0;	/* a handler is still working for it */
+	if (output && now - last_write < idle_ns)
+		return 0;	/* it is reading its answers, slowly */
+	dmx_debug("conn %u: idle for %llu ms%s: closing", c->id,
+	    (unsigned long long)(idle_ns / 1000000u), output ?
+	    " with answers it does not read" : c->discard ?
+	    " after a bad frame" : "");
+	if (output || c->discard || c->rd_closed) {
+		/* nothing more can come of it: drop what is queued */
+		dmx_conn_release(c);
+		return 1;
+	}
+	dmx_conn_stop_reading(c);
+	return 0;
 }
 
 /* ---- deadlines ---- */
@@ -974,8 +1287,9 @@ dmx_conn_cancel(dmx_conn *c, uint32_t msgid)
 	int st = -1, answered = 0;
 
 	pthread_mutex_lock(&c->mu);
-	for (j = c->flight; j != NULL; j = j->fl_next) {
-		if (j->route == NULL || j->notify || j->msgid != msgid)
+	for (j = c->idtab ? c->idtab[id_hash(msgid) & c->idmask] : NULL;
+	    j != NULL; j = j->id_next) {
+		if (j->route == NULL || j->msgid != msgid)
 			continue;
 		st = atomic_load(&j->state);
 		if (st == DMX_JOB_QUEUED && atomic_compare_exchange_strong(
@@ -1013,7 +1327,10 @@ dmx_conn_drain(dmx_conn *c)
 	/* [2, "$/drain", []]: send nothing new on this connection */
 	j = job_get(c);
 	if (j != NULL) {
-		dmx_buf_append(&j->out, "\x93\x02\xa7$/drain\x90", 11);
+		msgpack_packer pk;
+
+		msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
+		dmx_msg_drain(&pk);
 		dmx_conn_send(j);
 	}
 	pthread_mutex_lock(&c->mu);
@@ -1086,6 +1403,8 @@ conn_free(dmx_conn *c)
 		next = j->next;
 		job_free(j);
 	}
+	dmx_server_mem_sub(c->srv, c->rbuf_counted);
+	free(c->idtab);
 	dmx_buf_release(&c->rbuf);
 	if (c->wfd != c->rfd && c->wfd >= 0)
 		close(c->wfd);
@@ -1098,6 +1417,7 @@ conn_free(dmx_conn *c)
 void
 dmx_conn_release(dmx_conn *c)
 {
+	dmx_job *unparked, *j;
 	int last;
 
 	dmx_server_forget(c->srv, c);
@@ -1106,10 +1426,20 @@ dmx_conn_release(dmx_conn *c)
 	pthread_mutex_lock(&c->mu);
 	c->released = 1;
 	c->broken = 1;
+	/* its deadlines: nobody is left to answer -32011 to, and they must
+	 * not keep the connection (descriptor, buffers) until they fire */
+	for (j = c->flight; j != NULL; j = j->fl_next)
+		c->timers -= (unsigned)dmx_server_timer_del(c->srv, j);
+	for (j = c->free_jobs; j != NULL; j = j->next)
+		c->timers -= (unsigned)dmx_server_timer_del(c->srv, j);
 	last = c->inflight == 0 && c->timers == 0 && !c->writing;
 	if (!last && !c->writing && c->oq_head != NULL)
 		last = flush_locked(c);		/* recycles queued replies */
+	/* parked jobs run as every accepted job does; their replies are
+	 * dropped (they hold claims: last is 0 while there are any) */
+	unparked = take_unparked_locked(c);
 	pthread_mutex_unlock(&c->mu);
+	requeue(unparked);
 	if (last)
 		conn_free(c);
 }

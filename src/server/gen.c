@@ -101,8 +101,8 @@ dmx_gen_new(dmx_config *cfg, const dmx_gen *prev, const dmx_gen_hooks *hooks,
 			p->pool = hooks->shared;
 			continue;
 		}
-		p->pool = dmx_pool_new(p->workers, 0, p->queue, hooks->done,
-		    hooks->done_arg, err, errlen);
+		p->pool = dmx_pool_new(p->workers, 0, p->queue, hooks->admit,
+		    hooks->done, hooks->done_arg, err, errlen);
 		if (p->pool == NULL) {
 			char why[256];
 

@@ -36,7 +36,8 @@ typedef struct dmx_gen dmx_gen;
 /* What a generation needs from the server that builds it. */
 typedef struct dmx_gen_hooks {
 	dmx_pool	*shared;	/* runs plugins without `workers:` */
-	dmx_pool_done_fn done;		/* for the plugins' own pools */
+	dmx_pool_admit_fn admit;	/* for the plugins' own pools */
+	dmx_pool_done_fn done;
 	void		*done_arg;
 	/* the last reference is gone (any thread); NULL: free at once */
 	void	       (*dead)(dmx_gen *g, void *arg);

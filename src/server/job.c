@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/msg.h"
 #include "../common/wire.h"
 #include "job.h"
 #include "log.h"
@@ -38,15 +39,8 @@ dmx_job_set_error(dmx_job *j, int64_t code, const char *msg, const char *trace)
 	j->errored = 1;
 	j->err_code = code;
 	msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
-	msgpack_pack_array(&pk, 4);
-	msgpack_pack_uint8(&pk, DMX_MSG_RESPONSE);
-	msgpack_pack_uint32(&pk, j->msgid);
-	msgpack_pack_array(&pk, trace ? 3 : 2);
-	msgpack_pack_int64(&pk, code);
-	dmx_pack_cstr(&pk, msg ? msg : dmx_wire_strerror(code));
-	if (trace)
-		dmx_pack_cstr(&pk, trace);
-	msgpack_pack_nil(&pk);
+	dmx_msg_error(&pk, j->msgid, code, msg ? msg : dmx_wire_strerror(code),
+	    trace);
 	/* a plugin still holding the packer must not append to the error */
 	j->pk.callback = discard_write;
 }
@@ -189,10 +183,7 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 		goto send;
 	}
 
-	msgpack_pack_array(&j->pk, 4);
-	msgpack_pack_uint8(&j->pk, DMX_MSG_RESPONSE);
-	msgpack_pack_uint32(&j->pk, j->msgid);
-	msgpack_pack_nil(&j->pk);
+	dmx_msg_result_head(&j->pk, j->msgid);
 	j->result_off = j->out.len;
 
 	memset(&req, 0, sizeof(req));

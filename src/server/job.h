@@ -37,6 +37,8 @@ typedef struct dmx_job {
 	struct dmx_job	*next;		/* pool queue, output queue, free list */
 	struct dmx_job	*fl_prev, *fl_next; /* conn's in-flight list (conn mu) */
 	struct dmx_job	*id_next;	/* conn's msgid hash chain (conn mu) */
+	size_t		 timer_slot;	/* its deadline's heap index + 1, or 0
+					 * (I/O thread only; timer.c) */
 	_Atomic int	 state;		/* enum dmx_job_state */
 	uint64_t	 seq;		/* bumped on every reuse (conn mu) */
 	_Atomic int	 cancel;	/* $/cancelRequest arrived while running */
@@ -49,6 +51,7 @@ typedef struct dmx_job {
 	unsigned	 conn_id;	/* for the access log */
 	uint32_t	 msgid;
 	uint8_t		 notify;	/* a notification: nothing to send */
+	uint8_t		 hashed;	/* in its conn's idtab (conn mu) */
 	uint8_t		 errored;	/* an error response is in `out` */
 	int64_t		 err_code;	/* its code */
 	uint64_t	 t_dispatch;	/* when the I/O thread routed it (ns) */

@@ -61,6 +61,7 @@ struct dmx_pool {
 	struct dmx_busy	*busy;		/* per fixed worker */
 	_Atomic int	 next_index;	/* hands each worker its slot */
 	size_t		 stack_size;
+	dmx_pool_admit_fn admit;
 	dmx_pool_done_fn done;
 	void		*done_arg;
 };
@@ -86,6 +87,23 @@ busy_set(struct dmx_busy *b, const dmx_route *rt)
 	    memory_order_relaxed);
 	atomic_store_explicit(&b->limit_ms, rt ? rt->timeout_ms : 0,
 	    memory_order_relaxed);
+}
+
+/* The jobs of list that admit lets run now, in order. */
+static dmx_job *
+admitted(dmx_pool *p, dmx_job *list)
+{
+	dmx_job *head = NULL, **tail = &head, *j, *next;
+
+	for (j = list; j != NULL; j = next) {
+		next = j->next;
+		j->next = NULL;
+		if (p->admit(j)) {
+			*tail = j;
+			tail = &j->next;
+		}
+	}
+	return head;
 }
 
 static void *
@@ -135,6 +153,8 @@ worker_main(void *arg)
 			pthread_cond_signal(&p->cv);
 		/* one clock read per batch: a batch is one slow job, or
 		 * fast ones */
+		if (p->admit != NULL)
+			j = admitted(p, j);
 		now = dmx_now_ns();
 		atomic_store_explicit(&p->busy[me].since, now,
 		    memory_order_relaxed);
@@ -146,7 +166,8 @@ worker_main(void *arg)
 		atomic_store_explicit(&p->busy[me].since, 0,
 		    memory_order_relaxed);
 		busy_set(&p->busy[me], NULL);
-		p->done(j, p->done_arg);
+		if (j != NULL)
+			p->done(j, p->done_arg);
 		pthread_mutex_lock(&p->mu);
 	}
 	pthread_mutex_unlock(&p->mu);
@@ -167,11 +188,13 @@ ondemand_thread(void *arg)
 	uint64_t now = dmx_now_ns();
 
 	free(arg);
-	msgpack_zone_init(&zone, 4096);
-	dmx_job_run(a.job, &zone, &now);
-	msgpack_zone_destroy(&zone);
 	a.job->next = NULL;
-	a.pool->done(a.job, a.pool->done_arg);
+	if (a.pool->admit == NULL || a.pool->admit(a.job)) {
+		msgpack_zone_init(&zone, 4096);
+		dmx_job_run(a.job, &zone, &now);
+		msgpack_zone_destroy(&zone);
+		a.pool->done(a.job, a.pool->done_arg);
+	}
 	/* dmx_pool_free waits for nthreads to reach 0, so a.pool is alive */
 	pthread_mutex_lock(&a.pool->mu);
 	if (--a.pool->nthreads == 0)
@@ -182,7 +205,8 @@ ondemand_thread(void *arg)
 
 dmx_pool *
 dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
-    dmx_pool_done_fn done, void *done_arg, char *err, size_t errlen)
+    dmx_pool_admit_fn admit, dmx_pool_done_fn done, void *done_arg,
+    char *err, size_t errlen)
 {
 	pthread_attr_t attr;
 	dmx_pool *p;
@@ -198,6 +222,7 @@ dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
 	pthread_cond_init(&p->done_cv, NULL);
 	p->stack_size = DMX_WORKER_STACK;
 	p->qmax = queue_max;
+	p->admit = admit;
 	p->done = done;
 	p->done_arg = done_arg;
 	if (nworkers == 0) {
@@ -318,6 +343,43 @@ dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
 			break;
 	}
 	pthread_attr_destroy(&attr);
+}
+
+void
+dmx_pool_requeue(dmx_pool *p, dmx_job *j)
+{
+	dmx_job *rej = NULL;
+	int wake;
+
+	j->next = NULL;
+	if (p->on_demand) {
+		dmx_pool_submit(p, j, j, 1, &rej);
+		if (rej != NULL) {
+			/* no thread to be had: run it here, its connection's
+			 * output is what held it */
+			msgpack_zone zone;
+			uint64_t now = dmx_now_ns();
+
+			msgpack_zone_init(&zone, 4096);
+			dmx_job_run(j, &zone, &now);
+			msgpack_zone_destroy(&zone);
+			p->done(j, p->done_arg);
+		}
+		return;
+	}
+	pthread_mutex_lock(&p->mu);
+	p->qlen++;
+	if (p->tail)
+		p->tail->next = j;
+	else
+		p->head = j;
+	p->tail = j;
+	wake = p->idle > p->wakes;
+	if (wake)
+		p->wakes++;
+	pthread_mutex_unlock(&p->mu);
+	if (wake)
+		pthread_cond_signal(&p->cv);
 }
 
 void

@@ -17,11 +17,19 @@ struct dmx_job;
 
 /* Finished jobs, linked by ->next; called on the worker that ran them. */
 typedef void (*dmx_pool_done_fn)(struct dmx_job *list, void *arg);
+/* Asked on the worker before a job runs: 1 to run it now; 0 if the callee
+ * kept it (to hand it back later with dmx_pool_requeue). */
+typedef int (*dmx_pool_admit_fn)(struct dmx_job *j);
 
 /* nworkers > 0: a fixed pool. 0: on-demand, one thread per job up to
- * max_threads. Returns NULL with a reason in err. */
+ * max_threads. admit may be NULL (run everything). Returns NULL with a
+ * reason in err. */
 dmx_pool *dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
-    dmx_pool_done_fn done, void *done_arg, char *err, size_t errlen);
+    dmx_pool_admit_fn admit, dmx_pool_done_fn done, void *done_arg,
+    char *err, size_t errlen);
+/* Hand back one job that admit kept, past the queue bound (it was within
+ * it when submitted). Any thread. */
+void dmx_pool_requeue(dmx_pool *p, struct dmx_job *j);
 /* Queue a list of n jobs linked by ->next. Jobs past the queue bound, or in
  * on-demand mode past the thread cap (or whose thread cannot start), are not
  * run: they come back as a list in *rejected for the caller to answer

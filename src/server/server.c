@@ -21,16 +21,7 @@
 #include "../common/uri.h"
 #include "log.h"
 #include "server.h"
-
-/* A deadline: a min-heap entry. The job may have finished (and even been
- * reused: seq tells) by the time it comes up. */
-typedef struct dmx_timer {
-	uint64_t	 at;
-	uint64_t	 seq;
-	dmx_conn	*conn;
-	dmx_job		*job;
-	unsigned	 timeout_ms;
-} dmx_timer;
+#include "timer.h"
 
 typedef struct dmx_listener {
 	dmx_ev		ev;		/* first */
@@ -53,6 +44,14 @@ struct dmx_server {
 					 * thread (dead_mu) */
 	_Atomic int	 have_dead;
 	dmx_pool	*pool;		/* the shared pool */
+	/* the memory bound (max_memory): bytes counted, the bound and its
+	 * half (copied from the current configuration for the workers),
+	 * connections paused for it, and whether the I/O thread must resume
+	 * them */
+	_Atomic size_t	 mem;
+	_Atomic size_t	 mem_max, mem_low;
+	_Atomic unsigned mem_waiting;
+	_Atomic int	 mem_wake;
 	int		 epfd;
 	dmx_ev		 wake_ev;
 	int		 wakefd;	/* eventfd: attention list non-empty,
@@ -68,10 +67,13 @@ struct dmx_server {
 	uint64_t	 drain_deadline; /* ns; 0 until a signal */
 	int		 abandoned;	/* the drain deadline passed */
 	uint64_t	 next_idle_check; /* ns */
-	dmx_timer	*timers;	/* min-heap by `at` (I/O thread) */
-	size_t		 ntimers, captimers;
+	dmx_timers	 timers;	/* deadlines (I/O thread) */
 	dmx_buf		 scratch;
 	dmx_server_stats stats;
+	int		 reserve_fd;	/* spent when out of descriptors */
+	uint64_t	 listen_paused_until; /* ns; 0: listeners watched */
+	uint64_t	 warned_fds, warned_max; /* rate-limited warnings */
+	unsigned	 quiet_fds, quiet_max;
 
 	pthread_mutex_t	 attn_mu;
 	dmx_conn	*attn_head;	/* protected by attn_mu */
@@ -129,6 +131,76 @@ int
 dmx_server_stopping(const dmx_server *s)
 {
 	return s->stopping;
+}
+
+static void
+mem_limits(dmx_server *s, const dmx_config *cfg)
+{
+	atomic_store(&s->mem_max, cfg->max_memory);
+	atomic_store(&s->mem_low, cfg->max_memory / 2);
+}
+
+void
+dmx_server_mem_add(dmx_server *s, size_t n)
+{
+	atomic_fetch_add_explicit(&s->mem, n, memory_order_relaxed);
+}
+
+void
+dmx_server_mem_sub(dmx_server *s, size_t n)
+{
+	size_t old, low;
+	uint64_t one = 1;
+
+	if (n == 0)
+		return;
+	old = atomic_fetch_sub_explicit(&s->mem, n, memory_order_relaxed);
+	if (atomic_load_explicit(&s->mem_waiting, memory_order_relaxed) == 0)
+		return;
+	low = atomic_load_explicit(&s->mem_low, memory_order_relaxed);
+	if (old >= low && old - n < low &&
+	    !atomic_exchange(&s->mem_wake, 1) &&
+	    write(s->wakefd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		dmx_warn("eventfd write: %s", strerror(errno));
+}
+
+int
+dmx_server_mem_full(dmx_server *s)
+{
+	return atomic_load_explicit(&s->mem, memory_order_relaxed) >=
+	    atomic_load_explicit(&s->mem_max, memory_order_relaxed);
+}
+
+void
+dmx_server_mem_wait(dmx_server *s)
+{
+	static uint64_t last_warn;
+	uint64_t now = dmx_now_ns();
+
+	atomic_fetch_add(&s->mem_waiting, 1);
+	if (now - last_warn > 10000000000ull) {	/* once per 10 s */
+		last_warn = now;
+		dmx_warn("max_memory (%zu bytes) reached by requests in flight "
+		    "and partial frames: reading paused until half is free",
+		    atomic_load(&s->mem_max));
+	}
+}
+
+/* Below half the memory bound again: resume who waited. (I/O thread) */
+static void
+mem_resume(dmx_server *s)
+{
+	dmx_conn *c, *next;
+
+	if (!atomic_exchange(&s->mem_wake, 0))
+		return;
+	for (c = s->conns; c != NULL; c = next) {
+		next = c->next;
+		if (c->mem_paused) {
+			atomic_fetch_sub(&s->mem_waiting, 1);
+			dmx_conn_mem_resume(c);
+		}
+	}
 }
 
 /*
@@ -234,6 +306,7 @@ conn_new(dmx_server *s, int rfd, int wfd, int is_sock)
 	c->is_sock = is_sock;
 	c->id = ++s->next_id;
 	c->last_active = dmx_now_ns();
+	c->out_limit = dmx_server_config(s)->max_output;
 	pthread_mutex_init(&c->mu, NULL);
 	if (dmx_server_epoll_mod(s, c, EPOLLIN) != 0) {
 		pthread_mutex_destroy(&c->mu);
@@ -282,7 +355,8 @@ gen_dead(dmx_gen *g, void *arg)
 static dmx_gen_hooks
 gen_hooks(dmx_server *s)
 {
-	dmx_gen_hooks h = { s->pool, jobs_done, s, gen_dead, s };
+	dmx_gen_hooks h = { s->pool, dmx_conn_admit, jobs_done, s, gen_dead,
+	    s };
 
 	return h;
 }
@@ -330,11 +404,12 @@ dmx_server_new(dmx_config *cfg, char *err, size_t errlen)
 	}
 	s->stats.started_ns = dmx_now_ns();
 	s->epfd = s->wakefd = s->sigfd = -1;
+	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	pthread_mutex_init(&s->attn_mu, NULL);
 	pthread_mutex_init(&s->gen_mu, NULL);
 	pthread_mutex_init(&s->dead_mu, NULL);
 	s->pool = dmx_pool_new(cfg->workers, cfg->max_threads, cfg->queue,
-	    jobs_done, s, err, errlen);
+	    dmx_conn_admit, jobs_done, s, err, errlen);
 	if (s->pool == NULL) {
 		dmx_config_free(cfg);
 		free(cfg);
@@ -346,6 +421,7 @@ dmx_server_new(dmx_config *cfg, char *err, size_t errlen)
 		goto fail;
 	atomic_store(&s->gen, g);
 	s->gens = g;
+	mem_limits(s, g->cfg);
 	if (dmx_buf_reserve(&s->scratch, 256u << 10) != 0) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
@@ -467,38 +543,92 @@ dmx_server_add_stdio(dmx_server *s, char *err, size_t errlen)
 	return 0;
 }
 
-/* Too many connections: say why, best effort, and close. */
+/* A warning at most once per 10 s per kind, with how many were not said. */
 static void
-refuse(int fd, unsigned max)
+warn_limited(uint64_t *last, unsigned *quiet, const char *what)
 {
-	char msg[96];
-	uint8_t buf[128];
-	size_t n, ml;
+	uint64_t now = dmx_now_ns();
 
-	ml = (size_t)snprintf(msg, sizeof(msg),
-	    "too many connections (max_connections %u)", max);
-	n = 0;
-	buf[n++] = 0x93;			/* [2, "$/error", [code, msg]] */
-	buf[n++] = DMX_MSG_NOTIFY;
-	buf[n++] = 0xa7;
-	memcpy(buf + n, "$/error", 7);
-	n += 7;
-	buf[n++] = 0x92;
-	buf[n++] = 0xd1;			/* int16 -32010 */
-	buf[n++] = (uint8_t)((uint16_t)DMX_E_OVERLOADED >> 8);
-	buf[n++] = (uint8_t)((uint16_t)DMX_E_OVERLOADED & 0xff);
-	buf[n++] = (uint8_t)(0xd9);
-	buf[n++] = (uint8_t)ml;
-	memcpy(buf + n, msg, ml);
-	n += ml;
-	if (send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-		dmx_debug("refuse: %s", strerror(errno));
-	close(fd);
+	if (*last != 0 && now - *last < 10000000000ull) {
+		(*quiet)++;
+		return;
+	}
+	if (*quiet > 0)
+		dmx_warn("%s (and %u more like it in the last 10 s)", what,
+		    *quiet);
+	else
+		dmx_warn("%s", what);
+	*last = now;
+	*quiet = 0;
+}
+
+/*
+ * Out of descriptors (EMFILE/ENFILE): the pending connection would make a
+ * level-triggered listener report readable forever. Give up the reserve
+ * descriptor, accept it, tell it why and close it, then take the reserve
+ * back: the peer gets an answer and the loop does not spin.
+ */
+static int
+shed_one(dmx_server *s, dmx_listener *l, int err)
+{
+	char what[256];
+	int fd;
+
+	if (s->reserve_fd >= 0) {
+		close(s->reserve_fd);
+		s->reserve_fd = -1;
+	}
+	fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	if (fd >= 0) {
+		dmx_conn_refuse(fd, DMX_E_OVERLOADED, "out of file descriptors; "
+		    "not served, retry later");
+		close(fd);
+	}
+	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	snprintf(what, sizeof(what), "accept on %s: %s: refusing connections "
+	    "(raise RLIMIT_NOFILE or lower max_connections)", l->text,
+	    strerror(err));
+	warn_limited(&s->warned_fds, &s->quiet_fds, what);
+	return fd >= 0;
+}
+
+/* Stop or resume watching every listener (out of descriptors with no
+ * reserve left: look again in LISTEN_PAUSE_MS rather than spin). */
+#define LISTEN_PAUSE_MS 100
+static void
+listeners_watch(dmx_server *s, int on)
+{
+	struct epoll_event ev;
+	dmx_listener *l;
+
+	for (l = s->listeners; l != NULL; l = l->next) {
+		memset(&ev, 0, sizeof(ev));
+		ev.events = EPOLLIN;
+		ev.data.ptr = l;
+		epoll_ctl(s->epfd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, l->fd,
+		    &ev);
+	}
+	s->listen_paused_until = on ? 0 : dmx_now_ns() +
+	    LISTEN_PAUSE_MS * 1000000ull;
+}
+
+static void
+keepalive(int fd, unsigned ms)
+{
+	int one = 1, idle = (int)(ms / 1000), intvl = idle / 6 > 0 ?
+	    (idle / 6 < 10 ? idle / 6 : 10) : 1, cnt = 6;
+
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
 static void
 on_accept(dmx_server *s, dmx_listener *l)
 {
+	const dmx_config *cfg = dmx_server_config(s);
+	char what[256];
 	int fd;
 
 	for (;;) {
@@ -506,17 +636,28 @@ on_accept(dmx_server *s, dmx_listener *l)
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
+			if (errno == EMFILE || errno == ENFILE) {
+				if (shed_one(s, l, errno))
+					continue;	/* until EAGAIN */
+				listeners_watch(s, 0);
+				return;
+			}
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
 				dmx_warn("accept on %s: %s", l->text,
 				    strerror(errno));
 			return;
 		}
-		if (s->nconns >= dmx_server_config(s)->max_connections) {
-			unsigned max = dmx_server_config(s)->max_connections;
+		if (s->nconns >= cfg->max_connections) {
+			char msg[96];
 
-			dmx_warn("refusing a connection on %s: max_connections "
-			    "(%u) reached", l->text, max);
-			refuse(fd, max);
+			snprintf(what, sizeof(what), "refusing a connection on "
+			    "%s: max_connections (%u) reached", l->text,
+			    cfg->max_connections);
+			warn_limited(&s->warned_max, &s->quiet_max, what);
+			snprintf(msg, sizeof(msg), "too many connections "
+			    "(max_connections %u)", cfg->max_connections);
+			dmx_conn_refuse(fd, DMX_E_OVERLOADED, msg);
+			close(fd);
 			continue;
 		}
 		if (l->uri.kind == DMX_URI_TCP) {
@@ -524,6 +665,10 @@ on_accept(dmx_server *s, dmx_listener *l)
 
 			setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
 			    sizeof(one));
+			/* a peer that vanished without a FIN is found, even
+			 * with idle_timeout_ms off */
+			if (cfg->tcp_keepalive_ms > 0)
+				keepalive(fd, cfg->tcp_keepalive_ms);
 		}
 		if (conn_new(s, fd, fd, 1) == NULL) {
 			dmx_warn("accept on %s: cannot register: %s", l->text,
@@ -626,6 +771,7 @@ reload(dmx_server *s)
 	pthread_mutex_unlock(&s->gen_mu);
 	g->next = s->gens;
 	s->gens = g;
+	mem_limits(s, g->cfg);
 	if (g->cfg->workers != old->cfg->workers ||
 	    g->cfg->max_threads != old->cfg->max_threads)
 		dmx_warn("reload: the shared pool's size changes on restart "
@@ -667,54 +813,20 @@ begin_stop(dmx_server *s, const char *why)
 	}
 }
 
-void
-dmx_server_timer_add(dmx_server *s, dmx_conn *c, dmx_job *j, uint64_t at)
+int
+dmx_server_timer_add(dmx_server *s, dmx_job *j, uint64_t at)
 {
-	dmx_timer t, *h;
-	size_t i;
+	int rc = dmx_timers_add(&s->timers, j, at, j->route->timeout_ms);
 
-	if (s->ntimers == s->captimers) {
-		size_t cap = s->captimers ? s->captimers * 2 : 64;
-
-		h = realloc(s->timers, cap * sizeof(*h));
-		if (h == NULL) {
-			/* without memory the deadline is lost, not the job */
-			dmx_warn("out of memory for a deadline of %s",
-			    j->route->name);
-			pthread_mutex_lock(&c->mu);
-			c->timers--;
-			pthread_mutex_unlock(&c->mu);
-			return;
-		}
-		s->timers = h;
-		s->captimers = cap;
-	}
-	t.at = at;
-	t.seq = j->seq;
-	t.conn = c;
-	t.job = j;
-	t.timeout_ms = j->route->timeout_ms;
-	for (i = s->ntimers++; i > 0 && s->timers[(i - 1) / 2].at > at;
-	    i = (i - 1) / 2)
-		s->timers[i] = s->timers[(i - 1) / 2];
-	s->timers[i] = t;
+	if (rc < 0)	/* without memory the deadline is lost, not the job */
+		dmx_warn("out of memory for a deadline of %s", j->route->name);
+	return rc > 0;
 }
 
-static void
-timer_pop(dmx_server *s)
+int
+dmx_server_timer_del(dmx_server *s, dmx_job *j)
 {
-	dmx_timer last = s->timers[--s->ntimers];
-	size_t i = 0, k;
-
-	while ((k = 2 * i + 1) < s->ntimers) {
-		if (k + 1 < s->ntimers && s->timers[k + 1].at < s->timers[k].at)
-			k++;
-		if (last.at <= s->timers[k].at)
-			break;
-		s->timers[i] = s->timers[k];
-		i = k;
-	}
-	s->timers[i] = last;
+	return dmx_timers_del(&s->timers, j);
 }
 
 /* Fire every deadline that has passed; return ms until the next, or -1. */
@@ -724,48 +836,41 @@ run_timers(dmx_server *s)
 	uint64_t now = dmx_now_ns();
 	dmx_timer t;
 
-	while (s->ntimers > 0 && s->timers[0].at <= now) {
-		t = s->timers[0];
-		timer_pop(s);
-		dmx_conn_expire(t.conn, t.job, t.seq, t.timeout_ms);
-	}
-	if (s->ntimers == 0)
-		return -1;
-	return (int)((s->timers[0].at - now) / 1000000u) + 1;
+	while (dmx_timers_pop_due(&s->timers, now, &t))
+		dmx_conn_expire(t.job->conn, t.job, t.seq, t.timeout_ms);
+	return dmx_timers_next_ms(&s->timers, now);
 }
 
 /*
- * idle_timeout_ms: close connections that have sent nothing and have nothing
- * in flight for that long (a slowloris, or a client that forgot us). One
- * scan every quarter of the timeout; returns ms until the next scan.
+ * idle_timeout_ms: close connections that have sent nothing for that long
+ * and have nothing running (a slowloris, a client that forgot us, one that
+ * sent a bad frame, one that stopped reading its answers);
+ * frame_timeout_ms: close those whose frame began that long ago and is
+ * still incomplete. One scan every quarter of the shorter; returns ms
+ * until the next scan, -1 if neither is set.
  */
 static int
 close_idle(dmx_server *s)
 {
 	const dmx_config *cfg = dmx_server_config(s);
-	uint64_t now = dmx_now_ns(), idle_ns, step;
+	uint64_t now = dmx_now_ns(), idle_ns, frame_ns, shortest, step;
 	dmx_conn *c, *next;
-	unsigned inflight;
 
-	if (cfg->idle_timeout_ms == 0 || s->stopping)
+	if (s->stopping)
 		return -1;
 	idle_ns = (uint64_t)cfg->idle_timeout_ms * 1000000u;
-	step = idle_ns / 4 > 1000000u ? idle_ns / 4 : 1000000u;
+	frame_ns = (uint64_t)cfg->frame_timeout_ms * 1000000u;
+	if (idle_ns == 0 && frame_ns == 0)
+		return -1;
+	shortest = idle_ns == 0 ? frame_ns : frame_ns == 0 ? idle_ns :
+	    idle_ns < frame_ns ? idle_ns : frame_ns;
+	step = shortest / 4 > 1000000u ? shortest / 4 : 1000000u;
 	if (now < s->next_idle_check)
 		return (int)((s->next_idle_check - now) / 1000000u) + 1;
 	s->next_idle_check = now + step;
 	for (c = s->conns; c != NULL; c = next) {
-		next = c->next;
-		if (c->rd_closed || c->discard || now - c->last_active < idle_ns)
-			continue;
-		pthread_mutex_lock(&c->mu);
-		inflight = c->inflight;
-		pthread_mutex_unlock(&c->mu);
-		if (inflight > 0)
-			continue;
-		dmx_debug("conn %u: idle for %u ms: closing", c->id,
-		    cfg->idle_timeout_ms);
-		dmx_conn_stop_reading(c);
+		next = c->next;		/* c may be freed */
+		dmx_conn_check_timeouts(c, now, idle_ns, frame_ns);
 	}
 	return (int)(step / 1000000u) + 1;
 }
@@ -909,6 +1014,15 @@ dmx_server_run(dmx_server *s)
 		if (timeout >= 0)
 			on_wake(s, 0);	/* act on what the answers changed */
 		reap_dead(s);
+		mem_resume(s);
+		if (s->listen_paused_until != 0 && !s->stopping) {
+			uint64_t t = dmx_now_ns();
+
+			if (t >= s->listen_paused_until)
+				listeners_watch(s, 1);
+			else if (timeout < 0 || timeout > LISTEN_PAUSE_MS)
+				timeout = LISTEN_PAUSE_MS;
+		}
 		{
 			int idle = close_idle(s);
 
@@ -1027,14 +1141,17 @@ dmx_server_free(dmx_server *s)
 		close(s->wakefd);
 	if (s->sigfd >= 0)
 		close(s->sigfd);
+	if (s->reserve_fd >= 0)
+		close(s->reserve_fd);
 	/* deadlines still pending hold their connections: let them go */
-	while (s->ntimers > 0) {
-		dmx_timer t = s->timers[0];
+	{
+		dmx_timer t;
 
-		timer_pop(s);
-		dmx_conn_expire(t.conn, t.job, t.seq, t.timeout_ms);
+		while (dmx_timers_pop_due(&s->timers, UINT64_MAX, &t))
+			dmx_conn_expire(t.job->conn, t.job, t.seq,
+			    t.timeout_ms);
 	}
-	free(s->timers);
+	dmx_timers_free(&s->timers);
 	dmx_buf_release(&s->scratch);
 	pthread_mutex_destroy(&s->attn_mu);
 	pthread_mutex_destroy(&s->gen_mu);

@@ -80,18 +80,34 @@ struct dmx_conn {
 	unsigned	 invalid;	/* $/error notices sent */
 	dmx_conn	*prev, *next;	/* srv->conns */
 	uint64_t	 last_active;	/* ns: last read (I/O thread) */
+	uint64_t	 frame_since;	/* ns: a partial frame began; 0: none */
+	size_t		 rbuf_counted;	/* rbuf.cap counted in the server's
+					 * memory */
+	int		 mem_paused;	/* reading paused: server memory bound */
 
 	/* protected by mu */
 	pthread_mutex_t	 mu;
 	dmx_job		*oq_head, *oq_tail; /* responses to write */
 	size_t		 oq_off;	/* bytes of oq_head already written */
 	size_t		 oq_bytes;	/* queued reply bytes not yet written */
+	unsigned	 oq_n;		/* jobs in the output queue */
+	uint64_t	 last_write;	/* ns: last write progress */
+	size_t		 out_limit;	/* max_output when last read */
+	_Atomic int	 out_full;	/* oq_bytes reached out_limit, and has
+					 * not yet fallen to half: workers park
+					 * this connection's jobs (a hint read
+					 * without mu; set and cleared under it) */
+	dmx_job		*parked, *parked_tail; /* jobs held until the client
+					 * reads: replies that could not be sent
+					 * are not built */
 	int		 writing;	/* a thread is in flush */
 	int		 want_out;	/* socket full: waiting for EPOLLOUT */
 	int		 broken;	/* write failed or closing: drop output */
 	int		 paused;	/* reading paused for back pressure */
 	unsigned	 resume_inflight; /* while paused: resume at or below */
 	size_t		 resume_output;
+	size_t		 resume_in_bytes;
+	size_t		 in_bytes;	/* request bytes in flight (jobs) */
 	int		 closing;	/* reading has stopped: close when idle */
 	int		 released;	/* the I/O thread let go */
 	int		 attn;		/* on srv's attention list */
@@ -99,6 +115,10 @@ struct dmx_conn {
 	unsigned	 inflight;	/* jobs not yet recycled */
 	dmx_job		*free_jobs;
 	dmx_job		*flight;	/* jobs taken and not yet recycled */
+	dmx_job		**idtab;	/* requests in flight by msgid (chains
+					 * through id_next): $/cancelRequest in
+					 * O(1); grows with what is in flight */
+	unsigned	 idmask, idcount;
 	unsigned	 timers;	/* deadline entries that point here */
 	int		 draining;	/* I/O thread: $/drain sent */
 	uint64_t	 drain_idle_since; /* I/O thread: ns, draining and idle */
@@ -131,6 +151,10 @@ void dmx_server_free(dmx_server *s);
 void dmx_conn_on_readable(dmx_conn *c);
 /* Flush after EPOLLOUT. (I/O thread) */
 void dmx_conn_on_writable(dmx_conn *c);
+/* The pools' admit callback (any worker): a job whose connection already
+ * holds max_output bytes of unsent replies is parked on the connection, not
+ * run, until the client has read half of them. Returns 1 to run it now. */
+int  dmx_conn_admit(dmx_job *j);
 /* Hand a finished job to its connection for writing (or recycling, for a
  * notification). Any thread; the job belongs to the connection afterwards. */
 void dmx_conn_send(dmx_job *j);
@@ -143,9 +167,13 @@ void dmx_conn_reply(dmx_conn *c, uint32_t msgid, const void *result,
     size_t len);
 void dmx_conn_reply_error(dmx_conn *c, uint32_t msgid, int64_t code,
     const char *fmt, ...) DEMUX_PRINTF(4, 5);
-/* Serve a $/ method (builtins.c). (I/O thread) */
-int  dmx_builtin(dmx_conn *c, int notify, uint32_t msgid, const char *m,
-    uint32_t ml);		/* returns 0, or the error code it answered */
+/* Tell a connection refused before it was served why, best effort (the
+ * notification [2, "$/error", [code, why]]); the caller closes fd. */
+void dmx_conn_refuse(int fd, int64_t code, const char *why);
+/* Serve a $/ method (builtins.c, I/O thread): 0 with its result packed
+ * into `result`, or DMX_E_NO_METHOD for a name it does not know. */
+int  dmx_builtin(dmx_server *s, const char *m, uint32_t ml,
+    dmx_buf *result);
 
 /* A job's deadline passed (I/O thread): if that job (seq) is still queued
  * or running, answer -32011 and drop its result. Drops the timer's claim on
@@ -155,9 +183,12 @@ void dmx_conn_expire(dmx_conn *c, dmx_job *j, uint64_t seq,
 /* $/cancelRequest [msgid] (I/O thread): a queued request is answered
  * -32800 and never runs; a running one is flagged for demux_cancelled(). */
 void dmx_conn_cancel(dmx_conn *c, uint32_t msgid);
-/* Register a deadline for a job just dispatched (I/O thread). */
-void dmx_server_timer_add(dmx_server *s, dmx_conn *c, dmx_job *j,
-    uint64_t at);
+/* Set the deadline of a job just dispatched (I/O thread). Returns 1 if the
+ * job's connection gains a claim (a new timer entry points to it). */
+int  dmx_server_timer_add(dmx_server *s, dmx_job *j, uint64_t at);
+/* Remove a job's deadline, if it has one; returns 1 if it had (the
+ * connection loses that claim). (I/O thread) */
+int  dmx_server_timer_del(dmx_server *s, dmx_job *j);
 
 /* Drain: send $/drain; from now on requests are answered -32012 and the
  * connection closes once idle. (I/O thread) */
@@ -166,6 +197,14 @@ void dmx_conn_drain(dmx_conn *c);
  * their results, if they ever come, are dropped. (I/O thread) */
 unsigned dmx_conn_abandon(dmx_conn *c);
 
+/* The server's memory is below half its bound again. (I/O thread) */
+void dmx_conn_mem_resume(dmx_conn *c);
+/* Housekeeping (I/O thread): close c if a frame it began is older than
+ * frame_ns, or if it has been idle idle_ns (no read, nothing running, and
+ * no write progress for what it has queued). 0 disables each. Returns 1 if
+ * c was closed (it may be freed). */
+int  dmx_conn_check_timeouts(dmx_conn *c, uint64_t now, uint64_t idle_ns,
+    uint64_t frame_ns);
 /* Stop reading for good (shutdown). (I/O thread) */
 void dmx_conn_stop_reading(dmx_conn *c);
 /* Act on what workers reported. (I/O thread) */
@@ -190,6 +229,14 @@ int  dmx_server_epoll_mod(dmx_server *s, dmx_conn *c, uint32_t events);
 /* Large scratch buffer for reads of connections with no partial frame. */
 dmx_buf *dmx_server_scratch(dmx_server *s);
 int  dmx_server_stopping(const dmx_server *s);
+/* Bytes of requests in flight and partial frames, all connections, against
+ * max_memory. add: I/O thread; sub: any thread (a crossing below half the
+ * bound wakes the I/O thread to resume connections paused for it). */
+void dmx_server_mem_add(dmx_server *s, size_t n);
+void dmx_server_mem_sub(dmx_server *s, size_t n);
+int  dmx_server_mem_full(dmx_server *s);
+/* A connection paused for the memory bound (it waits to be resumed). */
+void dmx_server_mem_wait(dmx_server *s);
 /* Handlers still running in any pool (after a drain timeout). */
 int  dmx_server_busy_workers(dmx_server *s);
 
