@@ -5,6 +5,7 @@
     ok(cond, "what it proves")
     done_testing()          # prints the plan, exits 1 if a check failed
 """
+import atexit
 import os
 import signal
 import sys
@@ -40,8 +41,24 @@ def rss_kb(pid):
 _children = []
 
 
+def _kill_children():
+    for p in _children:
+        try:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        except OSError:
+            pass
+
+
+# also when the test dies of an exception: a server left running would hold
+# the harness's pipe open and hang the whole suite
+atexit.register(_kill_children)
+
+
 def track(proc):
-    """Kill this child process (a Popen) if the watchdog fires."""
+    """Kill this child process (a Popen) when the test exits, however it
+    exits, or when the watchdog fires."""
     _children.append(proc)
 
 
@@ -50,11 +67,7 @@ def watchdog(seconds):
     def fire(signum, frame):
         print("not ok - watchdog: still running after %d s" % seconds,
               flush=True)
-        for p in _children:
-            try:
-                p.kill()
-            except OSError:
-                pass
+        _kill_children()
         os._exit(1)
     signal.signal(signal.SIGALRM, fire)
     signal.alarm(seconds)

@@ -514,9 +514,55 @@ queue_msg(mc_conn *c, int type, mc_call *call, const char *method,
 	else
 		dmx_buf_append(&c->wbuf, params, len);
 	c->queued += c->wbuf.len - before;
+	if (call != NULL)
+		call->wlen = c->wbuf.len - before;
 	if (!c->writing && !c->want_out)
 		flush_locked(c);
 	return MUX_OK;
+}
+
+/*
+ * A call timed out (it is out of the table). If its request still waits in
+ * wbuf, no byte of it reached the kernel: take it out, so that a server that
+ * does not read cannot make timed-out requests pile up here, and shift the
+ * stream positions of the requests queued after it. Otherwise the server
+ * may be running it: ask it to stop.
+ */
+static void
+withdraw_or_cancel(mc_conn *c, mc_call *p)
+{
+	uint64_t pos = atomic_load_explicit(&p->wpos, memory_order_relaxed),
+	    start, off;
+	mc_call *q;
+	size_t i;
+	int withdrawn = 0;
+
+	pthread_mutex_lock(&c->wmu);
+	start = c->queued - c->wbuf.len;	/* stream position of wbuf[0] */
+	if (pos != UINT64_MAX && pos >= start && pos - start + p->wlen <=
+	    c->wbuf.len && atomic_load(&c->state) == MC_OPEN) {
+		off = pos - start;
+		memmove(c->wbuf.data + off, c->wbuf.data + off + p->wlen,
+		    c->wbuf.len - off - p->wlen);
+		c->wbuf.len -= p->wlen;
+		c->queued -= p->wlen;
+		dmx_buf_shrink(&c->wbuf, 64u << 10);
+		pthread_mutex_lock(&c->mu);
+		for (i = 0; i < c->nbuckets; i++)
+			for (q = c->buckets[i]; q != NULL; q = q->next) {
+				uint64_t w = atomic_load_explicit(&q->wpos,
+				    memory_order_relaxed);
+
+				if (w != UINT64_MAX && w > pos)
+					atomic_store_explicit(&q->wpos,
+					    w - p->wlen, memory_order_relaxed);
+			}
+		pthread_mutex_unlock(&c->mu);
+		withdrawn = 1;
+	}
+	pthread_mutex_unlock(&c->wmu);
+	if (!withdrawn)
+		mc_cancel(c, p->msgid);	/* stop the work on the server */
 }
 
 /* ---- calls ---- */
@@ -604,7 +650,7 @@ mc_wait(mc_conn *c, mc_call *p, const struct timespec *dl)
 		}
 		pthread_mutex_unlock(&c->mu);
 		if (timed_out)
-			mc_cancel(c, p->msgid);	/* stop the work on the server */
+			withdraw_or_cancel(c, p);
 		return p->rc;
 	}
 }
@@ -860,7 +906,7 @@ expire(mc_conn *c)
 	}
 	pthread_mutex_unlock(&c->mu);
 	for (q = list; q != NULL; q = q->next)
-		mc_cancel(c, q->msgid);
+		withdraw_or_cancel(c, q);
 	run_done(list);
 	return ms;
 }

@@ -51,6 +51,7 @@ struct mc_call {
 	size_t		 heap_idx;	/* async deadline heap slot */
 	_Atomic uint64_t wpos;		/* where its request starts in the
 					 * stream; UINT64_MAX until queued */
+	size_t		 wlen;		/* its request's bytes (wmu) */
 	_Atomic uint32_t done;		/* sync: 0 -> 1, a futex word */
 };
 

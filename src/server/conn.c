@@ -341,7 +341,7 @@ send_run(dmx_conn *c, dmx_job *head, dmx_job *tail)
 	unsigned long refs = 0;
 	int last = 0;
 
-	/* the answers are built: no plugin code or route is needed any more.
+	/* the answers are built: no plugin code or route is used any more.
 	 * Drop each job's generation reference (one atomic per run of jobs of
 	 * the same generation, which is nearly always the whole list). */
 	for (j = head; j != after; j = j->next) {
@@ -354,8 +354,9 @@ send_run(dmx_conn *c, dmx_job *head, dmx_job *tail)
 			refs = 0;
 		}
 		refs++;
+		/* j->route stays as it is (the I/O thread reads it under mu);
+		 * nothing follows it once the job is DONE or ANSWERED */
 		j->gen = NULL;
-		j->route = NULL;
 	}
 	if (g != NULL)
 		dmx_gen_unref(g, refs);

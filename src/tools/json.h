@@ -14,6 +14,7 @@
 #define MUXCALL_JSON_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include <jansson.h>
 #include <msgpack.h>
@@ -22,6 +23,15 @@
 json_t *mj_from_msgpack(const msgpack_object *o);
 /* Decode data (one object) and convert; NULL if data is not msgpack. */
 json_t *mj_from_bytes(const void *data, size_t len);
+/* Print the msgpack object data[0..len) as JSON text and a newline, as
+ * json_dumps would (pretty: JSON_INDENT(2)), without building it in memory:
+ * what printing costs grows with the depth only. Returns 0, or -1 with a
+ * reason in err for what is not valid msgpack, is nested deeper than
+ * MJ_MAX_DEPTH (what JSON parsers accept), or has a container as a map
+ * key. Map keys that repeat are printed as they come. */
+#define MJ_MAX_DEPTH 2048
+int mj_print(FILE *fp, const void *data, size_t len, int pretty, char *err,
+    size_t errlen);
 /* Pack v; returns 0, or -1 (with a reason in err) for what cannot be
  * represented. */
 int mj_to_msgpack(msgpack_packer *pk, const json_t *v, char *err,

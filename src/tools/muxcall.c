@@ -27,7 +27,8 @@
 #include "../common/buf.h"
 #include "json.h"
 
-enum { EX_OK = 0, EX_REMOTE = 1, EX_USAGE = 2, EX_CONN = 3, EX_TIMEOUT = 4 };
+enum { EX_OK = 0, EX_REMOTE = 1, EX_USAGE = 2, EX_CONN = 3, EX_TIMEOUT = 4,
+    EX_DATA = 5 };
 
 static int pretty, timeout_ms = 10000;
 
@@ -121,7 +122,6 @@ do_call(mux_t *m, const char *method, char **args, int nargs)
 {
 	dmx_buf params = DMX_BUF_INIT;
 	mux_result r;
-	json_t *v;
 	int rc;
 
 	if (pack_args(args, nargs, &params) != 0) {
@@ -131,9 +131,16 @@ do_call(mux_t *m, const char *method, char **args, int nargs)
 	rc = mux_call(m, method, params.data, params.len, &r, timeout_ms);
 	dmx_buf_release(&params);
 	if (rc == MUX_OK) {
-		v = mj_from_bytes(r.data, r.len);
-		print_json(stdout, v);
-		json_decref(v);
+		char why[256];
+
+		/* straight from the bytes: memory grows with the depth only */
+		if (mj_print(stdout, r.data, r.len, pretty, why,
+		    sizeof(why)) != 0) {
+			fflush(stdout);
+			fprintf(stderr, "\nmuxcall: %s: %s\n", method, why);
+			mux_result_free(&r);
+			return EX_DATA;
+		}
 	} else if (rc == MUX_EREMOTE) {
 		print_remote_error(&r);
 	} else {
