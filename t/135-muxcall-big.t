@@ -7,33 +7,23 @@
 #    message and status 5 (it printed "null" and exited 0).
 import os
 import resource
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 
 import msgpack
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from tap import BUILD, done_testing, ok, track, watchdog  # noqa: E402
+from tap import (BUILD, done_testing, ok, start_demuxd,  # noqa: E402
+                 stop_demuxd, watchdog)
 
 watchdog(120)
 SAN = bool(os.environ.get("SAN_FLAGS"))
-d = tempfile.mkdtemp(prefix="demux-t.")
-conf = os.path.join(d, "demux.yaml")
-with open(conf, "w") as f:
-    f.write('listen: "unix:demux.sock"\nmax_elements: 20000000\nplugins:\n'
-            "  - name: kv\n    path: %s/plugins/kv.so\n" % BUILD)
-p = subprocess.Popen([BUILD + "/demuxd", "-c", conf], stderr=subprocess.PIPE,
-                     text=True)
-track(p)
-for line in p.stderr:
-    if "READY" in line:
-        break
-threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+p, d = start_demuxd('listen: "unix:demux.sock"\nmax_elements: 20000000\n'
+                    "plugins:\n  - name: kv\n    path: %s/plugins/kv.so\n"
+                    % BUILD)
 path = os.path.join(d, "demux.sock")
 uri = "unix:" + path
 
@@ -99,7 +89,5 @@ out = subprocess.run([BUILD + "/muxcall", "-c", "unix:" + fake, "x.deep"],
 ok(out.returncode == 5 and "nested deeper than 2048 levels" in out.stderr,
    "muxcall fails with status 5 and says why (status %d: %s)" %
    (out.returncode, out.stderr.strip()[-80:]))
-p.send_signal(signal.SIGTERM)
-ok(p.wait(30) == 0, "demuxd stops cleanly")
-subprocess.run(["rm", "-rf", d])
+ok(stop_demuxd(p, d) == 0, "demuxd stops cleanly")
 done_testing()

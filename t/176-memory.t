@@ -12,11 +12,8 @@
 #  - idle_timeout_ms closes a connection that sent a bad frame too.
 # Memory is measured as demuxd's RSS with generous slack.
 import os
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -24,7 +21,8 @@ import msgpack
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from tap import BUILD, diag, done_testing, ok, rss_kb, track, watchdog  # noqa
+from tap import (BUILD, diag, done_testing, ok, rss_kb,  # noqa: E402
+                 start_demuxd, stop_demuxd, watchdog)
 
 watchdog(150)
 MiB = 1 << 20
@@ -41,29 +39,14 @@ def bounded(kb, limit_kb, desc):
 
 
 def start(extra):
-    d = tempfile.mkdtemp(prefix="demux-t.")
-    conf = os.path.join(d, "demux.yaml")
-    with open(conf, "w") as f:
-        f.write('listen: "unix:demux.sock"\nworkers: 2\n%s\nplugins:\n'
-                "  - name: echo\n    path: %s/plugins/echo.so\n"
-                "  - name: kv\n    path: %s/plugins/kv.so\n"
-                % (extra, BUILD, BUILD))
-    p = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
-                         stderr=subprocess.PIPE, text=True)
-    track(p)
-    for line in p.stderr:
-        if "READY" in line:
-            break
-    threading.Thread(target=lambda: [None for _ in p.stderr],
-                     daemon=True).start()
+    p, d = start_demuxd('listen: "unix:demux.sock"\nworkers: 2\n%s\nplugins:\n'
+                        "  - name: echo\n    path: %s/plugins/echo.so\n"
+                        "  - name: kv\n    path: %s/plugins/kv.so\n"
+                        % (extra, BUILD, BUILD))
     return p, os.path.join(d, "demux.sock"), d
 
 
-def stop(p, d):
-    p.send_signal(signal.SIGTERM)
-    rc = p.wait(60)
-    subprocess.run(["rm", "-rf", d])
-    return rc
+stop = stop_demuxd
 
 
 def connect(path):

@@ -11,11 +11,9 @@
 import os
 import random
 import resource
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -23,44 +21,31 @@ import msgpack
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from tap import BUILD, diag, done_testing, ok, track, watchdog  # noqa
+from tap import (BUILD, done_testing, ok, start_demuxd,  # noqa: E402
+                 stop_demuxd, watchdog)
 
-watchdog(120)
+watchdog(240)
 log_lines = []
 
 
 def start(extra, nofile=None):
-    d = tempfile.mkdtemp(prefix="demux-t.")
-    conf = os.path.join(d, "demux.yaml")
-    with open(conf, "w") as f:
-        if "listen:" not in extra:
-            extra = 'listen: [ "unix:demux.sock" ]\n' + extra
-        f.write('%s\nplugins:\n'
-                "  - name: echo\n    path: %s/plugins/echo.so\n"
-                "    timeout_ms: 60000\n"
-                "  - name: sleep\n    path: %s/plugins/sleep.so\n"
-                % (extra, BUILD, BUILD))
+    if "listen:" not in extra:
+        extra = 'listen: [ "unix:demux.sock" ]\n' + extra
 
     def limit():
         if nofile:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    p = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
-                         stderr=subprocess.PIPE, text=True, preexec_fn=limit)
-    track(p)
-    for line in p.stderr:
-        if "READY" in line:
-            break
     del log_lines[:]
-    threading.Thread(target=lambda: [log_lines.append(x) for x in p.stderr],
-                     daemon=True).start()
+    p, d = start_demuxd("%s\nplugins:\n"
+                        "  - name: echo\n    path: %s/plugins/echo.so\n"
+                        "    timeout_ms: 60000\n"
+                        "  - name: sleep\n    path: %s/plugins/sleep.so\n"
+                        % (extra, BUILD, BUILD), log=log_lines,
+                        preexec_fn=limit)
     return p, os.path.join(d, "demux.sock"), d
 
 
-def stop(p, d):
-    p.send_signal(signal.SIGTERM)
-    rc = p.wait(60)
-    subprocess.run(["rm", "-rf", d])
-    return rc
+stop = stop_demuxd
 
 
 def connect(path):

@@ -21,7 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "clients", "python"))
 from mux import Mux, ProtocolError, RemoteError, Timeout  # noqa: E402
 sys.path.insert(0, HERE)
-from tap import BUILD, diag, done_testing, ok, track, watchdog  # noqa: E402
+from tap import (BUILD, diag, done_testing, ok,  # noqa: E402
+                 start_demuxd, watchdog)
 
 import msgpack  # noqa: E402
 
@@ -153,19 +154,11 @@ ok(got == "fine", "and the connection still serves: %r" % (got,))
 m.close()
 
 # ---- demuxd cuts a long name on a character boundary ----
-conf = os.path.join(tmp, "demux.yaml")
-with open(conf, "w") as f:
-    f.write('listen: "unix:demux.sock"\naccess_log: access.log\nplugins:\n'
-            "  - name: echo\n    path: %s/plugins/echo.so\n" % BUILD)
-p = subprocess.Popen([BUILD + "/demuxd", "-c", conf], stderr=subprocess.PIPE,
-                     text=True)
-track(p)
-for line in p.stderr:
-    if "READY" in line:
-        break
-threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+p, dd = start_demuxd('listen: "unix:demux.sock"\naccess_log: access.log\n'
+                     "plugins:\n  - name: echo\n    path: %s/plugins/echo.so\n"
+                     % BUILD)
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(os.path.join(tmp, "demux.sock"))
+s.connect(os.path.join(dd, "demux.sock"))
 s.sendall(msgpack.packb([0, 7, "x" + "\u00e9" * 150, []]))
 u = msgpack.Unpacker(raw=True)
 resp = None
@@ -198,10 +191,11 @@ while resp is None:
     for resp in u:
         break
 s.close()
-p.terminate()
-ok(p.wait(10) == 0, "demuxd stops cleanly")
-with open(os.path.join(tmp, "access.log")) as f:
+p.terminate()           # the log is complete once demuxd has stopped
+ok(p.wait(30) == 0, "demuxd stops cleanly")
+with open(os.path.join(dd, "access.log")) as f:
     lines = f.read().splitlines()
+subprocess.run(["rm", "-rf", dd])
 ok(len(lines) == 2 and lines[1].count(" method=") == 1 and
    "\\x0a" in lines[1] and "\\x20" in lines[1],
    "a newline in a method name is escaped in the access log (%d lines: "

@@ -388,54 +388,7 @@ t_free_port(void)
 	return port;
 }
 
-/* The value under key in the map under section of a msgpack map, or -1. */
-static long
-map_get(const msgpack_object *o, const char *section, const char *key)
-{
-	const msgpack_object_kv *kv;
-	uint32_t i;
-
-	if (o->type != MSGPACK_OBJECT_MAP)
-		return -1;
-	for (i = 0; i < o->via.map.size; i++) {
-		kv = &o->via.map.ptr[i];
-		if (kv->key.type != MSGPACK_OBJECT_STR ||
-		    kv->key.via.str.size != strlen(section ? section : key) ||
-		    memcmp(kv->key.via.str.ptr, section ? section : key,
-		    kv->key.via.str.size) != 0)
-			continue;
-		if (section != NULL)
-			return map_get(&kv->val, NULL, key);
-		return kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER ?
-		    (long)kv->val.via.u64 : -1;
-	}
-	return -1;
-}
-
-long
-t_stat(const char *uri, const char *section, const char *key)
-{
-	char err[MUX_ERRLEN];
-	msgpack_unpacked u;
-	mux_result r;
-	long v = -1;
-	mux_t *d;
-
-	d = mux_connect(uri, err, sizeof(err));
-	if (d == NULL)
-		return -1;
-	if (mux_call(d, "$/stats", NULL, 0, &r, 5000) == MUX_OK) {
-		msgpack_unpacked_init(&u);
-		if (msgpack_unpack_next(&u, r.data, r.len, NULL) ==
-		    MSGPACK_UNPACK_SUCCESS)
-			v = map_get(&u.data, section, key);
-		msgpack_unpacked_destroy(&u);
-	}
-	mux_result_free(&r);
-	mux_free(d);
-	return v;
-}
-
+/* The integer at path ("a/b/c") in a msgpack map, or -1. */
 static long
 path_get(const msgpack_object *o, const char *path)
 {
@@ -499,6 +452,15 @@ t_rss_kb(pid_t pid)
 			break;
 	fclose(fp);
 	return kb;
+}
+
+long
+t_stat(const char *uri, const char *section, const char *key)
+{
+	char path[256];
+
+	snprintf(path, sizeof(path), "%s/%s", section, key);
+	return t_stat_path(uri, path);
 }
 
 long

@@ -73,6 +73,41 @@ def watchdog(seconds):
     signal.alarm(seconds)
 
 
+def start_demuxd(yaml, log=None, preexec_fn=None):
+    """Write yaml (its unix paths relative to a fresh folder) and start
+    BUILD/demuxd on it; returns (proc, folder) once it logged READY. The
+    lines it logs afterwards are appended to log (a list), if given. The
+    process is tracked: killed when the test exits, however it exits."""
+    import subprocess
+    import tempfile
+    import threading
+    d = tempfile.mkdtemp(prefix="demux-t.")
+    conf = os.path.join(d, "demux.yaml")
+    with open(conf, "w") as f:
+        f.write(yaml)
+    p = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=preexec_fn)
+    track(p)
+    for line in p.stderr:
+        if "READY" in line:
+            break
+    sink = log if log is not None else []
+    threading.Thread(target=lambda: [sink.append(x) for x in p.stderr]
+                     if log is not None else [None for _ in p.stderr],
+                     daemon=True).start()
+    return p, d
+
+
+def stop_demuxd(p, d):
+    """SIGTERM, wait, remove the folder; returns the exit status."""
+    import shutil
+    p.send_signal(signal.SIGTERM)
+    rc = p.wait(60)
+    shutil.rmtree(d, ignore_errors=True)
+    return rc
+
+
 def done_testing():
     if _n == 0:
         print("not ok 1 - BUG: test made no checks\n1..1", flush=True)

@@ -254,6 +254,27 @@ dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
 	return p;
 }
 
+/* Append n jobs head..tail to the queue (p->mu held, released here), and
+ * wake one idle worker unless a wake-up is already on its way. */
+static void
+append_unlock(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n)
+{
+	int wake;
+
+	p->qlen += n;
+	if (p->tail)
+		p->tail->next = head;
+	else
+		p->head = head;
+	p->tail = tail;
+	wake = p->idle > p->wakes;
+	if (wake)
+		p->wakes++;
+	pthread_mutex_unlock(&p->mu);
+	if (wake)
+		pthread_cond_signal(&p->cv);
+}
+
 void
 dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
     dmx_job **rejected)
@@ -262,7 +283,7 @@ dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
 	pthread_t tid;
 	ondemand_arg *a;
 	dmx_job *j, *next, *rej_tail = NULL;
-	int rc, wake;
+	int rc;
 
 	*rejected = NULL;
 	if (head == NULL)
@@ -288,19 +309,7 @@ dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
 			for (n = 0, j = head; j != NULL; j = j->next)
 				n++;
 		}
-		p->qlen += n;
-		if (p->tail)
-			p->tail->next = head;
-		else
-			p->head = head;
-		p->tail = tail;
-		wake = p->idle > p->wakes;
-		if (wake)
-			p->wakes++;
-		pthread_mutex_unlock(&p->mu);
-		if (wake)
-			pthread_cond_signal(&p->cv);
-		(void)n;
+		append_unlock(p, head, tail, n);
 		return;
 	}
 
@@ -349,7 +358,6 @@ void
 dmx_pool_requeue(dmx_pool *p, dmx_job *j)
 {
 	dmx_job *rej = NULL;
-	int wake;
 
 	j->next = NULL;
 	if (p->on_demand) {
@@ -368,18 +376,7 @@ dmx_pool_requeue(dmx_pool *p, dmx_job *j)
 		return;
 	}
 	pthread_mutex_lock(&p->mu);
-	p->qlen++;
-	if (p->tail)
-		p->tail->next = j;
-	else
-		p->head = j;
-	p->tail = j;
-	wake = p->idle > p->wakes;
-	if (wake)
-		p->wakes++;
-	pthread_mutex_unlock(&p->mu);
-	if (wake)
-		pthread_cond_signal(&p->cv);
+	append_unlock(p, j, j, 1);
 }
 
 void
