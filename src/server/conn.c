@@ -228,6 +228,11 @@ flush_locked(dmx_conn *c)
 		pthread_mutex_lock(&c->mu);
 		if (n < 0) {
 			if (errno == EAGAIN || errno == EWOULDBLOCK) {
+				/* the client is not keeping up: when it last
+				 * made room is what idle_timeout_ms looks at
+				 * (no clock read while output flows) */
+				if (!c->want_out)
+					c->last_write = dmx_now_ns();
 				c->want_out = 1;
 				dmx_server_attn(c->srv, c);
 			} else {
@@ -240,8 +245,6 @@ flush_locked(dmx_conn *c)
 		}
 		left = (size_t)n;
 		c->oq_bytes -= left;
-		if (n > 0)
-			c->last_write = dmx_now_ns();
 		atomic_fetch_add_explicit(&dmx_server_stats_get(c->srv)->bytes_out,
 		    (uint64_t)n, memory_order_relaxed);
 		while (c->oq_head != NULL) {
@@ -375,8 +378,7 @@ send_run(dmx_conn *c, dmx_job *head, dmx_job *tail)
 			c->oq_head = j;
 		c->oq_tail = j;
 		c->oq_bytes += j->out.len;
-		if (c->oq_n++ == 0)
-			c->last_write = dmx_now_ns();	/* a new wait begins */
+		c->oq_n++;
 	}
 	if (c->oq_bytes >= c->out_limit)
 		atomic_store_explicit(&c->out_full, 1, memory_order_relaxed);
@@ -423,6 +425,7 @@ dmx_conn_on_writable(dmx_conn *c)
 
 	pthread_mutex_lock(&c->mu);
 	c->want_out = 0;
+	c->last_write = dmx_now_ns();	/* the client made room */
 	/* the I/O thread still holds the connection, so flush can never drop
 	 * the last claim here */
 	if (!c->writing)
@@ -552,6 +555,7 @@ typedef struct batch {
 	unsigned nq;
 	dmx_gen	*gen;		/* every job's: one read pass, one generation */
 	unsigned long refs;	/* jobs in q that hold a reference to it */
+	size_t	 bytes;		/* their request bytes (max_memory) */
 } batch;
 
 static void submit(dmx_conn *c, batch *bt);
@@ -703,7 +707,7 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	/* its bytes count against max_inflight_bytes and max_memory until
 	 * it is recycled */
 	j->in_bytes = len;
-	dmx_server_mem_add(c->srv, len);
+	bt->bytes += len;	/* added to the server's count in submit */
 	{
 		/* the job is in flight: the connection cannot go before the
 		 * claim is counted */
@@ -750,9 +754,11 @@ submit(dmx_conn *c, batch *bt)
 	dmx_job *rej, *next;
 	unsigned q;
 
-	/* before any job can run and drop its reference */
+	/* before any job can run and drop its reference and bytes */
 	dmx_gen_ref(bt->gen, bt->refs);
+	dmx_server_mem_add(c->srv, bt->bytes);
 	bt->refs = 0;
+	bt->bytes = 0;
 	for (q = 0; q < bt->nq; q++) {
 		dmx_pool_submit(bt->q[q].pool, bt->q[q].head, bt->q[q].tail,
 		    bt->q[q].n, &rej);
@@ -1027,6 +1033,7 @@ dmx_conn_on_readable(dmx_conn *c)
 	bt.nq = 0;
 	bt.gen = dmx_server_gen(c->srv);
 	bt.refs = 0;
+	bt.bytes = 0;
 	while (!c->rd_closed && !c->discard && total < READ_BUDGET) {
 		if (c->rbuf_pending) {
 			/* frames left unparsed by back pressure come first;
@@ -1189,7 +1196,7 @@ dmx_conn_check_timeouts(dmx_conn *c, uint64_t now, uint64_t idle_ns,
 {
 	unsigned active, parked = 0;
 	uint64_t last_write;
-	int output;
+	int output, stalled;
 	dmx_job *j;
 
 	if (frame_ns > 0 && c->frame_since != 0 &&
@@ -1209,12 +1216,15 @@ dmx_conn_check_timeouts(dmx_conn *c, uint64_t now, uint64_t idle_ns,
 	for (j = c->parked; j != NULL; j = j->next)
 		parked++;
 	active = c->inflight - c->oq_n - parked;
+	/* output that is being written is not idle; output blocked on a full
+	 * socket is, once the client has made no room for idle_ns */
 	output = c->oq_head != NULL;
+	stalled = output && c->want_out;
 	last_write = c->last_write;
 	pthread_mutex_unlock(&c->mu);
 	if (active > 0)
 		return 0;	/* a handler is still working for it */
-	if (output && now - last_write < idle_ns)
+	if (output && (!stalled || now - last_write < idle_ns))
 		return 0;	/* it is reading its answers, slowly */
 	dmx_debug("conn %u: idle for %llu ms%s: closing", c->id,
 	    (unsigned long long)(idle_ns / 1000000u), output ?

@@ -91,7 +91,8 @@ struct dmx_conn {
 	size_t		 oq_off;	/* bytes of oq_head already written */
 	size_t		 oq_bytes;	/* queued reply bytes not yet written */
 	unsigned	 oq_n;		/* jobs in the output queue */
-	uint64_t	 last_write;	/* ns: last write progress */
+	uint64_t	 last_write;	/* ns: output blocked, or the client last
+					 * made room since (want_out) */
 	size_t		 out_limit;	/* max_output when last read */
 	_Atomic int	 out_full;	/* oq_bytes reached out_limit, and has
 					 * not yet fallen to half: workers park
