@@ -18,7 +18,7 @@ static void *dispatch_main(void *arg);
 
 /* Queue a finished call for its callback. */
 void
-mh_deliver(mux_async *a, int rc)
+mh_deliver(mh_async *a, int rc)
 {
 	mux_t *m = a->m;
 	uint64_t one = 1;
@@ -51,7 +51,7 @@ static void async_done(mc_call *call);
 static void
 async_inserted(mc_call *call)
 {
-	mux_async *a = (mux_async *)call;
+	mh_async *a = (mh_async *)call;
 
 	mh_token_set(a->tok, mh_token(a->ep, a->gen, call->msgid));
 }
@@ -62,7 +62,7 @@ async_inserted(mc_call *call)
  * endpoint could be picked at all.
  */
 int
-mh_async_send(mux_t *m, mux_async *a, int skip, int *no_endpoint)
+mh_async_send(mux_t *m, mh_async *a, int skip, int *no_endpoint)
 {
 	unsigned ep, gen;
 	mc_conn *c;
@@ -94,7 +94,7 @@ mh_async_send(mux_t *m, mux_async *a, int skip, int *no_endpoint)
 }
 
 static void
-park(mux_t *m, mux_async *a)
+park(mux_t *m, mh_async *a)
 {
 	mh_token_set(a->tok, 0);	/* nothing on a server to cancel */
 	pthread_mutex_lock(&m->mu);
@@ -109,7 +109,7 @@ park(mux_t *m, mux_async *a)
 static void
 async_done(mc_call *call)
 {
-	mux_async *a = (mux_async *)call;
+	mh_async *a = (mh_async *)call;
 	mux_t *m = a->m;
 	mux_result first;
 	int rc = call->rc, rc2, none;
@@ -172,7 +172,7 @@ mux_call_async_token(mux_t *m, const char *method, const void *params,
     size_t len, mux_callback cb, void *user, int timeout_ms, mux_token *tok)
 {
 	size_t mlen;
-	mux_async *a;
+	mh_async *a;
 	int rc, none;
 
 	if ((rc = mh_check_args(m, method, params, len, NULL)) != MUX_OK)
@@ -210,17 +210,17 @@ mux_call_async_token(mux_t *m, const char *method, const void *params,
 
 /* Run one completion's callback and free it. */
 static void
-run_callback(mux_async *a)
+run_callback(mh_async *a)
 {
 	a->cb(a->user, a->rc, &a->res);
 	mux_result_free(&a->res);
 	free(a);
 }
 
-static mux_async *
+static mh_async *
 take_queue(mux_t *m)
 {
-	mux_async *list;
+	mh_async *list;
 
 	list = m->qhead;
 	m->qhead = m->qtail = NULL;
@@ -228,9 +228,9 @@ take_queue(mux_t *m)
 }
 
 static int
-run_list(mux_async *list)
+run_list(mh_async *list)
 {
-	mux_async *a, *next;
+	mh_async *a, *next;
 	int n = 0;
 
 	for (a = list; a != NULL; a = next) {
@@ -245,7 +245,7 @@ static void *
 dispatch_main(void *arg)
 {
 	mux_t *m = arg;
-	mux_async *list;
+	mh_async *list;
 
 	pthread_mutex_lock(&m->qmu);
 	for (;;) {
@@ -271,7 +271,7 @@ mux_completion_fd(mux_t *m)
 int
 mux_dispatch(mux_t *m)
 {
-	mux_async *list;
+	mh_async *list;
 	uint64_t v;
 
 	if (m->qfd < 0)

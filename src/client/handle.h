@@ -21,14 +21,14 @@
 struct mux;
 
 /* The $/health probe of one endpoint; reused, one at a time. */
-typedef struct mux_probe {
+typedef struct mh_probe {
 	mc_call		 call;
 	mux_result	 res;
-	struct mux_ep	*ep;
+	struct mh_ep	*ep;
 	_Atomic int	 busy;
-} mux_probe;
+} mh_probe;
 
-typedef struct mux_ep {
+typedef struct mh_ep {
 	struct mux	*m;
 	unsigned	 idx;
 	char		*uri;		/* as given; "fd"/"spawn" */
@@ -41,14 +41,14 @@ typedef struct mux_ep {
 	uint64_t	 retry_at;	/* next attempt, ns */
 	uint64_t	 health_at;	/* next $/health, ns */
 	char		 why[MUX_ERRLEN]; /* eplock: last failure */
-	mux_probe	 probe;
+	mh_probe	 probe;
 	_Atomic int	 health_draining; /* $/health said "draining" */
 	_Atomic uint64_t calls;
 	_Atomic uint64_t connects;
 	_Atomic uint64_t connect_failures;
-} mux_ep;
+} mh_ep;
 
-typedef struct mux_async {
+typedef struct mh_async {
 	mc_call		 call;		/* first: conn.c hands us this */
 	mux_result	 res;
 	struct mux	*m;
@@ -60,17 +60,17 @@ typedef struct mux_async {
 	unsigned	 gen;		/* ...and that endpoint's connection */
 	mux_token	*tok;		/* the caller's, or NULL */
 	uint64_t	 deadline;	/* ns; 0 none */
-	struct mux_async *next;		/* parked list, completion queue */
+	struct mh_async *next;		/* parked list, completion queue */
 	const char	*method;	/* copies, kept for a resend */
 	const void	*params;
 	size_t		 len;
 	char		 store[];
-} mux_async;
+} mh_async;
 
 struct mux {
 	mux_options	 opt;
 	unsigned	 nep;
-	mux_ep		*ep;
+	mh_ep		*ep;
 	pthread_rwlock_t eplock;
 	_Atomic unsigned rr;		/* rotates ties between endpoints */
 	_Atomic int	 closed;
@@ -82,13 +82,13 @@ struct mux {
 	uint64_t	 up_epoch;	/* mu: connections made so far */
 	int		 kick;		/* mu */
 	int		 stop;		/* mu: the supervisor must exit */
-	mux_async	*parked;	/* mu: async calls waiting for a conn */
+	mh_async	*parked;	/* mu: async calls waiting for a conn */
 	pthread_t	 sup;
 	int		 sup_started;
 
 	pthread_mutex_t	 qmu;
 	pthread_cond_t	 qcv;
-	mux_async	*qhead, *qtail;	/* qmu: completions to deliver */
+	mh_async	*qhead, *qtail;	/* qmu: completions to deliver */
 	int		 qstop;		/* qmu: the dispatcher must exit */
 	pthread_t	 disp;
 	_Atomic int	 disp_started;	/* written under qmu */
@@ -144,19 +144,19 @@ int	 mh_can_wait(mux_t *m);
 /* ---- async.c ---- */
 
 /* Send a on the best endpoint but skip; MUX_OK once in flight. */
-int	 mh_async_send(mux_t *m, mux_async *a, int skip, int *no_endpoint);
+int	 mh_async_send(mux_t *m, mh_async *a, int skip, int *no_endpoint);
 /* Queue a finished call for its callback. */
-void	 mh_deliver(mux_async *a, int rc);
+void	 mh_deliver(mh_async *a, int rc);
 void	 mh_async_finish(mux_t *m);
 
 /* ---- supervise.c ---- */
 
 /* A connection for ep over fds it takes, its reader counted in. */
-mc_conn	*mh_conn_start(mux_t *m, mux_ep *ep, int rfd, int wfd, pid_t child,
+mc_conn	*mh_conn_start(mux_t *m, mh_ep *ep, int rfd, int wfd, pid_t child,
 	    char *err, size_t errlen);
-mc_conn	*mh_ep_connect(mux_t *m, mux_ep *ep, char *err, size_t errlen);
+mc_conn	*mh_ep_connect(mux_t *m, mh_ep *ep, char *err, size_t errlen);
 /* Make c the endpoint's connection (NULL: down); returns the old one. */
-mc_conn	*mh_ep_swap(mux_t *m, mux_ep *ep, mc_conn *c, const char *why);
+mc_conn	*mh_ep_swap(mux_t *m, mh_ep *ep, mc_conn *c, const char *why);
 uint64_t mh_backoff_ns(const mux_options *o, unsigned fails);
 /* Send or fail the parked calls; returns the next deadline, 0 if none. */
 uint64_t mh_service_parked(mux_t *m, uint64_t now);

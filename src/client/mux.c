@@ -470,7 +470,7 @@ cond_init_mono(pthread_cond_t *cv)
 
 /* A handle with n endpoints and no connections yet. */
 static mux_t *
-mux_new(unsigned n, const mux_options *o, char *err, size_t errlen)
+handle_new(unsigned n, const mux_options *o, char *err, size_t errlen)
 {
 	mux_t *m;
 	unsigned i;
@@ -539,7 +539,7 @@ parse_list(const char *list, const mux_options *o, char *err, size_t errlen)
 		errno = EINVAL;
 		return NULL;
 	}
-	if ((m = mux_new(n, o, err, errlen)) == NULL)
+	if ((m = handle_new(n, o, err, errlen)) == NULL)
 		return NULL;
 	for (p = list, i = 0; i < n; i++, p = e + 1) {
 		e = strchr(p, ',');
@@ -635,7 +635,7 @@ mux_wrap(int rfd, int wfd, pid_t child, const char *name, char *err,
 	mux_options_init(&o);
 	o.reconnect = 0;
 	o.health_interval_ms = 0;
-	m = mux_new(1, &o, err, errlen);
+	m = handle_new(1, &o, err, errlen);
 	if (m == NULL || (m->ep[0].uri = strdup(name)) == NULL) {
 		mh_set_err(err, errlen, "out of memory");
 		mux_free(m);
@@ -757,7 +757,7 @@ mux_late_responses(mux_t *m)
 int
 mux_endpoint(mux_t *m, unsigned i, mux_endpoint_info *info)
 {
-	mux_ep *ep;
+	mh_ep *ep;
 	mc_conn *c;
 
 	if (m == NULL || info == NULL || i >= m->nep)

@@ -51,7 +51,7 @@ mh_backoff_ns(const mux_options *o, unsigned fails)
 static void
 on_conn_stop(void *arg)
 {
-	mux_ep *ep = arg;
+	mh_ep *ep = arg;
 	mux_t *m = ep->m;
 
 	pthread_mutex_lock(&m->mu);
@@ -64,7 +64,7 @@ on_conn_stop(void *arg)
 
 /* Start a connection for ep over fds it takes; counts its reader in. */
 mc_conn *
-mh_conn_start(mux_t *m, mux_ep *ep, int rfd, int wfd, pid_t child, char *err,
+mh_conn_start(mux_t *m, mh_ep *ep, int rfd, int wfd, pid_t child, char *err,
     size_t errlen)
 {
 	mc_conn *c;
@@ -89,7 +89,7 @@ mh_conn_start(mux_t *m, mux_ep *ep, int rfd, int wfd, pid_t child, char *err,
 static void
 probe_done(mc_call *call)
 {
-	mux_probe *p = (mux_probe *)call;
+	mh_probe *p = (mh_probe *)call;
 	const char *s;
 	uint32_t n;
 	dmx_rd r;
@@ -107,9 +107,9 @@ probe_done(mc_call *call)
 }
 
 static void
-probe(mux_ep *ep, mc_conn *c)
+probe(mh_ep *ep, mc_conn *c)
 {
-	mux_probe *p = &ep->probe;
+	mh_probe *p = &ep->probe;
 
 	if (atomic_load(&p->busy) || mc_is_draining(c))
 		return;
@@ -124,7 +124,7 @@ probe(mux_ep *ep, mc_conn *c)
 
 /* Connect endpoint ep now (supervisor or mux_open). */
 mc_conn *
-mh_ep_connect(mux_t *m, mux_ep *ep, char *err, size_t errlen)
+mh_ep_connect(mux_t *m, mh_ep *ep, char *err, size_t errlen)
 {
 	int fd;
 
@@ -138,7 +138,7 @@ mh_ep_connect(mux_t *m, mux_ep *ep, char *err, size_t errlen)
 /* Make c the endpoint's connection (NULL: down); returns the old one for
  * the caller to release. */
 mc_conn *
-mh_ep_swap(mux_t *m, mux_ep *ep, mc_conn *c, const char *why)
+mh_ep_swap(mux_t *m, mh_ep *ep, mc_conn *c, const char *why)
 {
 	mc_conn *old;
 
@@ -162,7 +162,7 @@ mh_ep_swap(mux_t *m, mux_ep *ep, mc_conn *c, const char *why)
 uint64_t
 mh_service_parked(mux_t *m, uint64_t now)
 {
-	mux_async *list, *a, *next, *keep = NULL;
+	mh_async *list, *a, *next, *keep = NULL;
 	uint64_t next_dl = 0;
 	int rc, none;
 
@@ -223,7 +223,7 @@ sup_main(void *arg)
 	char err[MUX_ERRLEN];
 	struct timespec ts;
 	mc_conn *c, *old;
-	mux_ep *ep;
+	mh_ep *ep;
 	unsigned i;
 	int up;
 
