@@ -248,7 +248,8 @@ install: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) \
 	ln -sf libmux.so.$(LIBMUX_VERSION) $(D)/lib/libmux.so.$(LIBMUX_SOVERSION)
 	ln -sf libmux.so.$(LIBMUX_SOVERSION) $(D)/lib/libmux.so
 	install -m 644 $(LIBMUX_A) $(D)/lib/
-	install -m 644 include/demux/plugin.h include/demux/mux.h $(D)/include/demux/
+	install -m 644 include/demux/plugin.h include/demux/mux.h \
+	  include/demux/protocol.h $(D)/include/demux/
 	install -m 644 $(BUILD)/libmux.pc $(BUILD)/demux-plugin.pc $(D)/lib/pkgconfig/
 	install -m 755 $(PLUGIN_SO) $(D)/lib/demux/plugins/
 	install -m 644 docs/man/muxcall.1 $(D)/share/man/man1/

@@ -34,6 +34,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "protocol.h"	/* the server's error codes: mux_result.code */
+
 #ifdef __cplusplus
 extern "C" {
 #endif

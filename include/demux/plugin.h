@@ -35,6 +35,8 @@
 
 #include <msgpack.h>
 
+#include "protocol.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -62,10 +64,9 @@ enum demux_log_level {
 	DEMUX_LOG_DEBUG = 3,
 };
 
-/* Protocol error codes a plugin may answer with besides its own (>= 1). */
-#define DEMUX_E_INVALID_PARAMS	(-32602)
-#define DEMUX_E_INTERNAL	(-32603)
-#define DEMUX_E_CANCELLED	(-32800)	/* give up after demux_cancelled() */
+/* Protocol error codes (demux/protocol.h). Besides its own (>= 1), a plugin
+ * may answer DEMUX_E_INVALID_PARAMS, DEMUX_E_INTERNAL and DEMUX_E_CANCELLED
+ * (give up after demux_cancelled()); the host answers the others. */
 
 /* One transaction in progress. Opaque; valid only during process_transaction. */
 typedef struct demux_call demux_call;

@@ -242,10 +242,21 @@ mh_retryable(int rc, const mux_result *res)
 		return 1;
 	if (rc != MUX_EREMOTE)
 		return 0;
-	return res->code == DMX_E_OVERLOADED ||
-	    (res->code == DMX_E_SHUTTING_DOWN && res->message != NULL &&
-	    strncmp(res->message, DMX_NOT_EXECUTED_DRAINING,
-	    sizeof(DMX_NOT_EXECUTED_DRAINING) - 1) == 0);
+	switch (res->code) {	/* the retry column of demux/protocol.h */
+#define RETRY_CASE(name, code, meaning, retry) case (code):		\
+		if ((retry) == DEMUX_RETRY_SAFE)			\
+			return 1;					\
+		if ((retry) == DEMUX_RETRY_PREFIX)			\
+			return res->message != NULL &&			\
+			    strncmp(res->message,			\
+			    DEMUX_NOT_EXECUTED_DRAINING,		\
+			    sizeof(DEMUX_NOT_EXECUTED_DRAINING) - 1) == 0; \
+		return 0;
+	DEMUX_PROTOCOL_ERRORS(RETRY_CASE)
+#undef RETRY_CASE
+	default:
+		return 0;	/* a plugin's own code: its effect is its own */
+	}
 }
 
 /* Wait until a connection is made after epoch e0, the handle closes or *dl

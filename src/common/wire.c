@@ -13,8 +13,8 @@ const char *
 dmx_wire_strerror(int64_t code)
 {
 	switch (code) {
-#define DMX_XX(name, c, msg) case (c): return (msg);
-	DMX_WIRE_ERRORS(DMX_XX)
+#define DMX_XX(name, c, msg, retry) case (c): return (msg);
+	DEMUX_PROTOCOL_ERRORS(DMX_XX)
 #undef DMX_XX
 	default:
 		return NULL;

@@ -20,32 +20,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* name, code, default message */
-#define DMX_WIRE_ERRORS(XX)                                                   \
-	XX(PARSE,          -32700, "parse error")                             \
-	XX(INVALID_REQUEST, -32600, "invalid request")                        \
-	XX(NO_METHOD,      -32601, "method not found")                        \
-	XX(INVALID_PARAMS, -32602, "invalid params")                          \
-	XX(INTERNAL,       -32603, "internal error")                          \
-	XX(OVERLOADED,     -32010, "overloaded")                              \
-	XX(TIMED_OUT,      -32011, "timed out")                               \
-	XX(SHUTTING_DOWN,  -32012, "shutting down")                           \
-	XX(TOO_LARGE,      -32013, "message too large")                       \
-	XX(CANCELLED,      -32800, "cancelled")
+#include "demux/protocol.h"
 
+/* The protocol's error codes, from the one list in demux/protocol.h, under
+ * demuxd's and libmux's internal prefix. */
 enum dmx_wire_error {
-#define DMX_XX(name, code, msg) DMX_E_##name = (code),
-	DMX_WIRE_ERRORS(DMX_XX)
+#define DMX_XX(name, code, meaning, retry) DMX_E_##name = (code),
+	DEMUX_PROTOCOL_ERRORS(DMX_XX)
 #undef DMX_XX
 };
 
-/*
- * -32012 covers two cases a client must tell apart: a request that never
- * started (safe to send elsewhere) and one whose handler was still running
- * when drain_timeout_ms passed (effect unknown). The message of the first
- * always begins with this prefix; protocol.md documents it for every client.
- */
-#define DMX_NOT_EXECUTED_DRAINING "shutting down: not executed"
+#define DMX_NOT_EXECUTED_DRAINING DEMUX_NOT_EXECUTED_DRAINING
 
 /* Default message for a protocol error code, or NULL if the code is not one. */
 const char *dmx_wire_strerror(int64_t code);
