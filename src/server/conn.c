@@ -556,7 +556,32 @@ typedef struct batch {
 	dmx_gen	*gen;		/* every job's: one read pass, one generation */
 	unsigned long refs;	/* jobs in q that hold a reference to it */
 	size_t	 bytes;		/* their request bytes (max_memory) */
+	dmx_job	*pending;	/* dispatched, not yet committed (id_next) */
+	unsigned claims;	/* timer claims of those */
 } batch;
+
+/* Account the jobs dispatched since the last commit on the connection:
+ * request bytes, timer claims, msgid entries. One lock per read pass. */
+static void
+commit(dmx_conn *c, batch *bt)
+{
+	dmx_job *j, *next;
+
+	if (bt->pending == NULL)
+		return;
+	pthread_mutex_lock(&c->mu);
+	c->timers += bt->claims;
+	for (j = bt->pending; j != NULL; j = next) {
+		next = j->id_next;
+		j->id_next = NULL;
+		c->in_bytes += j->in_bytes;
+		if (!j->notify)
+			id_insert_locked(c, j);
+	}
+	pthread_mutex_unlock(&c->mu);
+	bt->pending = NULL;
+	bt->claims = 0;
+}
 
 static void submit(dmx_conn *c, batch *bt);
 
@@ -628,8 +653,10 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		uint64_t id;
 
 		if (dmx_rd_array(&pr, &n) == 0 && n >= 1 &&
-		    dmx_rd_uint(&pr, &id) == 0 && id <= UINT32_MAX)
+		    dmx_rd_uint(&pr, &id) == 0 && id <= UINT32_MAX) {
+			commit(c, bt);	/* it may cancel one of this pass */
 			dmx_conn_cancel(c, (uint32_t)id);
+		}
 		return;
 	}
 	if (ml >= 2 && m[0] == '$' && m[1] == '/') {
@@ -708,19 +735,14 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	 * it is recycled */
 	j->in_bytes = len;
 	bt->bytes += len;	/* added to the server's count in submit */
-	{
-		/* the job is in flight: the connection cannot go before the
-		 * claim is counted */
-		int claim = rt->timeout_ms > 0 && dmx_server_timer_add(c->srv,
-		    j, j->t_dispatch + (uint64_t)rt->timeout_ms * 1000000u);
-
-		pthread_mutex_lock(&c->mu);
-		c->in_bytes += len;
-		c->timers += (unsigned)claim;
-		if (!notify)
-			id_insert_locked(c, j);
-		pthread_mutex_unlock(&c->mu);
-	}
+	/* its timer claim, bytes and msgid entry reach the connection in
+	 * commit(), for the whole read pass under one lock (the job is not
+	 * visible to any other thread before then) */
+	if (rt->timeout_ms > 0 && dmx_server_timer_add(c->srv, j,
+	    j->t_dispatch + (uint64_t)rt->timeout_ms * 1000000u))
+		bt->claims++;
+	j->id_next = bt->pending;
+	bt->pending = j;
 	j->params_off = (uint32_t)(r.p - p);
 	j->params_len = (uint32_t)(len - j->params_off);
 	{
@@ -755,6 +777,7 @@ submit(dmx_conn *c, batch *bt)
 	unsigned q;
 
 	/* before any job can run and drop its reference and bytes */
+	commit(c, bt);
 	dmx_gen_ref(bt->gen, bt->refs);
 	dmx_server_mem_add(c->srv, bt->bytes);
 	bt->refs = 0;
@@ -903,6 +926,7 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 		/* back pressure inside a read, not only between reads: one
 		 * 256 KiB read can hold tens of thousands of tiny frames */
 		if (++frames % CHECK_EVERY == 0) {
+			commit(c, bt);
 			pthread_mutex_lock(&c->mu);
 			full = c->inflight >= cfg->max_inflight ||
 			    c->oq_bytes >= cfg->max_output ||
@@ -1034,6 +1058,8 @@ dmx_conn_on_readable(dmx_conn *c)
 	bt.gen = dmx_server_gen(c->srv);
 	bt.refs = 0;
 	bt.bytes = 0;
+	bt.pending = NULL;
+	bt.claims = 0;
 	while (!c->rd_closed && !c->discard && total < READ_BUDGET) {
 		if (c->rbuf_pending) {
 			/* frames left unparsed by back pressure come first;
