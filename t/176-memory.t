@@ -236,6 +236,44 @@ ok(took < 15, "each was closed by frame_timeout_ms (1000), all within %.1f s"
 # (the connection asking counts itself)
 ok(wait_for(lambda: stats(path)["server"]["connections"] == 1),
    "and their memory and descriptors are gone")
+# frames back to back, each larger than one read: there is always a partial
+# frame, never an old one; frame_timeout_ms must not close it
+st = connect(path)
+su = msgpack.Unpacker(raw=False)
+frame = msgpack.packb([0, 1, "echo.echo", [b"f" * (300 * 1024)]],
+                      use_bin_type=True)
+stream_done = threading.Event()
+sent_n = [0]
+
+
+def streamer():
+    t_end = time.monotonic() + 2.5     # longer than frame_timeout_ms (1000)
+    try:
+        while time.monotonic() < t_end:
+            st.sendall(frame)
+            sent_n[0] += 1
+    except OSError:
+        pass
+    stream_done.set()
+
+
+sth = threading.Thread(target=streamer)
+sth.start()
+got_n = 0
+st.settimeout(10)
+try:
+    while not (stream_done.is_set() and got_n >= sent_n[0]):
+        m = read_one(st, su)
+        if m is None:
+            break
+        got_n += m[0] == 1 and m[2] is None
+except OSError:
+    pass
+sth.join()
+ok(got_n == sent_n[0] and got_n > 0, "a client streaming 300 KiB frames back "
+   "to back for 2.5 s is not taken for an unfinished frame (%d sent, %d "
+   "answered)" % (sent_n[0], got_n))
+st.close()
 bad = connect(path)
 bad.sendall(b"\xc1")        # not msgpack: answered, then drained
 closed(bad)                 # the answer, then the server's half-close

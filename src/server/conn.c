@@ -946,6 +946,7 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 			fatal_frame(c, p + off, n - off, rc);
 			return n;
 		}
+		c->frame_ended = 1;
 		if (c->scan.objects > cfg->max_elements)
 			too_many_elements(c, p + off, flen, c->scan.objects);
 		else
@@ -1036,10 +1037,14 @@ rbuf_account(dmx_conn *c)
 	else
 		dmx_server_mem_sub(c->srv, c->rbuf_counted - c->rbuf.cap);
 	c->rbuf_counted = c->rbuf.cap;
+	/* a partial frame began no earlier than the read that ended the
+	 * frame before it: a client streaming large frames back to back
+	 * always has a partial one, but never an old one */
 	if (c->rbuf.len == 0 || c->rbuf_pending)
 		c->frame_since = 0;
-	else if (c->frame_since == 0)
+	else if (c->frame_since == 0 || c->frame_ended)
 		c->frame_since = c->last_active;
+	c->frame_ended = 0;
 }
 
 void

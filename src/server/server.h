@@ -81,6 +81,7 @@ struct dmx_conn {
 	dmx_conn	*prev, *next;	/* srv->conns */
 	uint64_t	 last_active;	/* ns: last read (I/O thread) */
 	uint64_t	 frame_since;	/* ns: a partial frame began; 0: none */
+	int		 frame_ended;	/* a frame ended since rbuf_account */
 	size_t		 rbuf_counted;	/* rbuf.cap counted in the server's
 					 * memory */
 	int		 mem_paused;	/* reading paused: server memory bound */
