@@ -151,7 +151,7 @@ main(void)
 	t_server s[NEP];
 	mux_options o;
 	mux_stats st;
-	double tk, tr, rec1, rec2, td, err_span;
+	double tk, tr, rec1, rec2, td, err_span, up_ms;
 	long econn_kill;
 	int i, rc;
 
@@ -205,7 +205,10 @@ main(void)
 	snap(c3);
 	t_run_for(700);
 	snap(c4);
-	ok(rec1 < 2000, "reconnected %.0f ms after the restart (%.0f ms "
+	/* the time includes demuxd's own start, some seconds under valgrind
+	 * (make valgrind): the bound is for libmux's backoff, not for it */
+	up_ms = getenv("DEMUX_VALGRIND") ? 10000 : 2000;
+	ok(rec1 < up_ms, "reconnected %.0f ms after the restart (%.0f ms "
 	    "after the kill)", rec1, tr + rec1 - tk);
 	ok(c4[1] - c3[1] > (c4[0] - c3[0]) / 4, "the load moved back: %llu "
 	    "calls to it in 700 ms (others %llu, %llu)",
@@ -232,7 +235,7 @@ main(void)
 	snap(c5);
 	t_run_for(700);
 	snap(c6);
-	ok(rec2 < 2000 && c6[2] - c5[2] > (c6[0] - c5[0]) / 4, "drained "
+	ok(rec2 < up_ms && c6[2] - c5[2] > (c6[0] - c5[0]) / 4, "drained "
 	    "server restarted: reconnected in %.0f ms, %llu calls to it in "
 	    "700 ms", rec2, (unsigned long long)(c6[2] - c5[2]));
 
