@@ -37,11 +37,12 @@ LIBMUX_SOVERSION = 0
 LIBMUX_VERSION = 0.1.0
 
 COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c \
-	     src/common/text.c src/common/msg.c
+	     src/common/text.c src/common/msg.c src/common/xport.c
 SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
 	     src/server/job.c src/server/gen.c src/server/timer.c \
-	     src/server/conn.c src/server/server.c \
+	     src/server/loop.c src/server/conn.c src/server/conn_in.c \
+	     src/server/conn_out.c src/server/server.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/async.c src/client/supervise.c \
 	     src/client/conn.c src/client/pack.c

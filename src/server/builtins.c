@@ -8,8 +8,10 @@
 
 #include <msgpack.h>
 
+#include "../common/msg.h"
+#include "../common/wire.h"
+#include "builtins.h"
 #include "log.h"
-#include "server.h"
 
 /* A worker busy on one job for this long is reported as stuck. */
 #define STUCK_MS 10000u
@@ -25,6 +27,12 @@ static uint64_t
 ld(_Atomic uint64_t *v)
 {
 	return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+static int
+draining(dmx_server_stats *st)
+{
+	return atomic_load_explicit(&st->draining, memory_order_relaxed);
 }
 
 static void
@@ -65,23 +73,22 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 }
 
 static void
-pack_stats(dmx_server *s, dmx_buf *b)
+pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 {
-	const dmx_router *r = dmx_server_router(s);
-	dmx_server_stats *st = dmx_server_stats_get(s);
+	const dmx_router *r = g->router;
 	size_t i, j, n = dmx_router_count(r), nplugins = 0;
 	const dmx_plugin *seen[256];
 	msgpack_packer pk;
 	dmx_pool_info pi;
 
-	dmx_pool_info_get(dmx_server_pool(s), STUCK_MS, &pi);
+	dmx_pool_info_get(g->hooks.shared, STUCK_MS, &pi);
 	msgpack_packer_init(&pk, b, dmx_buf_pack_write);
 	msgpack_pack_map(&pk, 4);
 
 	dmx_pack_cstr(&pk, "server");
 	msgpack_pack_map(&pk, 9);
 	dmx_pack_cstr(&pk, "state");
-	dmx_pack_cstr(&pk, dmx_server_stopping(s) ? "draining" : "serving");
+	dmx_pack_cstr(&pk, draining(st) ? "draining" : "serving");
 	pk_kv_u64(&pk, "uptime_s", (dmx_now_ns() - st->started_ns) /
 	    1000000000u);
 	pk_kv_u64(&pk, "connections", ld(&st->connections));
@@ -154,9 +161,10 @@ pack_stats(dmx_server *s, dmx_buf *b)
 }
 
 int
-dmx_builtin(dmx_server *s, const char *m, uint32_t ml, dmx_buf *result)
+dmx_builtin(const dmx_gen *g, dmx_server_stats *st, const char *m,
+    uint32_t ml, dmx_buf *result)
 {
-	const dmx_router *r = dmx_server_router(s);
+	const dmx_router *r = g->router;
 	const dmx_buf *b;
 	msgpack_packer pk;
 
@@ -164,8 +172,7 @@ dmx_builtin(dmx_server *s, const char *m, uint32_t ml, dmx_buf *result)
 	if (ml == 6 && memcmp(m, "$/ping", 6) == 0) {
 		dmx_pack_cstr(&pk, "pong");
 	} else if (ml == 8 && memcmp(m, "$/health", 8) == 0) {
-		dmx_pack_cstr(&pk, dmx_server_stopping(s) ? "draining" :
-		    "serving");
+		dmx_pack_cstr(&pk, draining(st) ? "draining" : "serving");
 	} else if (ml == 9 && memcmp(m, "$/methods", 9) == 0) {
 		b = dmx_router_methods(r);
 		dmx_buf_append(result, b->data, b->len);
@@ -173,7 +180,7 @@ dmx_builtin(dmx_server *s, const char *m, uint32_t ml, dmx_buf *result)
 		b = dmx_router_plugins(r);
 		dmx_buf_append(result, b->data, b->len);
 	} else if (ml == 7 && memcmp(m, "$/stats", 7) == 0) {
-		pack_stats(s, result);
+		pack_stats(g, st, result);
 	} else {
 		return DMX_E_NO_METHOD;
 	}

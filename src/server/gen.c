@@ -160,3 +160,40 @@ dmx_gen_nmethods(const dmx_gen *g)
 {
 	return g->router ? dmx_router_count(g->router) : 0;
 }
+
+void
+dmx_gen_slot_init(dmx_gen_slot *s)
+{
+	atomic_init(&s->cur, NULL);
+	pthread_mutex_init(&s->mu, NULL);
+}
+
+void
+dmx_gen_slot_destroy(dmx_gen_slot *s)
+{
+	pthread_mutex_destroy(&s->mu);
+}
+
+dmx_gen *
+dmx_gen_publish(dmx_gen_slot *s, dmx_gen *g)
+{
+	dmx_gen *old;
+
+	pthread_mutex_lock(&s->mu);
+	old = atomic_load_explicit(&s->cur, memory_order_relaxed);
+	atomic_store_explicit(&s->cur, g, memory_order_release);
+	pthread_mutex_unlock(&s->mu);
+	return old;
+}
+
+dmx_gen *
+dmx_gen_acquire(dmx_gen_slot *s)
+{
+	dmx_gen *g;
+
+	pthread_mutex_lock(&s->mu);
+	g = atomic_load_explicit(&s->cur, memory_order_acquire);
+	dmx_gen_ref(g, 1);
+	pthread_mutex_unlock(&s->mu);
+	return g;
+}

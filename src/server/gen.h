@@ -23,6 +23,7 @@
 #ifndef DMX_GEN_H
 #define DMX_GEN_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 
@@ -83,5 +84,31 @@ void dmx_gen_free(dmx_gen *g);
 
 /* Methods over all plugins. */
 size_t dmx_gen_nmethods(const dmx_gen *g);
+
+/*
+ * The generation serving now. The server switches it with one store
+ * (dmx_gen_publish, I/O thread, which is its only writer and so reads it
+ * freely with dmx_gen_current); another thread takes a reference with
+ * dmx_gen_acquire, under mu so that the generation cannot lose its last
+ * reference between the load and the increment.
+ */
+typedef struct dmx_gen_slot {
+	dmx_gen *_Atomic cur;
+	pthread_mutex_t	 mu;
+} dmx_gen_slot;
+
+void	 dmx_gen_slot_init(dmx_gen_slot *s);
+void	 dmx_gen_slot_destroy(dmx_gen_slot *s);
+/* Publish g (its reference passes to the slot); returns the previous one,
+ * whose slot reference the caller now holds. */
+dmx_gen	*dmx_gen_publish(dmx_gen_slot *s, dmx_gen *g);
+/* (I/O thread) */
+static inline dmx_gen *
+dmx_gen_current(const dmx_gen_slot *s)
+{
+	return atomic_load_explicit(&s->cur, memory_order_relaxed);
+}
+/* With a reference, for any thread; drop it with dmx_gen_unref(g, 1). */
+dmx_gen	*dmx_gen_acquire(dmx_gen_slot *s);
 
 #endif

@@ -57,10 +57,10 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 	dmx_pool_info pi;
 	unsigned k;
 
-	dmx_pool_info_get(dmx_server_pool(s), 10000, &pi);
+	dmx_pool_info_get(g->hooks.shared, 10000, &pi);
 	out(b, "# HELP demux_up 1 while demuxd serves, 0 while it drains.\n"
 	    "# TYPE demux_up gauge\ndemux_up %d\n",
-	    dmx_server_stopping(s) ? 0 : 1);
+	    atomic_load(&st->draining) ? 0 : 1);
 	out(b, "# HELP demux_uptime_seconds Seconds since demuxd started.\n"
 	    "# TYPE demux_uptime_seconds gauge\ndemux_uptime_seconds %.3f\n",
 	    (double)(dmx_now_ns() - st->started_ns) / 1e9);

@@ -75,6 +75,7 @@ void dmx_method_errors(dmx_method_stats *s, dmx_err_snap *out);
 /* Per server. */
 typedef struct dmx_server_stats {
 	uint64_t	 started_ns;	/* CLOCK_MONOTONIC at start */
+	_Atomic int	 draining;	/* a graceful stop has begun */
 	_Atomic uint64_t connections;	/* open now */
 	_Atomic uint64_t accepted;	/* since start */
 	_Atomic uint64_t bytes_in;
