@@ -41,7 +41,7 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 	dmx_method_stats *ms = &rt->stats->m;
 	uint64_t calls = ld(&ms->calls), disp = ld(&ms->dispatched);
 	uint64_t inflight = disp > calls ? disp - calls : 0;
-	uint64_t running = dmx_pool_running(rt->plugin->pool, rt->stats, NULL);
+	uint64_t running = dmx_exec_running(rt->plugin->exec, rt->stats, NULL);
 	dmx_err_snap es;
 	unsigned i;
 	char key[24];
@@ -79,9 +79,9 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	size_t i, j, n = dmx_router_count(r), nplugins = 0;
 	const dmx_plugin *seen[256];
 	msgpack_packer pk;
-	dmx_pool_info pi;
+	dmx_exec_info pi;
 
-	dmx_pool_info_get(g->hooks.shared, STUCK_MS, &pi);
+	dmx_exec_info_get(g->hooks.shared, STUCK_MS, &pi);
 	msgpack_packer_init(&pk, b, dmx_buf_pack_write);
 	msgpack_pack_map(&pk, 4);
 
@@ -134,12 +134,12 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 				continue;
 			inflight += nd > nc ? nd - nc : 0;
 		}
-		dmx_pool *pool = seen[j]->pool;
-		dmx_pool_info own;
+		dmx_exec *pool = seen[j]->exec;
+		dmx_exec_info own;
 
-		busy = dmx_pool_running(pool, NULL, seen[j]);
+		busy = dmx_exec_running(pool, NULL, seen[j]);
 
-		dmx_pool_info_get(pool, STUCK_MS, &own);
+		dmx_exec_info_get(pool, STUCK_MS, &own);
 		dmx_pack_cstr(&pk, seen[j]->name);
 		msgpack_pack_map(&pk, 7);
 		dmx_pack_cstr(&pk, "version");
@@ -150,7 +150,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 		pk_kv_u64(&pk, "workers_idle", (uint64_t)own.idle);
 		pk_kv_u64(&pk, "queued", own.queued);
 		pk_kv_u64(&pk, "in_flight", inflight);
-		pk_kv_u64(&pk, "workers_stuck", dmx_pool_stuck_in(pool, STUCK_MS,
+		pk_kv_u64(&pk, "workers_stuck", dmx_exec_stuck_in(pool, STUCK_MS,
 		    seen[j]));
 	}
 

@@ -35,7 +35,7 @@
 #define BATCH_POOLS 8
 typedef struct batch {
 	struct {
-		dmx_pool *pool;
+		dmx_exec *pool;
 		dmx_job	 *head, *tail;
 		unsigned  n;
 	} q[BATCH_POOLS];
@@ -234,7 +234,7 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	j->params_off = (uint32_t)(r.p - p);
 	j->params_len = (uint32_t)(len - j->params_off);
 	{
-		dmx_pool *pool = rt->plugin->pool;
+		dmx_exec *pool = rt->plugin->exec;
 		unsigned q;
 
 		for (q = 0; q < bt->nq && bt->q[q].pool != pool; q++)
@@ -271,7 +271,7 @@ submit(dmx_conn *c, batch *bt)
 	bt->refs = 0;
 	bt->bytes = 0;
 	for (q = 0; q < bt->nq; q++) {
-		dmx_pool_submit(bt->q[q].pool, bt->q[q].head, bt->q[q].tail,
+		dmx_exec_submit(bt->q[q].pool, bt->q[q].head, bt->q[q].tail,
 		    bt->q[q].n, &rej);
 		for (; rej != NULL; rej = next) {
 			dmx_method_stats *ms = &rej->route->stats->m;

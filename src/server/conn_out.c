@@ -312,7 +312,7 @@ conn_requeue(dmx_job *list)
 
 	for (j = list; j != NULL; j = next) {
 		next = j->next;
-		dmx_pool_requeue(j->route->plugin->pool, j);
+		dmx_exec_requeue(j->route->plugin->exec, j);
 	}
 }
 

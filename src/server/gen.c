@@ -8,6 +8,7 @@
 #include "../common/bug.h"
 #include "gen.h"
 #include "log.h"
+#include "pool.h"
 
 /* A plugin is held by every generation that routes to it. The last one to
  * go stops its pool (no job of it is left: each held a generation), then
@@ -21,8 +22,8 @@ plugin_put(dmx_plugin *p)
 	dmx_debug("plugin '%s' (%s): no generation routes to it: unloading",
 	    p->name, p->path);
 	if (p->own_pool)
-		dmx_pool_free(p->pool);
-	p->pool = NULL;
+		dmx_exec_free(p->exec);
+	p->exec = NULL;
 	dmx_plugin_unload(p);
 }
 
@@ -95,15 +96,15 @@ dmx_gen_new(dmx_config *cfg, const dmx_gen *prev, const dmx_gen_hooks *hooks,
 	 * plugin cannot starve the others; a kept plugin keeps its pool */
 	for (i = 0; i < g->nplugins; i++) {
 		p = g->plugins[i];
-		if (p->pool != NULL)
+		if (p->exec != NULL)
 			continue;
 		if (p->workers == 0) {
-			p->pool = hooks->shared;
+			p->exec = hooks->shared;
 			continue;
 		}
-		p->pool = dmx_pool_new(p->workers, 0, p->queue, hooks->admit,
-		    hooks->done, hooks->done_arg, err, errlen);
-		if (p->pool == NULL) {
+		p->exec = dmx_pool_new(p->workers, 0, p->queue, &hooks->exec,
+		    err, errlen);
+		if (p->exec == NULL) {
 			char why[256];
 
 			snprintf(why, sizeof(why), "%s", err);

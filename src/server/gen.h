@@ -29,17 +29,15 @@
 
 #include "config.h"
 #include "plugin_host.h"
-#include "pool.h"
+#include "exec.h"
 #include "router.h"
 
 typedef struct dmx_gen dmx_gen;
 
 /* What a generation needs from the server that builds it. */
 typedef struct dmx_gen_hooks {
-	dmx_pool	*shared;	/* runs plugins without `workers:` */
-	dmx_pool_admit_fn admit;	/* for the plugins' own pools */
-	dmx_pool_done_fn done;
-	void		*done_arg;
+	dmx_exec	*shared;	/* runs plugins without `workers:` */
+	dmx_exec_hooks	 exec;		/* for the plugins' own pools */
 	/* the last reference is gone (any thread); NULL: free at once */
 	void	       (*dead)(dmx_gen *g, void *arg);
 	void		*dead_arg;

@@ -54,10 +54,10 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 	dmx_server_stats *st = dmx_server_stats_get(s);
 	const dmx_router *r = g->router;
 	size_t i, n = dmx_router_count(r);
-	dmx_pool_info pi;
+	dmx_exec_info pi;
 	unsigned k;
 
-	dmx_pool_info_get(g->hooks.shared, 10000, &pi);
+	dmx_exec_info_get(g->hooks.shared, 10000, &pi);
 	out(b, "# HELP demux_up 1 while demuxd serves, 0 while it drains.\n"
 	    "# TYPE demux_up gauge\ndemux_up %d\n",
 	    atomic_load(&st->draining) ? 0 : 1);

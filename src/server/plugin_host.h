@@ -30,8 +30,8 @@ typedef struct dmx_plugin {
 	unsigned	    queue;	/* its queue bound, or 0 */
 	unsigned	   *timeout_ms;	/* per method (nmethods), 0: none */
 	/* set by the generation that loads it (gen.c, I/O thread only) */
-	struct dmx_pool	   *pool;	/* runs its jobs: its own or the shared */
-	int		    own_pool;	/* pool belongs to this plugin */
+	struct dmx_exec	   *exec;	/* runs its jobs: its own or the shared */
+	int		    own_pool;	/* exec belongs to this plugin */
 	unsigned	    refs;	/* generations that route to it */
 	char		    sig[256];	/* what it was loaded from: a reload
 					 * keeps it only if this is unchanged */

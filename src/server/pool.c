@@ -44,7 +44,8 @@ struct dmx_busy {
 	_Atomic unsigned limit_ms;	/* its method's timeout_ms, or 0 */
 };
 
-struct dmx_pool {
+typedef struct dmx_pool {
+	dmx_exec	 base;		/* first: what exec.h's calls see */
 	pthread_mutex_t	 mu;
 	pthread_cond_t	 cv;		/* workers wait for jobs */
 	pthread_cond_t	 done_cv;	/* on-demand: last thread left */
@@ -61,10 +62,10 @@ struct dmx_pool {
 	struct dmx_busy	*busy;		/* per fixed worker */
 	_Atomic int	 next_index;	/* hands each worker its slot */
 	size_t		 stack_size;
-	dmx_pool_admit_fn admit;
-	dmx_pool_done_fn done;
+	dmx_exec_admit_fn admit;
+	dmx_exec_done_fn done;
 	void		*done_arg;
-};
+} dmx_pool;
 
 /* Plugins run on these threads: give them room like a main thread would have
  * (the default is inherited from RLIMIT_STACK). */
@@ -203,10 +204,12 @@ ondemand_thread(void *arg)
 	return NULL;
 }
 
-dmx_pool *
+static void pool_free(dmx_pool *p);
+static const dmx_exec_ops pool_ops;
+
+dmx_exec *
 dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
-    dmx_pool_admit_fn admit, dmx_pool_done_fn done, void *done_arg,
-    char *err, size_t errlen)
+    const dmx_exec_hooks *hooks, char *err, size_t errlen)
 {
 	pthread_attr_t attr;
 	dmx_pool *p;
@@ -222,19 +225,20 @@ dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
 	pthread_cond_init(&p->done_cv, NULL);
 	p->stack_size = DMX_WORKER_STACK;
 	p->qmax = queue_max;
-	p->admit = admit;
-	p->done = done;
-	p->done_arg = done_arg;
+	p->base.ops = &pool_ops;
+	p->admit = hooks->admit;
+	p->done = hooks->done;
+	p->done_arg = hooks->done_arg;
 	if (nworkers == 0) {
 		p->on_demand = 1;
 		p->max_threads = max_threads;
-		return p;
+		return &p->base;
 	}
 	p->threads = calloc((size_t)nworkers, sizeof(*p->threads));
 	p->busy = calloc((size_t)nworkers, sizeof(*p->busy));
 	if (p->threads == NULL || p->busy == NULL) {
 		snprintf(err, errlen, "out of memory");
-		dmx_pool_free(p);
+		pool_free(p);
 		return NULL;
 	}
 	pthread_attr_init(&attr);
@@ -245,13 +249,13 @@ dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
 			snprintf(err, errlen, "cannot start worker %d of %d: %s",
 			    i + 1, nworkers, strerror(rc));
 			pthread_attr_destroy(&attr);
-			dmx_pool_free(p);
+			pool_free(p);
 			return NULL;
 		}
 		p->nthreads++;
 	}
 	pthread_attr_destroy(&attr);
-	return p;
+	return &p->base;
 }
 
 /* Append n jobs head..tail to the queue (p->mu held, released here), and
@@ -275,8 +279,8 @@ append_unlock(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n)
 		pthread_cond_signal(&p->cv);
 }
 
-void
-dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
+static void
+pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
     dmx_job **rejected)
 {
 	pthread_attr_t attr;
@@ -354,14 +358,14 @@ dmx_pool_submit(dmx_pool *p, dmx_job *head, dmx_job *tail, unsigned n,
 	pthread_attr_destroy(&attr);
 }
 
-void
-dmx_pool_requeue(dmx_pool *p, dmx_job *j)
+static void
+pool_requeue(dmx_pool *p, dmx_job *j)
 {
 	dmx_job *rej = NULL;
 
 	j->next = NULL;
 	if (p->on_demand) {
-		dmx_pool_submit(p, j, j, 1, &rej);
+		pool_submit(p, j, j, 1, &rej);
 		if (rej != NULL) {
 			/* no thread to be had: run it here, its connection's
 			 * output is what held it */
@@ -379,8 +383,8 @@ dmx_pool_requeue(dmx_pool *p, dmx_job *j)
 	append_unlock(p, j, j, 1);
 }
 
-void
-dmx_pool_free(dmx_pool *p)
+static void
+pool_free(dmx_pool *p)
 {
 	int i;
 
@@ -414,8 +418,8 @@ stuck_limit(const struct dmx_busy *b, uint64_t stuck_ms)
 	return t > 0 ? t : stuck_ms;
 }
 
-void
-dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
+static void
+pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_exec_info *out)
 {
 	uint64_t now = dmx_now_ns(), since, ms;
 	int i;
@@ -442,8 +446,8 @@ dmx_pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_pool_info *out)
 	}
 }
 
-unsigned
-dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const void *pl)
+static unsigned
+pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const void *pl)
 {
 	uint64_t now = dmx_now_ns(), since;
 	unsigned n = 0;
@@ -461,8 +465,8 @@ dmx_pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const void *pl)
 	return n;
 }
 
-unsigned
-dmx_pool_running(dmx_pool *p, const void *stats, const void *pl)
+static unsigned
+pool_running(dmx_pool *p, const void *stats, const void *pl)
 {
 	unsigned n = 0;
 	int i;
@@ -478,3 +482,47 @@ dmx_pool_running(dmx_pool *p, const void *stats, const void *pl)
 	}
 	return n;
 }
+
+/* ---- the executor interface ---- */
+
+static void
+op_submit(dmx_exec *e, dmx_job *head, dmx_job *tail, unsigned n,
+    dmx_job **rejected)
+{
+	pool_submit((dmx_pool *)e, head, tail, n, rejected);
+}
+
+static void
+op_requeue(dmx_exec *e, dmx_job *j)
+{
+	pool_requeue((dmx_pool *)e, j);
+}
+
+static void
+op_info(dmx_exec *e, uint64_t stuck_ms, dmx_exec_info *out)
+{
+	pool_info_get((dmx_pool *)e, stuck_ms, out);
+}
+
+static unsigned
+op_running(dmx_exec *e, const void *stats, const void *pl)
+{
+	return pool_running((dmx_pool *)e, stats, pl);
+}
+
+static unsigned
+op_stuck_in(dmx_exec *e, uint64_t stuck_ms, const void *pl)
+{
+	return pool_stuck_in((dmx_pool *)e, stuck_ms, pl);
+}
+
+static void
+op_free(dmx_exec *e)
+{
+	pool_free((dmx_pool *)e);
+}
+
+static const dmx_exec_ops pool_ops = {
+	"threads", op_submit, op_requeue, op_info, op_running, op_stuck_in,
+	op_free
+};

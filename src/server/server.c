@@ -29,6 +29,7 @@
 #include "conn.h"
 #include "log.h"
 #include "loop.h"
+#include "pool.h"
 #include "server.h"
 
 typedef struct dmx_listener {
@@ -47,7 +48,7 @@ struct dmx_server {
 	dmx_gen		*dead;		/* unreferenced, to be freed by the I/O
 					 * thread (dead_mu) */
 	_Atomic int	 have_dead;
-	dmx_pool	*pool;		/* the shared pool */
+	dmx_exec	*exec;		/* the shared pool */
 	dmx_loop	*loop;
 	dmx_conns	*conns;
 	dmx_io		 sig_io;
@@ -109,8 +110,8 @@ gen_dead(dmx_gen *g, void *arg)
 static dmx_gen_hooks
 gen_hooks(dmx_server *s)
 {
-	dmx_gen_hooks h = { s->pool, dmx_conn_admit, dmx_conn_send_list, NULL,
-	    gen_dead, s };
+	dmx_gen_hooks h = { s->exec, { dmx_conn_admit, dmx_conn_send_list,
+	    NULL }, gen_dead, s };
 
 	return h;
 }
@@ -163,17 +164,17 @@ dmx_server_new(dmx_config *cfg, char *err, size_t errlen)
 	dmx_gen_slot_init(&s->gen);
 	pthread_mutex_init(&s->dead_mu, NULL);
 	/* the loop first: generations report their death to it */
+	hooks = gen_hooks(s);
 	s->loop = dmx_loop_new(dmx_conn_expire, err, errlen);
 	if (s->loop != NULL)
-		s->pool = dmx_pool_new(cfg->workers, cfg->max_threads,
-		    cfg->queue, dmx_conn_admit, dmx_conn_send_list, NULL, err,
-		    errlen);
-	if (s->pool == NULL) {
+		s->exec = dmx_pool_new(cfg->workers, cfg->max_threads,
+		    cfg->queue, &hooks.exec, err, errlen);
+	if (s->exec == NULL) {
 		dmx_config_free(cfg);
 		free(cfg);
 		goto fail;
 	}
-	hooks = gen_hooks(s);
+	hooks.shared = s->exec;
 	g = dmx_gen_new(cfg, NULL, &hooks, err, errlen);
 	if (g == NULL)
 		goto fail;
@@ -583,12 +584,12 @@ abandon_all(dmx_server *s)
 int
 dmx_server_busy_workers(dmx_server *s)
 {
-	dmx_pool_info pi;
+	dmx_exec_info pi;
 	const dmx_gen *g;
 	size_t i;
 	int busy;
 
-	dmx_pool_info_get(s->pool, 0, &pi);
+	dmx_exec_info_get(s->exec, 0, &pi);
 	busy = pi.on_demand ? pi.workers : pi.busy;
 	/* a plugin's own pool belongs to the first generation that holds it;
 	 * count each pool once */
@@ -606,7 +607,7 @@ dmx_server_busy_workers(dmx_server *s)
 					seen = o->plugins[k] == p;
 			if (seen)
 				continue;
-			dmx_pool_info_get(p->pool, 0, &pi);
+			dmx_exec_info_get(p->exec, 0, &pi);
 			busy += pi.busy;
 		}
 	return busy;
@@ -704,7 +705,7 @@ dmx_server_free(dmx_server *s)
 	dmx_conns_free(s->conns);
 	/* runs every queued job; their replies go nowhere and their
 	 * connections are freed by the last of them */
-	dmx_pool_free(s->pool);
+	dmx_exec_free(s->exec);
 	/* every job is done (the pools were joined above, and connections
 	 * are freed by their last job): the current generation goes with the
 	 * slot's reference, and every retired one has gone already */
