@@ -57,20 +57,21 @@ async_inserted(mc_call *call)
 }
 
 /*
- * Send a on the best endpoint other than `skip`. Returns MUX_OK once it is
- * in flight; else the reason (nothing sent), with *no_endpoint set when no
- * endpoint could be picked at all.
+ * Send a on the best endpoint its attempts allow (a->try.skip), picking
+ * again as mh_next_attempt says when a connection refuses it before it is
+ * sent. Returns MUX_OK once it is in flight; else the reason (nothing
+ * sent), with *no_endpoint set when no endpoint could be picked at all.
  */
 int
-mh_async_send(mux_t *m, mh_async *a, int skip, int *no_endpoint)
+mh_async_send(mux_t *m, mh_async *a, int *no_endpoint)
 {
 	unsigned ep, gen;
 	mc_conn *c;
-	int rc, attempt;
+	int rc;
 
 	*no_endpoint = 0;
-	for (attempt = 0; attempt < 2; attempt++) {
-		c = mh_pick(m, skip, &ep, &gen, &rc, NULL);
+	for (;;) {
+		c = mh_pick(m, a->try.skip, &ep, &gen, &rc, NULL);
 		if (c == NULL) {
 			*no_endpoint = 1;
 			return rc;
@@ -87,16 +88,18 @@ mh_async_send(mux_t *m, mh_async *a, int skip, int *no_endpoint)
 		    memory_order_relaxed);
 		rc = mc_start(c, &a->call, a->method, a->params, a->len);
 		mc_unref(c);	/* in flight, the reader keeps it alive */
-		if (rc != MUX_ENOTCONN && rc != MUX_EDRAINING)
+		if (rc == MUX_OK)
+			return MUX_OK;
+		if (mh_next_attempt(m, &a->try, ep, rc, &a->res) == MH_DONE)
 			return rc;
 	}
-	return rc;
 }
 
 static void
 park(mux_t *m, mh_async *a)
 {
 	mh_token_set(a->tok, 0);	/* nothing on a server to cancel */
+	a->try.skip = -1;		/* it waits for any endpoint */
 	pthread_mutex_lock(&m->mu);
 	a->next = m->parked;
 	m->parked = a;
@@ -112,28 +115,24 @@ async_done(mc_call *call)
 	mh_async *a = (mh_async *)call;
 	mux_t *m = a->m;
 	mux_result first;
-	int rc = call->rc, rc2, none;
+	int rc = call->rc, rc2, none, next;
 
-	if (atomic_load(&m->closed) || !mh_retryable(rc, &a->res)) {
-		mh_deliver(a, rc);
-		return;
-	}
-	if (!a->tried && m->nep > 1) {
-		/* not executed: once more, elsewhere */
-		a->tried = 1;
+	next = mh_next_attempt(m, &a->try, a->ep, rc, &a->res);
+	if (next != MH_DONE) {
 		first = a->res;
 		memset(&a->res, 0, sizeof(a->res));
-		rc2 = mh_async_send(m, a, (int)a->ep, &none);
+		rc2 = mh_async_send(m, a, &none);
 		if (rc2 == MUX_OK) {
-			atomic_fetch_add_explicit(&m->retries, 1,
-			    memory_order_relaxed);
+			if (next == MH_ELSEWHERE)
+				atomic_fetch_add_explicit(&m->retries, 1,
+				    memory_order_relaxed);
 			mux_result_free(&first);
 			return;
 		}
 		mux_result_free(&a->res);
 		a->res = first;		/* report what happened first */
 	}
-	if (rc == MUX_ENOTCONN && mh_can_wait(m)) {
+	if (rc == MUX_ENOTCONN && mh_can_wait(m) && !atomic_load(&m->closed)) {
 		/* never sent, and the caller chose to wait for a connection */
 		mux_result_free(&a->res);
 		park(m, a);
@@ -186,6 +185,7 @@ mux_call_async_token(mux_t *m, const char *method, const void *params,
 	if (a == NULL)
 		return MUX_ENOMEM;
 	memset(a, 0, sizeof(*a));
+	a->try = (mh_try)MH_TRY_INIT;
 	a->m = m;
 	a->cb = cb;
 	a->user = user;
@@ -196,7 +196,7 @@ mux_call_async_token(mux_t *m, const char *method, const void *params,
 	if (timeout_ms > 0)
 		a->deadline = dmx_now_ns() + (uint64_t)timeout_ms * 1000000u;
 	mh_enter(m);
-	rc = mh_async_send(m, a, -1, &none);
+	rc = mh_async_send(m, a, &none);
 	if (rc == MUX_ENOTCONN && none && mh_can_wait(m)) {
 		park(m, a);	/* the supervisor sends or fails it */
 		rc = MUX_OK;

@@ -349,6 +349,25 @@ run_done(mc_call *list)
 /* Fail every call in flight (mu held); async ones go to c->dead, which the
  * reader completes as it stops. For a broken connection (MUX_ECONN), calls
  * whose request never reached write(2) fail MUX_ENOTCONN instead. */
+/* A failed call's message: the connection's cause, and what it means for
+ * this call, from the code alone (c->why never says it, so that a call
+ * that was not sent is never told its effect is unknown). */
+static void
+set_message(mux_result *res, int rc, const char *why)
+{
+	char msg[MUX_ERRLEN + 64];
+
+	if (rc == MUX_ECONN)
+		snprintf(msg, sizeof(msg), "%s; the effect of calls in flight "
+		    "is unknown", why);
+	else if (rc == MUX_ENOTCONN)
+		snprintf(msg, sizeof(msg), "%s; the call was not sent, it was "
+		    "not executed", why);
+	else
+		snprintf(msg, sizeof(msg), "%s", why);
+	res->message = strdup(msg);
+}
+
 static void
 fail_all(mc_conn *c, int rc, const char *why)
 {
@@ -365,9 +384,7 @@ fail_all(mc_conn *c, int rc, const char *why)
 			    memory_order_relaxed) >= attempted)
 				r = MUX_ENOTCONN;
 			if (p->res->message == NULL)
-				p->res->message = strdup(r == rc ? why :
-				    "the connection broke before the call was "
-				    "sent; it was not executed");
+				set_message(p->res, r, why);
 			finish(p, r, &c->dead);
 		}
 		c->buckets[i] = NULL;
@@ -475,8 +492,8 @@ flush_locked(mc_conn *c)
 			/* the kernel took none of these bytes */
 			atomic_store(&c->attempted, c->wcur_start + c->wcur_off);
 			pthread_mutex_lock(&c->mu);
-			set_broken(c, "connection lost (write: %s); the "
-			    "effect of calls in flight is unknown", strerror(e));
+			set_broken(c, "connection lost (write: %s)",
+			    strerror(e));
 			pthread_mutex_unlock(&c->mu);
 			break;
 		}
@@ -875,7 +892,7 @@ reader_broken(mc_conn *c, const char *fmt, const char *detail)
 	pthread_mutex_lock(&c->mu);
 	if (c->why[0] && strncmp(c->why, "server error", 12) == 0)
 		snprintf(why, sizeof(why), "connection closed by the server "
-		    "(%.160s); the effect of calls in flight is unknown", c->why);
+		    "(%.160s)", c->why);
 	else
 		snprintf(why, sizeof(why), fmt, detail);
 	set_broken(c, "%s", why);
@@ -1001,8 +1018,7 @@ read:
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n <= 0) {
-			reader_broken(c, "connection lost (%s); the effect of "
-			    "calls in flight is unknown", n == 0 ?
+			reader_broken(c, "connection lost (%s)", n == 0 ?
 			    "the server closed it" : strerror(errno));
 			break;
 		}

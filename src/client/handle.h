@@ -48,6 +48,14 @@ typedef struct mh_ep {
 	_Atomic uint64_t connect_failures;
 } mh_ep;
 
+/* One call's attempts so far. */
+typedef struct mh_try {
+	int		 skip;		/* endpoint not to pick; -1: none */
+	unsigned	 sends;		/* attempts ended */
+	int		 retried;	/* sent once more elsewhere already */
+} mh_try;
+#define MH_TRY_INIT { -1, 0, 0 }
+
 typedef struct mh_async {
 	mc_call		 call;		/* first: conn.c hands us this */
 	mux_result	 res;
@@ -55,7 +63,7 @@ typedef struct mh_async {
 	mux_callback	 cb;
 	void		*user;
 	int		 rc;
-	int		 tried;		/* sent once more already */
+	mh_try		 try;		/* its attempts */
 	unsigned	 ep;		/* where it was sent */
 	unsigned	 gen;		/* ...and that endpoint's connection */
 	mux_token	*tok;		/* the caller's, or NULL */
@@ -132,19 +140,36 @@ void	 mh_leave(mux_t *m);
 /* MUX_OK, or MUX_EINVAL/MUX_ETOOBIG with a reason in res (if not NULL). */
 int	 mh_check_args(mux_t *m, const char *method, const void *params,
 	    size_t len, mux_result *res);
+
+/* ---- endpoint.c ---- */
+
 /* The open, non-draining connection with the fewest calls in flight, other
  * than endpoint skip (-1: none), referenced; or NULL with *why. */
 mc_conn	*mh_pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
 	    mux_result *res);
-/* Certainly not executed, so safe to send elsewhere? */
-int	 mh_retryable(int rc, const mux_result *res);
 /* Do calls wait for a connection (wait_connected, with a supervisor)? */
 int	 mh_can_wait(mux_t *m);
+/* Connections made so far, and waiting for the next one (0), or until *dl
+ * (-1: timed out; NULL: no limit), or until the handle closes (0). */
+uint64_t mh_up_epoch(mux_t *m);
+int	 mh_wait_up(mux_t *m, uint64_t e0, const struct timespec *dl);
+
+enum {
+	MH_DONE,	/* the answer stands */
+	MH_ELSEWHERE,	/* not executed: once more, avoiding t->skip */
+	MH_AGAIN,	/* never sent: pick again (any endpoint) */
+};
+/* After an attempt on endpoint ep ended with rc (and res): what next. The
+ * only place that decides; sync, async and parked calls all ask it. */
+int	 mh_next_attempt(mux_t *m, mh_try *t, unsigned ep, int rc,
+	    const mux_result *res);
+/* The retry elsewhere could not be sent (rc): the first answer stands. */
+int	 mh_first_stands(const mh_try *t, int rc);
 
 /* ---- async.c ---- */
 
-/* Send a on the best endpoint but skip; MUX_OK once in flight. */
-int	 mh_async_send(mux_t *m, mh_async *a, int skip, int *no_endpoint);
+/* Send a where its attempts allow; MUX_OK once in flight. */
+int	 mh_async_send(mux_t *m, mh_async *a, int *no_endpoint);
 /* Queue a finished call for its callback. */
 void	 mh_deliver(mh_async *a, int rc);
 void	 mh_async_finish(mux_t *m);

@@ -1,9 +1,10 @@
 /*
- * mux.c - the libmux handle: endpoints and their connections, choosing one
- * per call, sync calls with their one retry and their wait for a
- * connection, opening and closing. async.c delivers async completions;
- * supervise.c reconnects, probes and sends parked calls; conn.c is one
- * connection. See include/demux/mux.h for the contract.
+ * mux.c - the libmux handle: opening and closing it, its endpoints' info,
+ * and sync calls. endpoint.c picks a connection and decides each call's
+ * next attempt (the one retry); async.c runs async calls and delivers
+ * their completions; supervise.c reconnects, probes and sends parked
+ * calls; conn.c is one connection. See include/demux/mux.h for the
+ * contract.
  *
  * DESIGN
  *
@@ -150,153 +151,6 @@ mh_check_args(mux_t *m, const char *method, const void *params, size_t len,
 	return MUX_OK;
 }
 
-/* ---- choosing an endpoint ---- */
-
-/*
- * The open, non-draining connection with the fewest calls in flight, other
- * than endpoint `skip` (-1: none); referenced, with its index. NULL when
- * there is none, with *why MUX_ECLOSED, MUX_EDRAINING (some endpoint is up
- * but draining) or MUX_ENOTCONN, and a reason in res.
- */
-mc_conn *
-mh_pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
-    mux_result *res)
-{
-	mc_conn *best = NULL, *c;
-	unsigned i, k, start, n, bestn = ~0u, draining = 0;
-	int down = -1;			/* the first endpoint found down */
-	char reason[MUX_ERRLEN] = "", *cut;
-
-	if (atomic_load(&m->closed)) {
-		*why = MUX_ECLOSED;
-		if (res != NULL)
-			mh_set_msg(res, "the handle was closed (mux_close)");
-		return NULL;
-	}
-	start = m->nep > 1 ? atomic_fetch_add_explicit(&m->rr, 1,
-	    memory_order_relaxed) % m->nep : 0;
-	pthread_rwlock_rdlock(&m->eplock);
-	for (k = 0; k < m->nep; k++) {
-		i = start + k < m->nep ? start + k : start + k - m->nep;
-		c = m->ep[i].conn;
-		if ((int)i == skip)
-			continue;
-		if (c == NULL || !mc_is_open(c)) {
-			if (down < 0)
-				down = (int)i;
-			continue;
-		}
-		if (mc_is_draining(c) ||
-		    atomic_load_explicit(&m->ep[i].health_draining,
-		    memory_order_relaxed)) {
-			draining++;
-			continue;
-		}
-		n = mc_inflight(c);
-		if (n < bestn) {
-			best = c;
-			bestn = n;
-			*idx = i;
-		}
-	}
-	if (best != NULL) {
-		mc_ref(best);
-		*gen = m->ep[*idx].gen;
-	} else if (res != NULL && down >= 0) {
-		/* only a failed pick says why, so the hot path never copies
-		 * a reason; the connection is safe to read under eplock */
-		c = m->ep[down].conn;
-		if (c != NULL)
-			mc_why(c, reason, sizeof(reason));
-		else
-			snprintf(reason, sizeof(reason), "%s", m->ep[down].why);
-	}
-	pthread_rwlock_unlock(&m->eplock);
-	if (best != NULL)
-		return best;
-	/* "...; the effect of calls in flight is unknown" was about those
-	 * calls; this one was not sent */
-	if ((cut = strstr(reason, "; the effect")) != NULL)
-		*cut = '\0';
-	if (draining) {
-		*why = MUX_EDRAINING;
-		if (res != NULL)
-			mh_set_msg(res, "%s", mux_strerror(MUX_EDRAINING));
-	} else {
-		*why = MUX_ENOTCONN;
-		if (res != NULL)
-			mh_set_msg(res, "not connected%s%s%s; the call was not "
-			    "sent", reason[0] ? " (" : "", reason,
-			    reason[0] ? ")" : "");
-	}
-	return NULL;
-}
-
-/* Would sending this call elsewhere be safe and useful? Only if it was
- * certainly not executed: refused before sending, overloaded, or refused by
- * a draining server (which says so in a fixed prefix, see wire.h). */
-int
-mh_retryable(int rc, const mux_result *res)
-{
-	if (rc == MUX_ENOTCONN || rc == MUX_EDRAINING)
-		return 1;
-	if (rc != MUX_EREMOTE)
-		return 0;
-	switch (res->code) {	/* the retry column of demux/protocol.h */
-#define RETRY_CASE(name, code, meaning, retry) case (code):		\
-		if ((retry) == DEMUX_RETRY_SAFE)			\
-			return 1;					\
-		if ((retry) == DEMUX_RETRY_PREFIX)			\
-			return res->message != NULL &&			\
-			    strncmp(res->message,			\
-			    DEMUX_NOT_EXECUTED_DRAINING,		\
-			    sizeof(DEMUX_NOT_EXECUTED_DRAINING) - 1) == 0; \
-		return 0;
-	DEMUX_PROTOCOL_ERRORS(RETRY_CASE)
-#undef RETRY_CASE
-	default:
-		return 0;	/* a plugin's own code: its effect is its own */
-	}
-}
-
-/* Wait until a connection is made after epoch e0, the handle closes or *dl
- * passes. Returns 0 to try again, -1 on timeout. */
-static int
-wait_up(mux_t *m, uint64_t e0, const struct timespec *dl)
-{
-	int rc = 0;
-
-	pthread_mutex_lock(&m->mu);
-	while (m->up_epoch == e0 && !atomic_load(&m->closed) && rc == 0) {
-		if (dl == NULL)
-			pthread_cond_wait(&m->up_cv, &m->mu);
-		else if (pthread_cond_timedwait(&m->up_cv, &m->mu, dl) ==
-		    ETIMEDOUT)
-			rc = -1;
-	}
-	if (m->up_epoch != e0 || atomic_load(&m->closed))
-		rc = 0;
-	pthread_mutex_unlock(&m->mu);
-	return rc;
-}
-
-static uint64_t
-up_epoch(mux_t *m)
-{
-	uint64_t e;
-
-	pthread_mutex_lock(&m->mu);
-	e = m->up_epoch;
-	pthread_mutex_unlock(&m->mu);
-	return e;
-}
-
-int
-mh_can_wait(mux_t *m)
-{
-	return m->opt.wait_connected && m->sup_started;
-}
-
 /* ---- sync calls ---- */
 
 int
@@ -305,10 +159,11 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 {
 	struct timespec dl, *dlp = NULL;
 	mux_result first;		/* the answer a retry replaces */
+	mh_try t = MH_TRY_INIT;
 	mc_call call;
 	mc_conn *c;
 	unsigned ep = 0, gen = 0;
-	int rc, first_rc = MUX_OK, skip = -1, attempt;
+	int rc, first_rc = MUX_OK, next;
 	uint64_t e0;
 
 	memset(res, 0, sizeof(*res));
@@ -320,11 +175,11 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 	}
 	memset(&first, 0, sizeof(first));
 	mh_enter(m);
-	for (attempt = 0;;) {
+	for (;;) {
 		mux_result_free(res);	/* what a refused attempt left */
-		e0 = mh_can_wait(m) ? up_epoch(m) : 0;
-		c = mh_pick(m, skip, &ep, &gen, &rc, res);
-		if (c == NULL && skip >= 0 &&
+		e0 = mh_can_wait(m) ? mh_up_epoch(m) : 0;
+		c = mh_pick(m, t.skip, &ep, &gen, &rc, res);
+		if (c == NULL && t.retried &&
 		    !(first_rc == MUX_ENOTCONN && mh_can_wait(m))) {
 			/* nowhere else to retry: the first answer stands */
 			mux_result_free(res);
@@ -336,8 +191,8 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 		if (c == NULL) {
 			if (rc == MUX_ENOTCONN && mh_can_wait(m)) {
 				/* wait for any endpoint, the first one too */
-				skip = -1;
-				if (wait_up(m, e0, dlp) == 0)
+				t.skip = -1;
+				if (mh_wait_up(m, e0, dlp) == 0)
 					continue;
 				free(res->message);
 				res->message = strdup("no endpoint connected "
@@ -357,21 +212,18 @@ mux_call_token(mux_t *m, const char *method, const void *params, size_t len,
 			mh_token_set(tok, 0);
 		}
 		mc_unref(c);
-		if (attempt++ == 0 && mh_retryable(rc, res) && m->nep > 1) {
-			/* not executed: once more, elsewhere */
+		next = mh_next_attempt(m, &t, ep, rc, res);
+		if (next == MH_ELSEWHERE) {
 			first = *res;
 			first_rc = rc;
 			memset(res, 0, sizeof(*res));
-			skip = (int)ep;
 			atomic_fetch_add_explicit(&m->retries, 1,
 			    memory_order_relaxed);
 			continue;
 		}
-		if ((rc == MUX_ENOTCONN || rc == MUX_EDRAINING) && skip < 0 &&
-		    attempt < 2)
-			continue;	/* refused by the connection it was
-					 * given: the next pick sees why */
-		if ((rc == MUX_ENOTCONN || rc == MUX_EDRAINING) && skip >= 0) {
+		if (next == MH_AGAIN)
+			continue;	/* the next pick sees why, or waits */
+		if (mh_first_stands(&t, rc)) {
 			/* the retry was refused: the first answer stands */
 			mux_result_free(res);
 			*res = first;

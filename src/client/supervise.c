@@ -183,7 +183,7 @@ mh_service_parked(mux_t *m, uint64_t now)
 			mh_deliver(a, MUX_ENOTCONN);
 			continue;
 		}
-		rc = mh_async_send(m, a, -1, &none);
+		rc = mh_async_send(m, a, &none);
 		if (rc == MUX_OK)
 			continue;
 		if (rc == MUX_ENOTCONN && none) {
