@@ -45,7 +45,8 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
 	     src/server/conn_out.c src/server/server.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
-	     src/client/supervise.c src/client/conn.c src/client/pack.c
+	     src/client/supervise.c src/client/conn.c src/client/conn_read.c \
+	     src/client/pack.c
 TOOL_SRC = src/tools/muxcall.c src/tools/json.c
 
 PLUGINS	= echo sleep kv

@@ -1,6 +1,8 @@
 /*
  * conn.c - one libmux connection: the table of calls in flight, the writer
- * path and the reader thread. See conn.h for the contract.
+ * path, opening and closing; its reader thread is in conn_read.c. Every
+ * byte goes through the connection's transport (common/xport.h). See
+ * conn.h for the contract.
  *
  * DESIGN
  *
@@ -72,50 +74,10 @@
 #include "../common/buf.h"
 #include "../common/msg.h"
 #include "../common/wire.h"
-#include "conn.h"
+#include "conn_impl.h"
 
-#define READ_CHUNK	(256u << 10)
-
-enum mc_state { MC_OPEN, MC_CLOSED, MC_BROKEN };
-
-struct mc_conn {
-	int		 rfd, wfd;
-	int		 is_sock;	/* send(MSG_NOSIGNAL) on wfd */
-	pid_t		 child;		/* mux_spawn, else 0 */
-	int		 wakefd;	/* eventfd: wake the reader */
-	_Atomic size_t	 max_frame;
-	_Atomic int	 refs;
-	mc_event_fn	 on_stop;
-	void		*arg;
-
-	pthread_mutex_t	 mu;		/* table, heap, state, dead list */
-	pthread_mutex_t	 wmu;		/* the write buffers; taken before mu */
-	_Atomic int	 state;		/* enum mc_state; written under mu */
-	char		 why[MUX_ERRLEN]; /* mu: reason for BROKEN */
-	uint32_t	 next_id;	/* mu */
-	mc_call		**buckets;	/* mu: power-of-two hash table */
-	size_t		 nbuckets;	/* mu */
-	_Atomic unsigned npending;	/* written under mu, read anywhere */
-	mc_call		**heap;		/* mu: async deadlines, min-heap */
-	size_t		 nheap, heapcap; /* mu */
-	_Atomic uint64_t next_dl;	/* heap[0]'s deadline, 0: none;
-					 * written under mu, read anywhere */
-	mc_call		*dead;		/* mu: async calls failed, to complete */
-	dmx_buf		 wbuf;		/* wmu: requests not yet being written */
-	dmx_buf		 wcur;		/* owned by the writer (writing=1) */
-	size_t		 wcur_off;	/* owned by the writer */
-	uint64_t	 wcur_start;	/* stream offset of wcur.data[0] */
-	uint64_t	 queued;	/* wmu: bytes ever queued */
-	_Atomic uint64_t attempted;	/* bytes ever passed to write(2) */
-	int		 writing;	/* wmu: a thread owns wcur */
-	int		 want_out;	/* wmu: the reader must finish the write */
-	_Atomic uint64_t late;		/* responses nobody waited for */
-	_Atomic int	 draining;	/* the server sent $/drain (set under mu) */
-	int		 wr_shut;	/* mu: we half-closed after the drain */
-};
-
-static void
-wake_reader(mc_conn *c)
+void
+mc_wake_reader(mc_conn *c)
 {
 	uint64_t one = 1;
 
@@ -246,8 +208,8 @@ table_grow(mc_conn *c)
 	return 0;
 }
 
-static mc_call **
-table_find(mc_conn *c, uint32_t id)
+mc_call **
+mc_table_find(mc_conn *c, uint32_t id)
 {
 	mc_call **pp;
 
@@ -272,11 +234,11 @@ table_insert(mc_conn *c, mc_call *p)
 		/* the earliest deadline now: the reader may be asleep in a
 		 * poll timed for a later one (or none) */
 		if (p->heap_idx == 0)
-			wake_reader(c);
+			mc_wake_reader(c);
 	}
 	do
 		p->msgid = c->next_id++;
-	while (table_find(c, p->msgid) != NULL);
+	while (mc_table_find(c, p->msgid) != NULL);
 	p->next = c->buckets[p->msgid & (c->nbuckets - 1)];
 	c->buckets[p->msgid & (c->nbuckets - 1)] = p;
 	if (p->on_insert != NULL)
@@ -292,19 +254,19 @@ table_insert(mc_conn *c, mc_call *p)
  * their way, sees that no more will come and closes at once. Nothing new is
  * sent after $/drain (mc_start refuses under mu), so none can be lost.
  */
-static void
-drain_done(mc_conn *c)
+void
+mc_drain_done(mc_conn *c)
 {
-	if (atomic_load(&c->draining) && c->npending == 0 && c->is_sock &&
+	if (atomic_load(&c->draining) && c->npending == 0 && c->xp->is_sock &&
 	    !c->wr_shut) {
-		shutdown(c->wfd, SHUT_WR);
+		dmx_xport_shutdown(c->xp, SHUT_WR);
 		c->wr_shut = 1;
 	}
 }
 
 /* Unlink *pp from the table (and the heap); returns it. */
-static mc_call *
-table_remove(mc_conn *c, mc_call **pp)
+mc_call *
+mc_table_remove(mc_conn *c, mc_call **pp)
 {
 	mc_call *p = *pp;
 
@@ -314,14 +276,14 @@ table_remove(mc_conn *c, mc_call **pp)
 		heap_del(c, p);
 	atomic_store_explicit(&c->npending, c->npending - 1,
 	    memory_order_relaxed);
-	drain_done(c);
+	mc_drain_done(c);
 	return p;
 }
 
 /* Finish a call that is out of the table (mu held): a sync caller is woken
  * now; an async one is pushed on *list for on_done once mu is released. */
-static void
-finish(mc_call *p, int rc, mc_call **list)
+void
+mc_finish(mc_call *p, int rc, mc_call **list)
 {
 	p->rc = rc;
 	if (p->on_done != NULL) {
@@ -334,8 +296,8 @@ finish(mc_call *p, int rc, mc_call **list)
 }
 
 /* Run on_done for every call on a list (no lock held). */
-static void
-run_done(mc_call *list)
+void
+mc_run_done(mc_call *list)
 {
 	mc_call *p, *next;
 
@@ -385,7 +347,7 @@ fail_all(mc_conn *c, int rc, const char *why)
 				r = MUX_ENOTCONN;
 			if (p->res->message == NULL)
 				set_message(p->res, r, why);
-			finish(p, r, &c->dead);
+			mc_finish(p, r, &c->dead);
 		}
 		c->buckets[i] = NULL;
 	}
@@ -397,12 +359,12 @@ fail_all(mc_conn *c, int rc, const char *why)
 }
 
 /* The connection is unusable (mu held). */
-static void
-set_broken(mc_conn *c, const char *fmt, ...)
+void
+mc_set_broken(mc_conn *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-static void
-set_broken(mc_conn *c, const char *fmt, ...)
+void
+mc_set_broken(mc_conn *c, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -413,37 +375,19 @@ set_broken(mc_conn *c, const char *fmt, ...)
 	va_end(ap);
 	atomic_store(&c->state, MC_BROKEN);
 	fail_all(c, MUX_ECONN, c->why);
-	wake_reader(c);
+	mc_wake_reader(c);
 }
 
 /* ---- writing ---- */
 
-/*
- * Sockets have MSG_NOSIGNAL. A pipe to a child that died raises SIGPIPE, and a
- * library must not change the process's disposition, so block it in this
- * thread around the write and consume the one the write raised.
- */
+/* One buffer through the transport (which keeps SIGPIPE from a pipe to a
+ * dead child away from the application: guard_sigpipe). */
 static ssize_t
 raw_write(mc_conn *c, const void *p, size_t n)
 {
-	static const struct timespec zero = { 0, 0 };
-	sigset_t pipe_set, old;
-	ssize_t r;
-	int e;
+	struct iovec iov = { (void *)p, n };
 
-	if (c->is_sock)
-		return send(c->wfd, p, n, MSG_NOSIGNAL);
-	sigemptyset(&pipe_set);
-	sigaddset(&pipe_set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-	r = write(c->wfd, p, n);
-	e = errno;
-	if (r < 0 && e == EPIPE)
-		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 && errno == EINTR)
-			;
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	errno = e;
-	return r;
+	return dmx_xport_writev(c->xp, &iov, 1);
 }
 
 /*
@@ -451,8 +395,8 @@ raw_write(mc_conn *c, const void *p, size_t n)
  * held and writing == 0; drops wmu around each syscall. On EAGAIN the rest is
  * left to the reader thread (want_out).
  */
-static void
-flush_locked(mc_conn *c)
+void
+mc_flush_locked(mc_conn *c)
 {
 	dmx_buf tmp;
 	ssize_t n;
@@ -482,7 +426,7 @@ flush_locked(mc_conn *c)
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			if (!c->want_out) {
 				c->want_out = 1;
-				wake_reader(c);
+				mc_wake_reader(c);
 			}
 			break;
 		}
@@ -492,7 +436,7 @@ flush_locked(mc_conn *c)
 			/* the kernel took none of these bytes */
 			atomic_store(&c->attempted, c->wcur_start + c->wcur_off);
 			pthread_mutex_lock(&c->mu);
-			set_broken(c, "connection lost (write: %s)",
+			mc_set_broken(c, "connection lost (write: %s)",
 			    strerror(e));
 			pthread_mutex_unlock(&c->mu);
 			break;
@@ -534,7 +478,7 @@ queue_msg(mc_conn *c, int type, mc_call *call, const char *method,
 	if (call != NULL)
 		call->wlen = c->wbuf.len - before;
 	if (!c->writing && !c->want_out)
-		flush_locked(c);
+		mc_flush_locked(c);
 	return MUX_OK;
 }
 
@@ -545,8 +489,8 @@ queue_msg(mc_conn *c, int type, mc_call *call, const char *method,
  * stream positions of the requests queued after it. Otherwise the server
  * may be running it: ask it to stop.
  */
-static void
-withdraw_or_cancel(mc_conn *c, mc_call *p)
+void
+mc_withdraw_or_cancel(mc_conn *c, mc_call *p)
 {
 	uint64_t pos = atomic_load_explicit(&p->wpos, memory_order_relaxed),
 	    start, off;
@@ -619,9 +563,9 @@ mc_start(mc_conn *c, mc_call *call, const char *method, const void *params,
 	/* nothing was queued: withdraw the call, unless a failure of the
 	 * connection completed it meanwhile (then that is its answer) */
 	pthread_mutex_lock(&c->mu);
-	pp = table_find(c, call->msgid);
+	pp = mc_table_find(c, call->msgid);
 	if (pp != NULL && *pp == call)
-		table_remove(c, pp);
+		mc_table_remove(c, pp);
 	else
 		rc = MUX_OK;
 	pthread_mutex_unlock(&c->mu);
@@ -657,9 +601,9 @@ mc_wait(mc_conn *c, mc_call *p, const struct timespec *dl)
 		 * the call out of the table so that nobody will */
 		pthread_mutex_lock(&c->mu);
 		if (!atomic_load_explicit(&p->done, memory_order_acquire)) {
-			pp = table_find(c, p->msgid);
+			pp = mc_table_find(c, p->msgid);
 			if (pp != NULL && *pp == p)
-				table_remove(c, pp);
+				mc_table_remove(c, pp);
 			p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
 			p->rc = MUX_ETIMEDOUT;
 			atomic_store_explicit(&p->done, 1, memory_order_relaxed);
@@ -667,7 +611,7 @@ mc_wait(mc_conn *c, mc_call *p, const struct timespec *dl)
 		}
 		pthread_mutex_unlock(&c->mu);
 		if (timed_out)
-			withdraw_or_cancel(c, p);
+			mc_withdraw_or_cancel(c, p);
 		return p->rc;
 	}
 }
@@ -702,371 +646,9 @@ mc_cancel(mc_conn *c, uint32_t msgid)
 		dmx_msg_cancel(&pk, msgid);
 		c->queued += c->wbuf.len - before;
 		if (!c->writing && !c->want_out)
-			flush_locked(c);
+			mc_flush_locked(c);
 	}
 	pthread_mutex_unlock(&c->wmu);
-}
-
-/* ---- reading ---- */
-
-static char *
-dup_str(const char *s, uint32_t n)
-{
-	char *p = malloc((size_t)n + 1);
-
-	if (p != NULL) {
-		memcpy(p, s, n);
-		p[n] = '\0';
-	}
-	return p;
-}
-
-/* Responses decoded from one read, handed to their callers under one lock. */
-#define DONE_BATCH 64
-typedef struct done_batch {
-	unsigned	n;
-	struct {
-		uint32_t   id;
-		int	   rc;
-		mux_result res;
-	} item[DONE_BATCH];
-} done_batch;
-
-static void
-batch_flush(mc_conn *c, done_batch *b)
-{
-	mc_call **pp, *p, *list = NULL;
-	unsigned i;
-
-	if (b->n == 0)
-		return;
-	pthread_mutex_lock(&c->mu);
-	for (i = 0; i < b->n; i++) {
-		pp = table_find(c, b->item[i].id);
-		if (pp == NULL) {
-			/* its caller timed out: drop it */
-			atomic_fetch_add_explicit(&c->late, 1,
-			    memory_order_relaxed);
-			continue;
-		}
-		p = table_remove(c, pp);
-		*p->res = b->item[i].res;
-		memset(&b->item[i].res, 0, sizeof(b->item[i].res));
-		if (b->item[i].rc == MUX_ENOMEM)
-			p->res->message = strdup(mux_strerror(MUX_ENOMEM));
-		finish(p, b->item[i].rc, &list);
-	}
-	pthread_mutex_unlock(&c->mu);
-	for (i = 0; i < b->n; i++)
-		mux_result_free(&b->item[i].res);	/* the dropped ones */
-	b->n = 0;
-	run_done(list);
-}
-
-/*
- * Decode one response into a detached result and add it to the batch.
- * Returns -1 if the frame is not a valid message (protocol error).
- */
-static int
-on_response(mc_conn *c, dmx_rd *r, done_batch *b)
-{
-	mux_result tmp;
-	uint64_t id;
-	int rc = MUX_OK;
-	const uint8_t *err_start;
-
-	memset(&tmp, 0, sizeof(tmp));
-	if (dmx_rd_uint(r, &id) != 0 || id > UINT32_MAX)
-		return -1;
-	if (dmx_rd_is_nil(r)) {
-		dmx_rd_nil(r);
-		tmp.len = dmx_rd_left(r);
-		if (tmp.len == 0 || dmx_wire_one_object(r->p, tmp.len) == 0)
-			return -1;
-		tmp.data = malloc(tmp.len);
-		if (tmp.data == NULL) {
-			tmp.len = 0;
-			rc = MUX_ENOMEM;
-		} else {
-			memcpy(tmp.data, r->p, tmp.len);
-		}
-	} else {
-		uint32_t n, sl;
-		const char *s;
-		int64_t code;
-
-		rc = MUX_EREMOTE;
-		err_start = r->p;
-		if (dmx_rd_array(r, &n) == 0 && (n == 2 || n == 3) &&
-		    dmx_rd_int(r, &code) == 0 && dmx_rd_str(r, &s, &sl) == 0) {
-			tmp.code = code;
-			tmp.message = dup_str(s, sl);
-			if (n == 3 && dmx_rd_str(r, &s, &sl) == 0)
-				tmp.trace = dup_str(s, sl);
-		} else {
-			/* another server's error object: keep it raw */
-			dmx_rd e;
-
-			dmx_rd_init(&e, err_start, (size_t)(r->end - err_start));
-			if (dmx_rd_str(&e, &s, &sl) == 0) {
-				tmp.message = dup_str(s, sl);
-			} else {
-				tmp.message = strdup("(non-standard error "
-				    "object; see data)");
-				r->p = err_start;
-				if (dmx_rd_skip(r) == 0) {
-					tmp.len = (size_t)(r->p - err_start);
-					tmp.data = malloc(tmp.len);
-					if (tmp.data)
-						memcpy(tmp.data, err_start,
-						    tmp.len);
-					else
-						tmp.len = 0;
-				}
-			}
-		}
-	}
-
-	if (b->n == DONE_BATCH)
-		batch_flush(c, b);
-	b->item[b->n].id = (uint32_t)id;
-	b->item[b->n].rc = rc;
-	b->item[b->n].res = tmp;
-	b->n++;
-	return 0;
-}
-
-/* A notification from the server: $/error carries the reason it is about to
- * close the connection; remember it for the callers that will fail. */
-static void
-on_notify(mc_conn *c, dmx_rd *r)
-{
-	const char *meth, *msg;
-	uint32_t ml, n, sl;
-	int64_t code;
-
-	if (dmx_rd_str(r, &meth, &ml) != 0)
-		return;
-	if (ml == 7 && memcmp(meth, "$/drain", 7) == 0) {
-		/* send nothing new on this connection */
-		pthread_mutex_lock(&c->mu);
-		atomic_store(&c->draining, 1);
-		drain_done(c);
-		pthread_mutex_unlock(&c->mu);
-		return;
-	}
-	if (ml == 7 && memcmp(meth, "$/error", 7) == 0 &&
-	    dmx_rd_array(r, &n) == 0 && n >= 2 && dmx_rd_int(r, &code) == 0 &&
-	    dmx_rd_str(r, &msg, &sl) == 0) {
-		pthread_mutex_lock(&c->mu);
-		snprintf(c->why, sizeof(c->why), "server error %lld: %.*s",
-		    (long long)code, (int)sl, msg);
-		pthread_mutex_unlock(&c->mu);
-	}
-}
-
-static int
-on_frame(mc_conn *c, const uint8_t *p, size_t n, done_batch *b)
-{
-	uint32_t cnt;
-	uint64_t type;
-	dmx_rd r;
-
-	dmx_rd_init(&r, p, n);
-	if (dmx_rd_array(&r, &cnt) != 0 || dmx_rd_uint(&r, &type) != 0)
-		return -1;
-	if (type == DMX_MSG_RESPONSE && cnt == 4)
-		return on_response(c, &r, b);
-	if (type == DMX_MSG_NOTIFY && cnt == 3) {
-		on_notify(c, &r);
-		return 0;
-	}
-	return -1;
-}
-
-static void
-reader_broken(mc_conn *c, const char *fmt, const char *detail)
-{
-	char why[MUX_ERRLEN];
-
-	pthread_mutex_lock(&c->mu);
-	if (c->why[0] && strncmp(c->why, "server error", 12) == 0)
-		snprintf(why, sizeof(why), "connection closed by the server "
-		    "(%.160s)", c->why);
-	else
-		snprintf(why, sizeof(why), fmt, detail);
-	set_broken(c, "%s", why);
-	pthread_mutex_unlock(&c->mu);
-}
-
-/* Fail async calls whose deadline passed; returns the poll timeout in ms
- * until the next one (-1: none). */
-static int
-expire(mc_conn *c)
-{
-	mc_call *p, *list = NULL, *q;
-	uint64_t now = dmx_now_ns(), wait;
-	mc_call **pp;
-	int ms = -1;
-
-	pthread_mutex_lock(&c->mu);
-	while (c->nheap > 0 && c->heap[0]->deadline_ns <= now) {
-		p = c->heap[0];
-		pp = table_find(c, p->msgid);
-		table_remove(c, pp);	/* also pops the heap */
-		p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
-		finish(p, MUX_ETIMEDOUT, &list);
-	}
-	if (c->nheap > 0) {
-		wait = c->heap[0]->deadline_ns - now;
-		ms = (int)((wait + 999999) / 1000000);
-	}
-	pthread_mutex_unlock(&c->mu);
-	for (q = list; q != NULL; q = q->next)
-		withdraw_or_cancel(c, q);
-	run_done(list);
-	return ms;
-}
-
-static void *
-reader_main(void *arg)
-{
-	mc_conn *c = arg;
-	dmx_buf rb = DMX_BUF_INIT;
-	dmx_scan sc = DMX_SCAN_INIT;
-	struct pollfd pfd[3];
-	size_t off, flen, room;
-	ssize_t n;
-	int np, want_out, rc, i, readable = 0, tmo;
-	uint64_t v;
-	mc_call *dead;
-	mc_event_fn on_stop;
-	void *on_stop_arg;
-	uint64_t dl;
-	static __thread done_batch batch;
-
-	for (;;) {
-		if (atomic_load(&c->state) != MC_OPEN)
-			break;
-		pthread_mutex_lock(&c->wmu);
-		want_out = c->want_out && !c->writing;
-		pthread_mutex_unlock(&c->wmu);
-		/* after a read that returned data, read again before polling:
-		 * under load more has usually arrived meanwhile, and the read
-		 * that finds nothing is cheaper than a poll per batch. A
-		 * deadline that passed meanwhile is served first. */
-		if (readable && !want_out) {
-			dl = atomic_load_explicit(&c->next_dl,
-			    memory_order_relaxed);
-			if (dl != 0 && dl <= dmx_now_ns())
-				expire(c);
-			goto read;
-		}
-		/* no async deadline pending: no lock to take */
-		tmo = atomic_load_explicit(&c->next_dl, memory_order_relaxed) ?
-		    expire(c) : -1;
-
-		np = 0;
-		pfd[np].fd = c->wakefd;
-		pfd[np++].events = POLLIN;
-		pfd[np].fd = c->rfd;
-		pfd[np++].events = POLLIN;
-		if (want_out) {
-			if (c->wfd == c->rfd) {
-				pfd[1].events |= POLLOUT;
-			} else {
-				pfd[np].fd = c->wfd;
-				pfd[np++].events = POLLOUT;
-			}
-		}
-		for (i = 0; i < np; i++)
-			pfd[i].revents = 0;
-		if (poll(pfd, (nfds_t)np, tmo) < 0) {
-			if (errno == EINTR)
-				continue;
-			reader_broken(c, "poll: %s", strerror(errno));
-			break;
-		}
-		if (pfd[0].revents & POLLIN) {
-			if (read(c->wakefd, &v, sizeof(v)) < 0) {
-				/* EAGAIN: another wake consumed it */
-			}
-		}
-		if ((pfd[1].revents & POLLOUT) ||
-		    (np == 3 && (pfd[2].revents & (POLLOUT | POLLERR |
-		    POLLHUP)))) {
-			pthread_mutex_lock(&c->wmu);
-			if (!c->writing && c->want_out) {
-				c->want_out = 0;
-				flush_locked(c);
-			}
-			pthread_mutex_unlock(&c->wmu);
-		}
-		if (!(pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
-			continue;
-read:
-		/* read as much as there is, frame, dispatch */
-		room = READ_CHUNK;
-		if (sc.pos + 1 > rb.len && sc.pos + 1 - rb.len > room)
-			room = sc.pos + 1 - rb.len;
-		if (dmx_buf_reserve(&rb, room) != 0) {
-			reader_broken(c, "%s", "out of memory for a response");
-			break;
-		}
-		n = read(c->rfd, rb.data + rb.len, rb.cap - rb.len);
-		readable = n > 0 && (size_t)n == rb.cap - rb.len;
-		if (n < 0 && (errno == EINTR || errno == EAGAIN))
-			continue;
-		if (n <= 0) {
-			reader_broken(c, "connection lost (%s)", n == 0 ?
-			    "the server closed it" : strerror(errno));
-			break;
-		}
-		rb.len += (size_t)n;
-		off = 0;
-		rc = DMX_SCAN_MORE;
-		while (off < rb.len) {
-			rc = dmx_scan_frame(&sc, (uint8_t *)rb.data + off,
-			    rb.len - off, atomic_load_explicit(&c->max_frame,
-			    memory_order_relaxed), &flen);
-			if (rc != DMX_SCAN_FRAME)
-				break;
-			if (on_frame(c, (uint8_t *)rb.data + off, flen, &batch) !=
-			    0) {
-				rc = DMX_SCAN_INVALID;
-				break;
-			}
-			off += flen;
-		}
-		batch_flush(c, &batch);
-		if (rc == DMX_SCAN_INVALID) {
-			reader_broken(c, "%s", "protocol error: the server sent "
-			    "a message that is not a valid response");
-			break;
-		}
-		if (rc == DMX_SCAN_TOOBIG) {
-			reader_broken(c, "%s", "a response is larger than the "
-			    "frame limit (mux_set_max_frame)");
-			break;
-		}
-		dmx_buf_consume(&rb, off);
-		if (rb.len == 0 && rb.cap > 4 * READ_CHUNK)
-			dmx_buf_release(&rb);
-	}
-	dmx_buf_release(&rb);
-	/* stopped: no call can be added any more; complete the async calls
-	 * that failed with the connection, then tell the owner */
-	pthread_mutex_lock(&c->mu);
-	dead = c->dead;
-	c->dead = NULL;
-	pthread_mutex_unlock(&c->mu);
-	run_done(dead);
-	on_stop = c->on_stop;
-	on_stop_arg = c->arg;
-	mc_unref(c);		/* may free c */
-	if (on_stop != NULL)
-		on_stop(on_stop_arg);
-	return NULL;
 }
 
 /* ---- opening and closing ---- */
@@ -1148,14 +730,19 @@ mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));
 		goto fail;
 	}
-	c->rfd = rfd;
-	c->wfd = wfd;
+	c->xp = dmx_xport_plain(rfd, wfd, fstat(wfd, &st) == 0 &&
+	    S_ISSOCK(st.st_mode));
+	if (c->xp == NULL) {
+		snprintf(err, errlen, "out of memory");
+		close(c->wakefd);
+		goto fail;
+	}
+	c->xp->guard_sigpipe = 1;
 	c->child = child;
 	c->max_frame = max_frame;
 	c->on_stop = on_stop;
 	c->arg = arg;
 	c->refs = 2;		/* the caller's and the reader's */
-	c->is_sock = fstat(wfd, &st) == 0 && S_ISSOCK(st.st_mode);
 	c->next_id = random_u32();
 	/* callers hold the locks briefly and often: spin a little before
 	 * sleeping */
@@ -1166,7 +753,7 @@ mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
 	pthread_mutexattr_destroy(&ma);
 	pthread_attr_init(&ta);
 	pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-	rc = pthread_create(&th, &ta, reader_main, c);
+	rc = pthread_create(&th, &ta, mc_reader_main, c);
 	pthread_attr_destroy(&ta);
 	if (rc != 0) {
 		snprintf(err, errlen, "cannot start the reader thread: %s",
@@ -1174,8 +761,12 @@ mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
 		pthread_mutex_destroy(&c->wmu);
 		pthread_mutex_destroy(&c->mu);
 		close(c->wakefd);
+		dmx_xport_free(c->xp);
+		free(c);
+		if (child > 0)
+			reap(child);
 		errno = rc;
-		goto fail;
+		return NULL;
 	}
 	return c;
 fail:
@@ -1200,19 +791,17 @@ mc_close(mc_conn *c)
 		fail_all(c, MUX_ECLOSED, "the handle was closed (mux_close)");
 	atomic_store(&c->state, MC_CLOSED);
 	pthread_mutex_unlock(&c->mu);
-	wake_reader(c);
-	if (c->is_sock)
-		shutdown(c->wfd, SHUT_RDWR);
+	mc_wake_reader(c);
+	dmx_xport_shutdown(c->xp, SHUT_RDWR);
 }
 
 void
 mc_abort(mc_conn *c, const char *why)
 {
 	pthread_mutex_lock(&c->mu);
-	set_broken(c, "%s", why);
+	mc_set_broken(c, "%s", why);
 	pthread_mutex_unlock(&c->mu);
-	if (c->is_sock)
-		shutdown(c->wfd, SHUT_RDWR);
+	dmx_xport_shutdown(c->xp, SHUT_RDWR);
 }
 
 void
@@ -1221,7 +810,7 @@ mc_unref(mc_conn *c)
 	if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	/* the reader's reference was among them: it has stopped */
-	close_fds(c->rfd, c->wfd);
+	dmx_xport_free(c->xp);
 	close(c->wakefd);
 	if (c->child > 0)
 		reap(c->child);

@@ -2,6 +2,9 @@
  * xport.c - the plain transport: the descriptors as they are (see xport.h).
  */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -15,13 +18,41 @@ plain_read(dmx_xport *x, void *buf, size_t n)
 	return read(x->rfd, buf, n);
 }
 
+/*
+ * A pipe to a peer that died raises SIGPIPE. demuxd ignores it; a library
+ * must not change the process's disposition, so it blocks it in this
+ * thread around the write and consumes the one the write raised.
+ */
+static ssize_t
+pipe_writev(dmx_xport *x, const struct iovec *iov, int n)
+{
+	static const struct timespec zero = { 0, 0 };
+	sigset_t pipe_set, old;
+	ssize_t r;
+	int e;
+
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+	r = writev(x->wfd, iov, n);
+	e = errno;
+	if (r < 0 && e == EPIPE)
+		while (sigtimedwait(&pipe_set, NULL, &zero) < 0 &&
+		    errno == EINTR)
+			;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	errno = e;
+	return r;
+}
+
 static ssize_t
 plain_writev(dmx_xport *x, const struct iovec *iov, int n)
 {
 	struct msghdr mh;
 
 	if (!x->is_sock)
-		return writev(x->wfd, iov, n);
+		return x->guard_sigpipe ? pipe_writev(x, iov, n) :
+		    writev(x->wfd, iov, n);
 	/* a peer that went away is an error here, never SIGPIPE */
 	memset(&mh, 0, sizeof(mh));
 	mh.msg_iov = (struct iovec *)iov;
@@ -61,5 +92,6 @@ dmx_xport_plain(int rfd, int wfd, int is_sock)
 	x->rfd = rfd;
 	x->wfd = wfd;
 	x->is_sock = is_sock;
+	x->guard_sigpipe = 0;
 	return x;
 }

@@ -40,10 +40,13 @@ struct dmx_xport {
 	int		 rfd, wfd;	/* for the caller's poll/epoll */
 	int		 is_sock;	/* a socket: shutdown and lingering
 					 * close apply */
+	int		 guard_sigpipe;	/* a library may not ignore SIGPIPE for
+					 * the process: block it around writes to
+					 * a pipe, and consume the one raised */
 };
 
-/* A plain transport over rfd/wfd (taken on success: closed by free).
- * NULL without memory (the descriptors are left alone). */
+/* A plain transport over rfd/wfd (taken on success: closed by free),
+ * guard_sigpipe off. NULL without memory (the descriptors are left alone). */
 dmx_xport *dmx_xport_plain(int rfd, int wfd, int is_sock);
 
 static inline ssize_t

@@ -1,0 +1,380 @@
+/*
+ * conn_read.c - a libmux connection's reader thread: poll, frame, hand
+ * each response to its caller (in batches, under one lock), complete async
+ * calls whose deadline passed, and finish the write when the kernel buffer
+ * was full. See conn.c for the design and the locks.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <msgpack.h>
+
+#include "../common/wire.h"
+#include "conn_impl.h"
+
+/* ---- reading ---- */
+
+static char *
+dup_str(const char *s, uint32_t n)
+{
+	char *p = malloc((size_t)n + 1);
+
+	if (p != NULL) {
+		memcpy(p, s, n);
+		p[n] = '\0';
+	}
+	return p;
+}
+
+/* Responses decoded from one read, handed to their callers under one lock. */
+#define DONE_BATCH 64
+typedef struct done_batch {
+	unsigned	n;
+	struct {
+		uint32_t   id;
+		int	   rc;
+		mux_result res;
+	} item[DONE_BATCH];
+} done_batch;
+
+static void
+batch_flush(mc_conn *c, done_batch *b)
+{
+	mc_call **pp, *p, *list = NULL;
+	unsigned i;
+
+	if (b->n == 0)
+		return;
+	pthread_mutex_lock(&c->mu);
+	for (i = 0; i < b->n; i++) {
+		pp = mc_table_find(c, b->item[i].id);
+		if (pp == NULL) {
+			/* its caller timed out: drop it */
+			atomic_fetch_add_explicit(&c->late, 1,
+			    memory_order_relaxed);
+			continue;
+		}
+		p = mc_table_remove(c, pp);
+		*p->res = b->item[i].res;
+		memset(&b->item[i].res, 0, sizeof(b->item[i].res));
+		if (b->item[i].rc == MUX_ENOMEM)
+			p->res->message = strdup(mux_strerror(MUX_ENOMEM));
+		mc_finish(p, b->item[i].rc, &list);
+	}
+	pthread_mutex_unlock(&c->mu);
+	for (i = 0; i < b->n; i++)
+		mux_result_free(&b->item[i].res);	/* the dropped ones */
+	b->n = 0;
+	mc_run_done(list);
+}
+
+/*
+ * Decode one response into a detached result and add it to the batch.
+ * Returns -1 if the frame is not a valid message (protocol error).
+ */
+static int
+on_response(mc_conn *c, dmx_rd *r, done_batch *b)
+{
+	mux_result tmp;
+	uint64_t id;
+	int rc = MUX_OK;
+	const uint8_t *err_start;
+
+	memset(&tmp, 0, sizeof(tmp));
+	if (dmx_rd_uint(r, &id) != 0 || id > UINT32_MAX)
+		return -1;
+	if (dmx_rd_is_nil(r)) {
+		dmx_rd_nil(r);
+		tmp.len = dmx_rd_left(r);
+		if (tmp.len == 0 || dmx_wire_one_object(r->p, tmp.len) == 0)
+			return -1;
+		tmp.data = malloc(tmp.len);
+		if (tmp.data == NULL) {
+			tmp.len = 0;
+			rc = MUX_ENOMEM;
+		} else {
+			memcpy(tmp.data, r->p, tmp.len);
+		}
+	} else {
+		uint32_t n, sl;
+		const char *s;
+		int64_t code;
+
+		rc = MUX_EREMOTE;
+		err_start = r->p;
+		if (dmx_rd_array(r, &n) == 0 && (n == 2 || n == 3) &&
+		    dmx_rd_int(r, &code) == 0 && dmx_rd_str(r, &s, &sl) == 0) {
+			tmp.code = code;
+			tmp.message = dup_str(s, sl);
+			if (n == 3 && dmx_rd_str(r, &s, &sl) == 0)
+				tmp.trace = dup_str(s, sl);
+		} else {
+			/* another server's error object: keep it raw */
+			dmx_rd e;
+
+			dmx_rd_init(&e, err_start, (size_t)(r->end - err_start));
+			if (dmx_rd_str(&e, &s, &sl) == 0) {
+				tmp.message = dup_str(s, sl);
+			} else {
+				tmp.message = strdup("(non-standard error "
+				    "object; see data)");
+				r->p = err_start;
+				if (dmx_rd_skip(r) == 0) {
+					tmp.len = (size_t)(r->p - err_start);
+					tmp.data = malloc(tmp.len);
+					if (tmp.data)
+						memcpy(tmp.data, err_start,
+						    tmp.len);
+					else
+						tmp.len = 0;
+				}
+			}
+		}
+	}
+
+	if (b->n == DONE_BATCH)
+		batch_flush(c, b);
+	b->item[b->n].id = (uint32_t)id;
+	b->item[b->n].rc = rc;
+	b->item[b->n].res = tmp;
+	b->n++;
+	return 0;
+}
+
+/* A notification from the server: $/error carries the reason it is about to
+ * close the connection; remember it for the callers that will fail. */
+static void
+on_notify(mc_conn *c, dmx_rd *r)
+{
+	const char *meth, *msg;
+	uint32_t ml, n, sl;
+	int64_t code;
+
+	if (dmx_rd_str(r, &meth, &ml) != 0)
+		return;
+	if (ml == 7 && memcmp(meth, "$/drain", 7) == 0) {
+		/* send nothing new on this connection */
+		pthread_mutex_lock(&c->mu);
+		atomic_store(&c->draining, 1);
+		mc_drain_done(c);
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
+	if (ml == 7 && memcmp(meth, "$/error", 7) == 0 &&
+	    dmx_rd_array(r, &n) == 0 && n >= 2 && dmx_rd_int(r, &code) == 0 &&
+	    dmx_rd_str(r, &msg, &sl) == 0) {
+		pthread_mutex_lock(&c->mu);
+		snprintf(c->why, sizeof(c->why), "server error %lld: %.*s",
+		    (long long)code, (int)sl, msg);
+		pthread_mutex_unlock(&c->mu);
+	}
+}
+
+static int
+on_frame(mc_conn *c, const uint8_t *p, size_t n, done_batch *b)
+{
+	uint32_t cnt;
+	uint64_t type;
+	dmx_rd r;
+
+	dmx_rd_init(&r, p, n);
+	if (dmx_rd_array(&r, &cnt) != 0 || dmx_rd_uint(&r, &type) != 0)
+		return -1;
+	if (type == DMX_MSG_RESPONSE && cnt == 4)
+		return on_response(c, &r, b);
+	if (type == DMX_MSG_NOTIFY && cnt == 3) {
+		on_notify(c, &r);
+		return 0;
+	}
+	return -1;
+}
+
+static void
+reader_broken(mc_conn *c, const char *fmt, const char *detail)
+{
+	char why[MUX_ERRLEN];
+
+	pthread_mutex_lock(&c->mu);
+	if (c->why[0] && strncmp(c->why, "server error", 12) == 0)
+		snprintf(why, sizeof(why), "connection closed by the server "
+		    "(%.160s)", c->why);
+	else
+		snprintf(why, sizeof(why), fmt, detail);
+	mc_set_broken(c, "%s", why);
+	pthread_mutex_unlock(&c->mu);
+}
+
+/* Fail async calls whose deadline passed; returns the poll timeout in ms
+ * until the next one (-1: none). */
+static int
+expire(mc_conn *c)
+{
+	mc_call *p, *list = NULL, *q;
+	uint64_t now = dmx_now_ns(), wait;
+	mc_call **pp;
+	int ms = -1;
+
+	pthread_mutex_lock(&c->mu);
+	while (c->nheap > 0 && c->heap[0]->deadline_ns <= now) {
+		p = c->heap[0];
+		pp = mc_table_find(c, p->msgid);
+		mc_table_remove(c, pp);	/* also pops the heap */
+		p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
+		mc_finish(p, MUX_ETIMEDOUT, &list);
+	}
+	if (c->nheap > 0) {
+		wait = c->heap[0]->deadline_ns - now;
+		ms = (int)((wait + 999999) / 1000000);
+	}
+	pthread_mutex_unlock(&c->mu);
+	for (q = list; q != NULL; q = q->next)
+		mc_withdraw_or_cancel(c, q);
+	mc_run_done(list);
+	return ms;
+}
+
+void *
+mc_reader_main(void *arg)
+{
+	mc_conn *c = arg;
+	dmx_buf rb = DMX_BUF_INIT;
+	dmx_scan sc = DMX_SCAN_INIT;
+	struct pollfd pfd[3];
+	size_t off, flen, room;
+	ssize_t n;
+	int np, want_out, rc, i, readable = 0, tmo;
+	uint64_t v;
+	mc_call *dead;
+	mc_event_fn on_stop;
+	void *on_stop_arg;
+	uint64_t dl;
+	static __thread done_batch batch;
+
+	for (;;) {
+		if (atomic_load(&c->state) != MC_OPEN)
+			break;
+		pthread_mutex_lock(&c->wmu);
+		want_out = c->want_out && !c->writing;
+		pthread_mutex_unlock(&c->wmu);
+		/* after a read that returned data, read again before polling:
+		 * under load more has usually arrived meanwhile, and the read
+		 * that finds nothing is cheaper than a poll per batch. A
+		 * deadline that passed meanwhile is served first. */
+		if (readable && !want_out) {
+			dl = atomic_load_explicit(&c->next_dl,
+			    memory_order_relaxed);
+			if (dl != 0 && dl <= dmx_now_ns())
+				expire(c);
+			goto read;
+		}
+		/* no async deadline pending: no lock to take */
+		tmo = atomic_load_explicit(&c->next_dl, memory_order_relaxed) ?
+		    expire(c) : -1;
+
+		np = 0;
+		pfd[np].fd = c->wakefd;
+		pfd[np++].events = POLLIN;
+		pfd[np].fd = c->xp->rfd;
+		pfd[np++].events = POLLIN;
+		if (want_out) {
+			if (c->xp->wfd == c->xp->rfd) {
+				pfd[1].events |= POLLOUT;
+			} else {
+				pfd[np].fd = c->xp->wfd;
+				pfd[np++].events = POLLOUT;
+			}
+		}
+		for (i = 0; i < np; i++)
+			pfd[i].revents = 0;
+		if (poll(pfd, (nfds_t)np, tmo) < 0) {
+			if (errno == EINTR)
+				continue;
+			reader_broken(c, "poll: %s", strerror(errno));
+			break;
+		}
+		if (pfd[0].revents & POLLIN) {
+			if (read(c->wakefd, &v, sizeof(v)) < 0) {
+				/* EAGAIN: another wake consumed it */
+			}
+		}
+		if ((pfd[1].revents & POLLOUT) ||
+		    (np == 3 && (pfd[2].revents & (POLLOUT | POLLERR |
+		    POLLHUP)))) {
+			pthread_mutex_lock(&c->wmu);
+			if (!c->writing && c->want_out) {
+				c->want_out = 0;
+				mc_flush_locked(c);
+			}
+			pthread_mutex_unlock(&c->wmu);
+		}
+		if (!(pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
+			continue;
+read:
+		/* read as much as there is, frame, dispatch */
+		room = READ_CHUNK;
+		if (sc.pos + 1 > rb.len && sc.pos + 1 - rb.len > room)
+			room = sc.pos + 1 - rb.len;
+		if (dmx_buf_reserve(&rb, room) != 0) {
+			reader_broken(c, "%s", "out of memory for a response");
+			break;
+		}
+		n = dmx_xport_read(c->xp, rb.data + rb.len, rb.cap - rb.len);
+		readable = n > 0 && (size_t)n == rb.cap - rb.len;
+		if (n < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		if (n <= 0) {
+			reader_broken(c, "connection lost (%s)", n == 0 ?
+			    "the server closed it" : strerror(errno));
+			break;
+		}
+		rb.len += (size_t)n;
+		off = 0;
+		rc = DMX_SCAN_MORE;
+		while (off < rb.len) {
+			rc = dmx_scan_frame(&sc, (uint8_t *)rb.data + off,
+			    rb.len - off, atomic_load_explicit(&c->max_frame,
+			    memory_order_relaxed), &flen);
+			if (rc != DMX_SCAN_FRAME)
+				break;
+			if (on_frame(c, (uint8_t *)rb.data + off, flen, &batch) !=
+			    0) {
+				rc = DMX_SCAN_INVALID;
+				break;
+			}
+			off += flen;
+		}
+		batch_flush(c, &batch);
+		if (rc == DMX_SCAN_INVALID) {
+			reader_broken(c, "%s", "protocol error: the server sent "
+			    "a message that is not a valid response");
+			break;
+		}
+		if (rc == DMX_SCAN_TOOBIG) {
+			reader_broken(c, "%s", "a response is larger than the "
+			    "frame limit (mux_set_max_frame)");
+			break;
+		}
+		dmx_buf_consume(&rb, off);
+		if (rb.len == 0 && rb.cap > 4 * READ_CHUNK)
+			dmx_buf_release(&rb);
+	}
+	dmx_buf_release(&rb);
+	/* stopped: no call can be added any more; complete the async calls
+	 * that failed with the connection, then tell the owner */
+	pthread_mutex_lock(&c->mu);
+	dead = c->dead;
+	c->dead = NULL;
+	pthread_mutex_unlock(&c->mu);
+	mc_run_done(dead);
+	on_stop = c->on_stop;
+	on_stop_arg = c->arg;
+	mc_unref(c);		/* may free c */
+	if (on_stop != NULL)
+		on_stop(on_stop_arg);
+	return NULL;
+}
