@@ -1,14 +1,19 @@
 # demux - multiplexed MessagePack-RPC transactions over one connection.
 #
+#   make deps       install the Debian packages the build and tests need
 #   make            build demuxd, libmux (.so/.a), the example plugins, tests
-#   make run        build and run demuxd in the foreground on conf/demux.yaml
-#   make test       build and run the TAP suite under prove
+#   make run        deps, build, and run demuxd in the foreground on
+#                   conf/demux.yaml
+#   make test       deps, build, and run the TAP suite under prove
 #   make asan       the suite under AddressSanitizer + UBSan (build-asan/)
 #   make tsan       the suite under ThreadSanitizer (build-tsan/)
 #   make valgrind   the end-to-end tests under valgrind's leak checker
 #
-# On a Debian machine, missing build/test packages are installed first
-# (apt-get, as root); elsewhere the missing ones are named.
+# `make deps` is the one step that installs anything: on Debian, missing
+# build/test packages with apt-get (as root); elsewhere it names them. run,
+# test and the other suites run it first, then build in a second make, so
+# pkg-config is asked only once the packages are there. A plain `make` on a
+# machine without them stops naming the missing library.
 
 SHELL	:= /bin/bash
 BUILD	?= build
@@ -18,12 +23,24 @@ SAN	?=
 PROVE	?= prove
 PROVE_FLAGS ?= --timer
 
+# ---- flags: warnings, then libraries, then what every compile gets ----
 WARN	= -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
 	  -Wshadow -Wformat=2 -Wno-format-nonliteral
-PKGS	= msgpack yaml-0.1
-DEP_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-MSGPACK_LIBS := $(shell pkg-config --libs msgpack 2>/dev/null || echo -lmsgpackc)
-YAML_LIBS := $(shell pkg-config --libs yaml-0.1 2>/dev/null || echo -lyaml)
+
+# Every library through pkg-config, asked once per make and only when a rule
+# first needs it (after `make deps` has run); a missing one stops the build
+# with its name. VAR = $(eval VAR := ...)$(VAR) computes VAR on first use.
+pkg_need = $(if $(shell command -v pkg-config),,$(error pkg-config is not \
+	   installed: run `make deps` (as root on Debian), or install it))$(foreach p,$(1),$(if $(shell pkg-config --exists $(p) 2>/dev/null \
+	   && echo y),,$(error pkg-config cannot find the library '$(p)': run \
+	   `make deps` (as root on Debian it installs the missing packages), \
+	   or install it yourself)))
+pkg	= $(call pkg_need,$(2))$(shell pkg-config $(1) $(2))
+DEP_CFLAGS = $(eval DEP_CFLAGS := $(call pkg,--cflags,msgpack yaml-0.1))$(DEP_CFLAGS)
+MSGPACK_LIBS = $(eval MSGPACK_LIBS := $(call pkg,--libs,msgpack))$(MSGPACK_LIBS)
+YAML_LIBS = $(eval YAML_LIBS := $(call pkg,--libs,yaml-0.1))$(YAML_LIBS)
+HTTPD_LIBS = $(eval HTTPD_LIBS := $(call pkg,--libs,libmicrohttpd))$(HTTPD_LIBS)
+JANSSON_LIBS = $(eval JANSSON_LIBS := $(call pkg,--libs,jansson))$(JANSSON_LIBS)
 
 ALL_CFLAGS = -std=gnu11 $(WARN) $(CFLAGS) $(SAN) -Iinclude -pthread \
 	     -MMD -MP $(DEP_CFLAGS)
@@ -72,8 +89,7 @@ all: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) \
 DEB_PKGS = pkg-config libyaml-dev libmsgpack-dev libjansson-dev libmicrohttpd-dev \
 	   python3-msgpack perl curl haproxy iproute2
 
-$(BUILD)/.deps:
-	@mkdir -p $(BUILD)
+deps:
 	@if command -v dpkg-query >/dev/null 2>&1; then \
 	  missing=""; \
 	  for p in $(DEB_PKGS) $(EXTRA_DEB_PKGS); do \
@@ -99,26 +115,24 @@ $(BUILD)/.deps:
 	    fi; \
 	  fi; \
 	fi
-	@touch $@
 
-deps: $(BUILD)/.deps
 
 # ---- objects ----
-$(BUILD)/obj/%.o: %.c | $(BUILD)/.deps
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BUILD)/pic/%.o: %.c | $(BUILD)/.deps
+$(BUILD)/pic/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fPIC -fvisibility=hidden -c -o $@ $<
 
 # ---- demuxd ----
 $(DEMUXD): $(call obj,$(SERVER_SRC) $(COMMON_SRC))
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS) -lmicrohttpd -ldl
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS) $(HTTPD_LIBS) -ldl
 
 # ---- muxcall (jansson: a small, well-kept JSON library in Debian) ----
 $(MUXCALL): $(call obj,$(TOOL_SRC)) $(LIBMUX_A)
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ -ljansson $(MSGPACK_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(JANSSON_LIBS) $(MSGPACK_LIBS)
 
 # ---- libmux ----
 $(LIBMUX_SO): $(call pic,$(CLIENT_SRC) $(COMMON_SRC))
@@ -132,18 +146,18 @@ $(LIBMUX_A): $(call pic,$(CLIENT_SRC) $(COMMON_SRC))
 	$(AR) rcs $@ $^
 
 # ---- plugins ----
-$(BUILD)/plugins/%.so: plugins/%/*.c include/demux/plugin.h | $(BUILD)/.deps
+$(BUILD)/plugins/%.so: plugins/%/*.c include/demux/plugin.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ \
 	  $(filter %.c,$^) $(MSGPACK_LIBS)
 
-$(BUILD)/t/plugins/%.so: t/plugins/%.c include/demux/plugin.h | $(BUILD)/.deps
+$(BUILD)/t/plugins/%.so: t/plugins/%.c include/demux/plugin.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ \
 	  $(filter %.c,$^) $(MSGPACK_LIBS)
 
 # the same test plugin built twice: a reload must really swap the code
-$(BUILD)/t/plugins/v%.so: t/plugins/versioned.c include/demux/plugin.h | $(BUILD)/.deps
+$(BUILD)/t/plugins/v%.so: t/plugins/versioned.c include/demux/plugin.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) \
 	  -DVERSION='"v$*"' -o $@ $(filter %.c,$^) $(MSGPACK_LIBS)
@@ -171,13 +185,23 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBMUX_A)
 
 bench-bin: $(DEMUXD) $(PLUGIN_SO) $(BENCH_BIN)
 
-bench: bench-bin
+# The entry points: `deps` first, then the build in a second make (which
+# evaluates pkg-config only now), then what they are for.
+SUBMAKE	= $(MAKE) --no-print-directory
+
+bench:
+	@$(SUBMAKE) deps
+	@$(SUBMAKE) bench-bin
 	bench/run.sh
 
-test: all
+test:
+	@$(SUBMAKE) deps
+	@$(SUBMAKE) all
 	BUILD=$(BUILD) SAN_FLAGS="$(SAN)" $(PROVE) $(PROVE_FLAGS) t/
 
-run: $(DEMUXD) $(PLUGIN_SO)
+run:
+	@$(SUBMAKE) deps
+	@$(SUBMAKE) $(DEMUXD) $(PLUGIN_SO)
 	$(DEMUXD) -c conf/demux.yaml
 
 asan:
@@ -192,7 +216,9 @@ tsan:
 # client tests run under valgrind against a plain demuxd (not t/300-e2e:
 # valgrind runs posix_spawn as a fork, so a failed exec cannot be reported)
 VALGRIND_CLIENT = 340-async 350-reconnect 355-health 360-failover
-valgrind: all
+valgrind:
+	@$(SUBMAKE) deps
+	@$(SUBMAKE) all
 	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t t/200-reload.t
 	@for t in $(VALGRIND_CLIENT); do \
 	  echo "valgrind: libmux in t/$$t"; \
@@ -220,7 +246,9 @@ $(FUZZ_OUT)/fuzz_config: t/fuzz/fuzz_config.c src/server/config.c src/common/buf
 # Each target runs FUZZ_SECONDS from the seed corpus in t/fuzz/corpus (new
 # inputs go to a scratch copy, not into the tree); a crash fails the target
 # and leaves the input in $(FUZZ_OUT)/.
-fuzz: $(FUZZ_OUT)/fuzz_wire $(FUZZ_OUT)/fuzz_config
+fuzz:
+	@$(SUBMAKE) deps
+	@$(SUBMAKE) $(FUZZ_OUT)/fuzz_wire $(FUZZ_OUT)/fuzz_config
 	@for t in wire config; do \
 	  rm -rf $(FUZZ_OUT)/corpus-$$t; mkdir -p $(FUZZ_OUT)/corpus-$$t; \
 	  cp t/fuzz/corpus/$$t/* $(FUZZ_OUT)/corpus-$$t/; \
