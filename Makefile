@@ -213,7 +213,7 @@ tsan:
 	  SAN="-fsanitize=thread -fno-omit-frame-pointer" test
 
 # demuxd under valgrind in the end-to-end tests, then libmux itself: the
-# client tests run under valgrind against a plain demuxd (not t/300-e2e:
+# client tests run under valgrind against a plain demuxd (not t/302-e2e:
 # valgrind runs posix_spawn as a fork, so a failed exec cannot be reported)
 VALGRIND_CLIENT = 340-async 350-reconnect 355-health 360-failover
 valgrind:

@@ -16,6 +16,9 @@ import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tap import BUILD, done_testing, ok, rss_kb  # noqa: E402
+from tap import track, watchdog  # noqa: E402
+
+watchdog(120)
 
 
 
@@ -86,6 +89,7 @@ def main():
                 % (BUILD, BUILD))
     srv = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
                            stderr=subprocess.PIPE, text=True)
+    track(srv)
     for line in srv.stderr:             # READY: it accepts connections
         if "READY" in line:
             break

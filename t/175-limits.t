@@ -15,6 +15,9 @@ import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tap import BUILD, done_testing, ok, rss_kb  # noqa: E402
+from tap import track, watchdog  # noqa: E402
+
+watchdog(120)
 
 
 
@@ -31,6 +34,7 @@ def main():
                 % BUILD)
     srv = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
                            stderr=subprocess.PIPE, text=True)
+    track(srv)
     for line in srv.stderr:
         if "READY" in line:
             break

@@ -16,6 +16,9 @@ import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tap import BUILD, diag, done_testing, ok  # noqa: E402
+from tap import track, watchdog  # noqa: E402
+
+watchdog(180)
 
 
 
@@ -45,6 +48,7 @@ class Server:
                    "--error-exitcode=99"] + cmd
         self.proc = subprocess.Popen(cmd,
                                      stderr=subprocess.PIPE, text=True)
+        track(self.proc)
         for line in self.proc.stderr:           # wait for READY, no sleep
             if "READY" in line:
                 break

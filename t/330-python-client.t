@@ -16,6 +16,9 @@ from mux import (Mux, RemoteError, ClosedError, ConnectionLost,  # noqa: E402
                  Timeout)
 sys.path.insert(0, HERE)
 from tap import BUILD, done_testing, ok  # noqa: E402
+from tap import track, watchdog  # noqa: E402
+
+watchdog(120)
 
 
 
@@ -31,6 +34,7 @@ def start_server():
                 % (BUILD, BUILD, BUILD))
     p = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
                          stderr=subprocess.PIPE, text=True)
+    track(p)
     for line in p.stderr:
         if "READY" in line:
             break

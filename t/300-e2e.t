@@ -1,2 +1,0 @@
-#!/bin/sh
-exec "${BUILD:-build}/t/300-e2e"
