@@ -56,8 +56,6 @@ test_basics(void)
 	rc = mux_call(M, "$/plugins", NULL, 0, &r, 5000);
 	check_int(rc, ==, MUX_OK, "$/plugins answers");
 	check_has_strs("$/plugins", &r, plugins);
-	ok(r.data != NULL && memmem(r.data, r.len, "kv.so", 5) != NULL,
-	    "$/plugins: kv's path ends in kv.so");
 	mux_result_free(&r);
 
 	rc = mux_callf(M, "sleep.sleep", &r, 5000, "i", (int64_t)5);

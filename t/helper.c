@@ -388,16 +388,16 @@ t_free_port(void)
 	return port;
 }
 
-/* The integer at path ("a/b/c") in a msgpack map, or -1. */
-static long
-path_get(const msgpack_object *o, const char *path)
+/* The object at path ("a/b/c") in a msgpack map, or NULL. */
+static const msgpack_object *
+path_find(const msgpack_object *o, const char *path)
 {
 	const char *end = strchr(path, '/');
 	size_t n = end ? (size_t)(end - path) : strlen(path);
 	uint32_t i;
 
 	if (o->type != MSGPACK_OBJECT_MAP)
-		return -1;
+		return NULL;
 	for (i = 0; i < o->via.map.size; i++) {
 		const msgpack_object_kv *kv = &o->via.map.ptr[i];
 
@@ -406,11 +406,91 @@ path_get(const msgpack_object *o, const char *path)
 		    memcmp(kv->key.via.str.ptr, path, n) != 0)
 			continue;
 		if (end != NULL)
-			return path_get(&kv->val, end + 1);
-		return kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER ?
-		    (long)kv->val.via.u64 : -1;
+			return path_find(&kv->val, end + 1);
+		return &kv->val;
 	}
-	return -1;
+	return NULL;
+}
+
+/* The integer at path, or -1. */
+static long
+path_get(const msgpack_object *o, const char *path)
+{
+	o = path_find(o, path);
+	return o != NULL && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ?
+	    (long)o->via.u64 : -1;
+}
+
+int
+t_stat_str(const char *uri, const char *path, char *buf, size_t n)
+{
+	char err[MUX_ERRLEN];
+	const msgpack_object *o;
+	msgpack_unpacked u;
+	mux_result r;
+	int rc = -1;
+	mux_t *d;
+
+	buf[0] = '\0';
+	d = mux_connect(uri, err, sizeof(err));
+	if (d == NULL)
+		return -1;
+	if (mux_call(d, "$/stats", NULL, 0, &r, 5000) == MUX_OK) {
+		msgpack_unpacked_init(&u);
+		if (msgpack_unpack_next(&u, r.data, r.len, NULL) ==
+		    MSGPACK_UNPACK_SUCCESS &&
+		    (o = path_find(&u.data, path)) != NULL &&
+		    o->type == MSGPACK_OBJECT_STR) {
+			snprintf(buf, n, "%.*s", (int)o->via.str.size,
+			    o->via.str.ptr);
+			rc = 0;
+		}
+		msgpack_unpacked_destroy(&u);
+	}
+	mux_result_free(&r);
+	mux_free(d);
+	return rc;
+}
+
+static int
+obj_has_str(const msgpack_object *o, const char *s)
+{
+	uint32_t i;
+
+	switch (o->type) {
+	case MSGPACK_OBJECT_STR:
+		return o->via.str.size == strlen(s) &&
+		    memcmp(o->via.str.ptr, s, o->via.str.size) == 0;
+	case MSGPACK_OBJECT_ARRAY:
+		for (i = 0; i < o->via.array.size; i++)
+			if (obj_has_str(&o->via.array.ptr[i], s))
+				return 1;
+		return 0;
+	case MSGPACK_OBJECT_MAP:
+		for (i = 0; i < o->via.map.size; i++)
+			if (obj_has_str(&o->via.map.ptr[i].key, s) ||
+			    obj_has_str(&o->via.map.ptr[i].val, s))
+				return 1;
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+int
+t_has_str(const void *data, size_t len, const char *s)
+{
+	msgpack_unpacked u;
+	int rc = -1;
+
+	if (data == NULL)
+		return -1;
+	msgpack_unpacked_init(&u);
+	if (msgpack_unpack_next(&u, data, len, NULL) ==
+	    MSGPACK_UNPACK_SUCCESS)
+		rc = obj_has_str(&u.data, s);
+	msgpack_unpacked_destroy(&u);
+	return rc;
 }
 
 long

@@ -65,6 +65,11 @@ long t_stat(const char *uri, const char *section, const char *key);
 /* The same for any depth: path is keys separated by '/', e.g.
  * "plugins/ver/queued" or "methods/echo.echo/calls". */
 long t_stat_path(const char *uri, const char *path);
+/* The string at path in $/stats into buf: 0, or -1 (buf empty). */
+int  t_stat_str(const char *uri, const char *path, char *buf, size_t n);
+/* Does the msgpack object in data hold the string s anywhere (a value or a
+ * key, at any depth)? 1 or 0; -1 if data does not decode. */
+int  t_has_str(const void *data, size_t len, const char *s);
 /* Resident memory of process pid, in KiB (-1 if unknown). */
 long t_rss_kb(pid_t pid);
 long t_requests(const char *uri);
