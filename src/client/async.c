@@ -4,6 +4,10 @@
  * when the completion fd (an eventfd) says so. A completion that was
  * certainly not executed is sent once more elsewhere first, and one that was
  * never sent waits for a connection when the handle waits.
+ *
+ * Locks: m->qmu (the completion queue) and m->mu (parked calls) are leaves:
+ * neither is held while calling into a connection or a callback, and they
+ * are never held together.
  */
 #define _GNU_SOURCE
 #include <pthread.h>

@@ -2,7 +2,9 @@
  * conn_read.c - a libmux connection's reader thread: poll, frame, hand
  * each response to its caller (in batches, under one lock), complete async
  * calls whose deadline passed, and finish the write when the kernel buffer
- * was full. See conn.c for the design and the locks.
+ * was full. See conn.c for the design.
+ *
+ * Lock order: c->wmu before c->mu (conn.c); on_done runs with neither held.
  */
 #define _GNU_SOURCE
 #include <errno.h>

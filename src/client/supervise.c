@@ -4,6 +4,10 @@
  * probes, and sending (or timing out) calls parked until a connection is up.
  * One supervisor thread per handle that needs it, asleep on m->cv between
  * deadlines; connections kick it when they stop.
+ *
+ * Locks: m->eplock (write side) to swap an endpoint's connection, m->mu for
+ * the supervisor's own state and the parked calls; never both at once, and
+ * neither while a connection is opened, probed or closed.
  */
 #define _GNU_SOURCE
 #include <errno.h>

@@ -2,6 +2,8 @@
  * builtins.c - the methods demuxd serves itself: $/ping, $/health,
  * $/methods, $/plugins, $/stats. They run on the I/O thread: each is a
  * lookup or a snapshot of counters, never a wait.
+ *
+ * Locks: none; executors' snapshots take their own locks (leaves).
  */
 #include <stdio.h>
 #include <string.h>

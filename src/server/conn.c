@@ -3,6 +3,9 @@
  * onto the loop, attention, timeouts, deadlines, cancellation, the drain,
  * the server-wide memory bound, and freeing it after its last claim. See
  * conn.h for the design, conn_impl.h for the struct and its guards.
+ *
+ * Lock order: c->mu, then the loop's attention lock; no executor lock is
+ * ever taken under c->mu (conn_impl.h).
  */
 #define _GNU_SOURCE
 #include <errno.h>

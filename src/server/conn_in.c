@@ -10,6 +10,9 @@
  * else with the notification $/error) and the connection goes on; bytes that
  * are not msgpack, or a frame over max_frame, end this connection only, after
  * the error has been sent and every accepted request answered.
+ *
+ * Lock order: as in conn_impl.h (c->mu, then the loop's attention lock);
+ * executors' submit is called with no connection lock held.
  */
 #define _GNU_SOURCE
 #include <errno.h>

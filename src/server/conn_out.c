@@ -4,6 +4,10 @@
  * jobs whose replies could not be sent, and the answers the host makes
  * itself. Workers and the I/O thread both come here; see conn_impl.h for
  * who guards what.
+ *
+ * Lock order: c->mu, then the loop's attention lock. c->mu is dropped
+ * around writev (other workers keep queueing) and before parked jobs go
+ * back to their executors.
  */
 #define _GNU_SOURCE
 #include <errno.h>

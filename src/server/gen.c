@@ -1,5 +1,9 @@
 /*
  * gen.c - building and freeing generations; see gen.h.
+ *
+ * Locks: the generation slot's mu is a leaf (held only around the load and
+ * reference of dmx_gen_acquire and the store of dmx_gen_publish); reference
+ * counts are atomics.
  */
 #include <stdio.h>
 #include <stdlib.h>

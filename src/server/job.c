@@ -8,6 +8,10 @@
  * after it. A plugin that packs nothing answers nil; one that packs more or
  * less than one whole object gets -32603 instead, because a stray byte would
  * corrupt the stream for every other caller on the connection.
+ *
+ * Threads: a job runs on one worker at a time and takes no lock; who may
+ * answer it is settled by compare-and-swap on j->state (job.h), so a result
+ * and an early answer (deadline, cancel, drain) never both go out.
  */
 #define _GNU_SOURCE
 #include <execinfo.h>

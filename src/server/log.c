@@ -1,5 +1,9 @@
 /*
  * log.c - see log.h.
+ *
+ * Threads and locks: any thread logs; each line is formatted into a local
+ * buffer and written with one write(2), so lines never interleave and no
+ * lock is taken.
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -5,6 +5,9 @@
  * libmicrohttpd is used because an HTTP parser facing the network is exactly
  * the code we should not write ourselves; it runs one internal thread and
  * only reads our atomics, so it cannot slow the request path.
+ *
+ * Locks: a scrape takes one generation reference (dmx_server_gen_acquire:
+ * the slot's lock, a leaf, for a moment) and holds no lock while it reads.
  */
 #include <stdarg.h>
 #include <stdio.h>

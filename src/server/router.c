@@ -1,5 +1,9 @@
 /*
  * router.c - open-addressing hash table of method names; see router.h.
+ *
+ * Threads: a router is built on one thread and read-only afterwards, so
+ * lookups take no lock; the per-method counters it shares across
+ * generations are reference-counted atomically.
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,8 @@
 /*
  * stats.c - histogram and counters for $/stats; see stats.h.
+ *
+ * Threads: no locks. Every counter is a relaxed atomic; an error slot is
+ * claimed by compare-and-swap on its code before its count is added.
  */
 #include <time.h>
 
