@@ -58,12 +58,12 @@ COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c \
 SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
 	     src/server/job.c src/server/gen.c src/server/timer.c \
-	     src/server/loop.c src/server/conn.c src/server/conn_in.c \
+	     src/server/loop.c src/server/budget.c src/server/conn.c src/server/conn_in.c \
 	     src/server/conn_out.c src/server/server.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 	     src/client/supervise.c src/client/conn.c src/client/conn_read.c \
-	     src/client/pack.c
+	     src/client/pack.c src/client/result.c
 TOOL_SRC = src/tools/muxcall.c src/tools/json.c
 
 PLUGINS	= echo sleep kv

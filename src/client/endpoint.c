@@ -1,9 +1,10 @@
 /*
- * endpoint.c - the policy of where a call goes: picking an endpoint's
- * connection, deciding after each attempt what comes next (the one retry
- * elsewhere, picking again, waiting for a connection), and waiting. Sync
- * calls (mux.c), async calls (async.c) and parked calls (supervise.c) all
- * follow mh_next_attempt; none decides on its own.
+ * endpoint.c - a call's way out of the handle: checking its arguments,
+ * counting its caller in, picking an endpoint's connection, deciding after
+ * each attempt what comes next (the one retry elsewhere, picking again,
+ * waiting for a connection), and waiting. Sync calls (mux.c), async calls
+ * (async.c) and parked calls (supervise.c) all follow mh_next_attempt;
+ * none decides on its own.
  *
  * Locks: eplock (read side) while picking; mu for the up epoch. Neither is
  * held on return.
@@ -16,6 +17,55 @@
 
 #include "../common/wire.h"
 #include "handle.h"
+
+/* ---- entering and leaving the API ---- */
+
+void
+mh_enter(mux_t *m)
+{
+	atomic_fetch_add(&m->users, 1);
+}
+
+void
+mh_leave(mux_t *m)
+{
+	if (atomic_fetch_sub(&m->users, 1) == 1 && atomic_load(&m->freeing)) {
+		pthread_mutex_lock(&m->mu);
+		pthread_cond_broadcast(&m->users_cv);
+		pthread_mutex_unlock(&m->mu);
+	}
+}
+
+/* params must be exactly one msgpack array: anything else would corrupt the
+ * stream for every other caller. */
+int
+mh_check_args(mux_t *m, const char *method, const void *params, size_t len,
+    mux_result *res)
+{
+	dmx_rd r;
+
+	if (m == NULL || method == NULL || (len > 0 && params == NULL)) {
+		if (res != NULL)
+			mh_set_msg(res, "invalid argument");
+		return MUX_EINVAL;
+	}
+	if (len > 0) {
+		dmx_rd_init(&r, params, len);
+		if (!dmx_rd_is_array(&r) ||
+		    dmx_wire_one_object(params, len) != len) {
+			if (res != NULL)
+				mh_set_msg(res, "invalid argument: params must "
+				    "be one msgpack array");
+			return MUX_EINVAL;
+		}
+	}
+	if (len > atomic_load(&m->max_frame)) {
+		if (res != NULL)
+			mh_set_msg(res, "params larger than the frame limit");
+		return MUX_ETOOBIG;
+	}
+	return MUX_OK;
+}
 
 /* ---- choosing an endpoint ---- */
 

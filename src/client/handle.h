@@ -14,6 +14,7 @@
 
 #include "../common/uri.h"
 #include "conn.h"
+#include "result.h"
 #include "demux/mux.h"
 
 #define MUX_DEFAULT_MAX_FRAME	(64u << 20)
@@ -128,20 +129,15 @@ mh_token_set(mux_token *tok, unsigned long long v)
 
 /* ---- mux.c ---- */
 
-/* Write a reason into a caller's err buffer (may be NULL). */
-void	 mh_set_err(char *err, size_t errlen, const char *fmt, ...)
-	    __attribute__((format(printf, 3, 4)));
-/* Set res->message from fmt unless it already has one. */
-void	 mh_set_msg(mux_result *res, const char *fmt, ...)
-	    __attribute__((format(printf, 2, 3)));
+
+/* ---- endpoint.c ---- */
+
 /* Count a thread in and out of the API (mux_free waits for none). */
 void	 mh_enter(mux_t *m);
 void	 mh_leave(mux_t *m);
 /* MUX_OK, or MUX_EINVAL/MUX_ETOOBIG with a reason in res (if not NULL). */
 int	 mh_check_args(mux_t *m, const char *method, const void *params,
 	    size_t len, mux_result *res);
-
-/* ---- endpoint.c ---- */
 
 /* The open, non-draining connection with the fewest calls in flight, other
  * than endpoint skip (-1: none), referenced; or NULL with *why. */

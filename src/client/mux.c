@@ -52,44 +52,6 @@
 
 extern char **environ;
 
-const char *
-mux_strerror(int err)
-{
-	switch (err) {
-#define MUX_XX(name, val, desc) case MUX_##name: return (desc);
-	MUX_ERRORS(MUX_XX)
-#undef MUX_XX
-	default:
-		return "unknown error";
-	}
-}
-
-void
-mh_set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (err == NULL || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
-void
-mh_set_msg(mux_result *res, const char *fmt, ...)
-{
-	char buf[2 * MUX_ERRLEN];
-	va_list ap;
-
-	if (res->message != NULL)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	res->message = strdup(buf);
-}
-
 static void
 deadline_ts(struct timespec *ts, int timeout_ms)
 {
@@ -100,55 +62,6 @@ deadline_ts(struct timespec *ts, int timeout_ms)
 		ts->tv_sec++;
 		ts->tv_nsec -= 1000000000L;
 	}
-}
-
-/* ---- entering and leaving the API ---- */
-
-void
-mh_enter(mux_t *m)
-{
-	atomic_fetch_add(&m->users, 1);
-}
-
-void
-mh_leave(mux_t *m)
-{
-	if (atomic_fetch_sub(&m->users, 1) == 1 && atomic_load(&m->freeing)) {
-		pthread_mutex_lock(&m->mu);
-		pthread_cond_broadcast(&m->users_cv);
-		pthread_mutex_unlock(&m->mu);
-	}
-}
-
-/* params must be exactly one msgpack array: anything else would corrupt the
- * stream for every other caller. */
-int
-mh_check_args(mux_t *m, const char *method, const void *params, size_t len,
-    mux_result *res)
-{
-	dmx_rd r;
-
-	if (m == NULL || method == NULL || (len > 0 && params == NULL)) {
-		if (res != NULL)
-			mh_set_msg(res, "invalid argument");
-		return MUX_EINVAL;
-	}
-	if (len > 0) {
-		dmx_rd_init(&r, params, len);
-		if (!dmx_rd_is_array(&r) ||
-		    dmx_wire_one_object(params, len) != len) {
-			if (res != NULL)
-				mh_set_msg(res, "invalid argument: params must "
-				    "be one msgpack array");
-			return MUX_EINVAL;
-		}
-	}
-	if (len > atomic_load(&m->max_frame)) {
-		if (res != NULL)
-			mh_set_msg(res, "params larger than the frame limit");
-		return MUX_ETOOBIG;
-	}
-	return MUX_OK;
 }
 
 /* ---- sync calls ---- */
@@ -290,17 +203,6 @@ mux_notify(mux_t *m, const char *method, const void *params, size_t len)
 	}
 	mh_leave(m);
 	return rc;
-}
-
-void
-mux_result_free(mux_result *res)
-{
-	if (res == NULL)
-		return;
-	free(res->data);
-	free(res->message);
-	free(res->trace);
-	memset(res, 0, sizeof(*res));
 }
 
 /* ---- opening and closing ---- */

@@ -31,6 +31,7 @@ dmx_conns_new(dmx_loop *loop, dmx_gen_slot *gens, dmx_server_stats *stats)
 	cs->loop = loop;
 	cs->gens = gens;
 	cs->stats = stats;
+	dmx_budget_init(&cs->budget, loop);
 	return cs;
 }
 
@@ -48,16 +49,6 @@ unsigned
 dmx_conns_count(const dmx_conns *cs)
 {
 	return cs->n;
-}
-
-int
-conn_watch(dmx_conn *c, uint32_t events)
-{
-	int rc = dmx_loop_watch(c->cs->loop, &c->io, events);
-
-	if (rc != 0)
-		dmx_warn("conn %u: epoll_ctl: %s", c->id, strerror(errno));
-	return rc;
 }
 
 /* The loop's on_ready. Connections are only released from on_attn, after
@@ -116,55 +107,10 @@ dmx_conns_add(dmx_conns *cs, dmx_xport *x)
 	return c->id;
 }
 
-/* ---- the memory bound (max_memory) ---- */
-
 void
 dmx_conns_limits(dmx_conns *cs, const dmx_config *cfg)
 {
-	atomic_store(&cs->mem_max, cfg->max_memory);
-	atomic_store(&cs->mem_low, cfg->max_memory / 2);
-}
-
-void
-conns_mem_add(dmx_conns *cs, size_t n)
-{
-	atomic_fetch_add_explicit(&cs->mem, n, memory_order_relaxed);
-}
-
-void
-conns_mem_sub(dmx_conns *cs, size_t n)
-{
-	size_t old, low;
-
-	if (n == 0)
-		return;
-	old = atomic_fetch_sub_explicit(&cs->mem, n, memory_order_relaxed);
-	if (atomic_load_explicit(&cs->mem_waiting, memory_order_relaxed) == 0)
-		return;
-	low = atomic_load_explicit(&cs->mem_low, memory_order_relaxed);
-	if (old >= low && old - n < low && !atomic_exchange(&cs->mem_wake, 1))
-		dmx_loop_wake(cs->loop);	/* dmx_conns_tick resumes */
-}
-
-int
-conns_mem_full(dmx_conns *cs)
-{
-	return atomic_load_explicit(&cs->mem, memory_order_relaxed) >=
-	    atomic_load_explicit(&cs->mem_max, memory_order_relaxed);
-}
-
-void
-conns_mem_wait(dmx_conns *cs)
-{
-	uint64_t now = dmx_now_ns();
-
-	atomic_fetch_add(&cs->mem_waiting, 1);
-	if (now - cs->mem_warned > 10000000000ull) {	/* once per 10 s */
-		cs->mem_warned = now;
-		dmx_warn("max_memory (%zu bytes) reached by requests in flight "
-		    "and partial frames: reading paused until half is free",
-		    atomic_load(&cs->mem_max));
-	}
+	dmx_budget_limit(&cs->budget, cfg->max_memory);
 }
 
 /* Below half the memory bound again: resume who waited. */
@@ -173,12 +119,12 @@ mem_resume(dmx_conns *cs)
 {
 	dmx_conn *c, *next;
 
-	if (!atomic_exchange(&cs->mem_wake, 0))
+	if (!dmx_budget_woken(&cs->budget))
 		return;
 	for (c = cs->head; c != NULL; c = next) {
 		next = c->next;		/* resuming reads: c may go */
 		if (c->mem_paused) {
-			atomic_fetch_sub(&cs->mem_waiting, 1);
+			dmx_budget_resumed(&cs->budget);
 			conn_mem_resume(c);
 		}
 	}
@@ -358,40 +304,6 @@ dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms)
 		conn_free(c);
 }
 
-/* ---- cancellation ---- */
-
-void
-conn_cancel(dmx_conn *c, uint32_t msgid)
-{
-	const dmx_route *rt = NULL;
-	dmx_job *j;
-	int st = -1, answered = 0;
-
-	pthread_mutex_lock(&c->mu);
-	j = conn_id_find_locked(c, msgid);
-	if (j != NULL) {
-		st = atomic_load(&j->state);
-		if (st == DMX_JOB_QUEUED && atomic_compare_exchange_strong(
-		    &j->state, &st, DMX_JOB_ANSWERED)) {
-			answered = 1;
-			rt = j->route;
-		} else if (st == DMX_JOB_RUNNING) {
-			atomic_store(&j->cancel, 1);
-		}
-	}
-	pthread_mutex_unlock(&c->mu);
-	if (answered) {
-		dmx_method_stats *ms = &rt->stats->m;
-
-		atomic_fetch_add(&ms->calls, 1);
-		dmx_method_error(ms, DMX_E_CANCELLED);
-		conn_reply_error(c, msgid, DMX_E_CANCELLED, "cancelled "
-		    "before it ran");
-		dmx_access_log(c->id, msgid, 0, rt->name, rt->len, 1,
-		    DMX_E_CANCELLED, 0);
-	}
-}
-
 /* ---- drain ---- */
 
 static void
@@ -471,23 +383,6 @@ abandon(dmx_conn *c)
 }
 
 /* ---- lifetime ---- */
-
-void
-conn_free(dmx_conn *c)
-{
-	dmx_job *j, *next;
-
-	for (j = c->free_jobs; j != NULL; j = next) {
-		next = j->next;
-		conn_job_free(j);
-	}
-	conns_mem_sub(c->cs, c->rbuf_counted);
-	free(c->idtab);
-	dmx_buf_release(&c->rbuf);
-	dmx_xport_free(c->xp);
-	pthread_mutex_destroy(&c->mu);
-	free(c);
-}
 
 void
 conn_release(dmx_conn *c)

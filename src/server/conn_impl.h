@@ -3,10 +3,14 @@
  * and what its three files share. Included by conn.c, conn_in.c and
  * conn_out.c only; everyone else sees conn.h.
  *
- *   conn.c      the set, lifetime, attention, timeouts, deadlines, cancel,
- *               drain, the memory bound
- *   conn_in.c   reading, framing, dispatch to the executors (I/O thread)
- *   conn_out.c  jobs, the output queue, writing, parking, host-made replies
+ *   conn.c      the set, attention, release, timeouts, deadlines, drain
+ *   conn_in.c   reading, framing, dispatch to the executors, cancel
+ *               (I/O thread)
+ *   conn_out.c  jobs, the output queue, writing, parking, host-made
+ *               replies, freeing a connection after its last claim
+ *
+ * They are layered too: conn.c uses conn_in.c, which uses conn_out.c; none
+ * calls up.
  *
  * Lock order: c->mu, then the loop's attention lock (dmx_loop_attn). No
  * executor lock is ever taken with c->mu held: parked jobs are handed back
@@ -15,13 +19,17 @@
 #ifndef DMX_CONN_IMPL_H
 #define DMX_CONN_IMPL_H
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "../common/buf.h"
 #include "../common/wire.h"
+#include "budget.h"
 #include "conn.h"
+#include "log.h"
 
 typedef struct dmx_conn dmx_conn;
 
@@ -33,15 +41,7 @@ struct dmx_conns {
 	unsigned	 n;		/* I/O thread */
 	unsigned	 next_id;	/* I/O thread */
 	uint64_t	 next_check;	/* ns: the next timeout scan */
-	/* the memory bound (max_memory): bytes counted, the bound and its
-	 * half (copied from the current configuration for the workers),
-	 * connections paused for it, and whether the I/O thread must resume
-	 * them (atomics: counted by every thread) */
-	_Atomic size_t	 mem;
-	_Atomic size_t	 mem_max, mem_low;
-	_Atomic unsigned mem_waiting;
-	_Atomic int	 mem_wake;
-	uint64_t	 mem_warned;	/* ns (I/O thread) */
+	dmx_budget	 budget;	/* max_memory (atomics) */
 };
 
 /*
@@ -71,7 +71,7 @@ struct dmx_conn {
 	uint64_t	 last_active;	/* ns: last read */
 	uint64_t	 frame_since;	/* ns: a partial frame began; 0: none */
 	int		 frame_ended;	/* a frame ended since rbuf_account */
-	size_t		 rbuf_counted;	/* rbuf.cap counted in cs->mem */
+	size_t		 rbuf_counted;	/* rbuf.cap counted in cs->budget */
 	int		 mem_paused;	/* reading paused: server memory bound */
 	int		 draining;	/* $/drain sent */
 	uint64_t	 drain_idle_since; /* ns, draining and idle */
@@ -128,31 +128,38 @@ conn_attn_locked(dmx_conn *c)
 		dmx_loop_attn(c->cs->loop, &c->io);
 }
 
+/* Make c's registration match events; warns and returns -1 on failure.
+ * (I/O thread) */
+static inline int
+conn_watch(dmx_conn *c, uint32_t events)
+{
+	int rc = dmx_loop_watch(c->cs->loop, &c->io, events);
+
+	if (rc != 0)
+		dmx_warn("conn %u: epoll_ctl: %s", c->id, strerror(errno));
+	return rc;
+}
+
 /* ---- conn.c ---- */
-/* Make c's registration match events; warns and returns -1 on failure. */
-int	conn_watch(dmx_conn *c, uint32_t events);
-void	conn_free(dmx_conn *c);
 /* The I/O thread lets go; c is freed now or by its last claim. */
 void	conn_release(dmx_conn *c);
-void	conn_cancel(dmx_conn *c, uint32_t msgid);
-/* Memory bound: add (I/O thread), sub (any thread), full, wait. */
-void	conns_mem_add(dmx_conns *cs, size_t n);
-void	conns_mem_sub(dmx_conns *cs, size_t n);
-int	conns_mem_full(dmx_conns *cs);
-void	conns_mem_wait(dmx_conns *cs);
 
 /* ---- conn_in.c (I/O thread) ---- */
 void	conn_on_readable(dmx_conn *c);
 void	conn_stop_reading(dmx_conn *c);
 /* The server's memory is below half its bound again. */
 void	conn_mem_resume(dmx_conn *c);
-/* The partial-frame buffer's size into cs->mem, and frame_since. */
+/* $/cancelRequest [msgid]: a queued request is answered -32800 and never
+ * runs; a running one is flagged for demux_cancelled(). */
+void	conn_cancel(dmx_conn *c, uint32_t msgid);
+/* The partial-frame buffer's size into cs->budget, and frame_since. */
 void	conn_rbuf_account(dmx_conn *c);
 
 /* ---- conn_out.c ---- */
 /* A job from c's free list, counted in flight; NULL without memory. */
 dmx_job	*conn_job(dmx_conn *c);
-void	conn_job_free(dmx_job *j);
+/* Free c: its last claim has gone. */
+void	conn_free(dmx_conn *c);
 /* c->mu held; returns 1 if the caller must conn_free(c) after unlocking. */
 int	conn_job_recycle_locked(dmx_conn *c, dmx_job *j);
 int	conn_flush_locked(dmx_conn *c);

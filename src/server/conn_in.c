@@ -270,7 +270,7 @@ submit(dmx_conn *c, batch *bt)
 	/* before any job can run and drop its reference and bytes */
 	commit(c, bt);
 	dmx_gen_ref(bt->gen, bt->refs);
-	conns_mem_add(c->cs, bt->bytes);
+	dmx_budget_add(&c->cs->budget, bt->bytes);
 	bt->refs = 0;
 	bt->bytes = 0;
 	for (q = 0; q < bt->nq; q++) {
@@ -423,7 +423,7 @@ parse(dmx_conn *c, const uint8_t *p, size_t n, batch *bt)
 			    c->oq_bytes >= cfg->max_output ||
 			    c->in_bytes >= cfg->max_inflight_bytes;
 			pthread_mutex_unlock(&c->mu);
-			full = full || conns_mem_full(c->cs);
+			full = full || dmx_budget_full(&c->cs->budget);
 			if (full) {
 				c->rbuf_pending = 1;
 				break;
@@ -492,10 +492,10 @@ pause_if_full(dmx_conn *c)
 		c->resume_in_bytes = cfg->max_inflight_bytes / 2;
 	}
 	pthread_mutex_unlock(&c->mu);
-	if (!c->mem_paused && conns_mem_full(c->cs)) {
+	if (!c->mem_paused && dmx_budget_full(&c->cs->budget)) {
 		/* the server as a whole holds too much: wait for half */
 		c->mem_paused = mem = 1;
-		conns_mem_wait(c->cs);
+		dmx_budget_wait(&c->cs->budget);
 	}
 	if (full || mem)
 		conn_watch(c, c->io.events & ~(uint32_t)EPOLLIN);
@@ -524,9 +524,9 @@ void
 conn_rbuf_account(dmx_conn *c)
 {
 	if (c->rbuf.cap > c->rbuf_counted)
-		conns_mem_add(c->cs, c->rbuf.cap - c->rbuf_counted);
+		dmx_budget_add(&c->cs->budget, c->rbuf.cap - c->rbuf_counted);
 	else
-		conns_mem_sub(c->cs, c->rbuf_counted - c->rbuf.cap);
+		dmx_budget_sub(&c->cs->budget, c->rbuf_counted - c->rbuf.cap);
 	c->rbuf_counted = c->rbuf.cap;
 	/* a partial frame began no earlier than the read that ended the
 	 * frame before it: a client streaming large frames back to back
@@ -638,3 +638,36 @@ conn_on_readable(dmx_conn *c)
 	submit(c, &bt);
 }
 
+/* ---- cancellation ---- */
+
+void
+conn_cancel(dmx_conn *c, uint32_t msgid)
+{
+	const dmx_route *rt = NULL;
+	dmx_job *j;
+	int st = -1, answered = 0;
+
+	pthread_mutex_lock(&c->mu);
+	j = conn_id_find_locked(c, msgid);
+	if (j != NULL) {
+		st = atomic_load(&j->state);
+		if (st == DMX_JOB_QUEUED && atomic_compare_exchange_strong(
+		    &j->state, &st, DMX_JOB_ANSWERED)) {
+			answered = 1;
+			rt = j->route;
+		} else if (st == DMX_JOB_RUNNING) {
+			atomic_store(&j->cancel, 1);
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (answered) {
+		dmx_method_stats *ms = &rt->stats->m;
+
+		atomic_fetch_add(&ms->calls, 1);
+		dmx_method_error(ms, DMX_E_CANCELLED);
+		conn_reply_error(c, msgid, DMX_E_CANCELLED, "cancelled "
+		    "before it ran");
+		dmx_access_log(c->id, msgid, 0, rt->name, rt->len, 1,
+		    DMX_E_CANCELLED, 0);
+	}
+}

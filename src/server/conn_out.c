@@ -131,8 +131,8 @@ conn_id_find_locked(dmx_conn *c, uint32_t msgid)
 	return NULL;
 }
 
-void
-conn_job_free(dmx_job *j)
+static void
+job_free(dmx_job *j)
 {
 	dmx_buf_release(&j->in);
 	dmx_buf_release(&j->out);
@@ -158,7 +158,7 @@ conn_job_recycle_locked(dmx_conn *c, dmx_job *j)
 	dmx_buf_shrink(&j->out, JOB_KEEP);
 	if (j->in_bytes > 0) {
 		c->in_bytes -= j->in_bytes;
-		conns_mem_sub(c->cs, j->in_bytes);
+		dmx_budget_sub(&c->cs->budget, j->in_bytes);
 		j->in_bytes = 0;
 	}
 	if (j->fl_prev)
@@ -523,3 +523,21 @@ dmx_conn_refuse(int fd, int64_t code, const char *why)
 		dmx_debug("refuse: %s", strerror(errno));
 }
 
+/* ---- the end ---- */
+
+void
+conn_free(dmx_conn *c)
+{
+	dmx_job *j, *next;
+
+	for (j = c->free_jobs; j != NULL; j = next) {
+		next = j->next;
+		job_free(j);
+	}
+	dmx_budget_sub(&c->cs->budget, c->rbuf_counted);
+	free(c->idtab);
+	dmx_buf_release(&c->rbuf);
+	dmx_xport_free(c->xp);
+	pthread_mutex_destroy(&c->mu);
+	free(c);
+}
