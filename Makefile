@@ -59,7 +59,8 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
 	     src/server/job.c src/server/gen.c src/server/timer.c \
 	     src/server/loop.c src/server/budget.c src/server/conn.c src/server/conn_in.c \
-	     src/server/conn_out.c src/server/server.c \
+	     src/server/conn_out.c src/server/server.c src/server/proc.c \
+	     src/server/host.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 	     src/client/supervise.c src/client/conn.c src/client/conn_read.c \
@@ -67,7 +68,7 @@ CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 TOOL_SRC = src/tools/muxcall.c src/tools/json.c
 
 PLUGINS	= echo sleep kv
-TEST_PLUGINS = badabi badmagic nosym initfail faulty
+TEST_PLUGINS = badabi badmagic nosym initfail faulty crashy
 TPLUGIN_VER = $(BUILD)/t/plugins/v1.so $(BUILD)/t/plugins/v2.so
 C_TESTS	= $(patsubst t/%.c,%,$(wildcard t/[0-9]*.c t/recipe.c))
 

@@ -131,8 +131,11 @@ forward_log(void *arg)
 
 	if (fp == NULL)
 		return NULL;
+	/* T_LOG_ALL=1: every line (a sanitizer's report spans many) */
+	int all = getenv("T_LOG_ALL") != NULL;
+
 	while (fgets(line, sizeof(line), fp) != NULL)
-		if (strstr(line, " warn: ") || strstr(line, " error: ") ||
+		if (all || strstr(line, " warn: ") || strstr(line, " error: ") ||
 		    strstr(line, "==") /* valgrind */)
 			fprintf(stderr, "# demuxd: %s", line);
 	fclose(fp);

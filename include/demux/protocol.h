@@ -35,6 +35,7 @@ enum demux_retry {
 	XX(TIMED_OUT,       -32011, "timed out",         DEMUX_RETRY_UNKNOWN) \
 	XX(SHUTTING_DOWN,   -32012, "shutting down",     DEMUX_RETRY_PREFIX)  \
 	XX(TOO_LARGE,       -32013, "message too large", DEMUX_RETRY_NEVER)   \
+	XX(PLUGIN_CRASHED,  -32014, "plugin crashed",    DEMUX_RETRY_UNKNOWN) \
 	XX(CANCELLED,       -32800, "cancelled",         DEMUX_RETRY_UNKNOWN)
 
 enum demux_error {

@@ -33,6 +33,14 @@ dmx_msg_notify_head(msgpack_packer *pk, const char *method, size_t mlen)
 }
 
 void
+dmx_msg_response_head(msgpack_packer *pk, uint32_t msgid)
+{
+	msgpack_pack_array(pk, 4);
+	msgpack_pack_uint8(pk, DMX_MSG_RESPONSE);
+	msgpack_pack_uint32(pk, msgid);
+}
+
+void
 dmx_msg_result_head(msgpack_packer *pk, uint32_t msgid)
 {
 	msgpack_pack_array(pk, 4);

@@ -25,6 +25,8 @@ void dmx_msg_request_head(msgpack_packer *pk, uint32_t msgid,
 /* [2, method, — params follow */
 void dmx_msg_notify_head(msgpack_packer *pk, const char *method,
     size_t mlen);
+/* [1, msgid, — the error and the result follow */
+void dmx_msg_response_head(msgpack_packer *pk, uint32_t msgid);
 /* [1, msgid, nil, — the result follows */
 void dmx_msg_result_head(msgpack_packer *pk, uint32_t msgid);
 /* [1, msgid, [code, message(, trace)], nil]; trace may be NULL */

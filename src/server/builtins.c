@@ -5,6 +5,8 @@
  *
  * Locks: none; executors' snapshots take their own locks (leaves).
  */
+#define _GNU_SOURCE
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -74,10 +76,93 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 	    1000);
 }
 
+/* What a process-mode plugin's children went through (6 keys). */
+static void
+pack_procs(msgpack_packer *pk, const dmx_exec_procs *p)
+{
+	unsigned k, nsig = 0;
+	char name[32];
+
+	pk_kv_u64(pk, "children_up", p->up);
+	pk_kv_u64(pk, "crashes", p->crashes);
+	for (k = 0; k < 65; k++)
+		nsig += p->crash_sig[k] > 0;
+	dmx_pack_cstr(pk, "crashes_by");
+	msgpack_pack_map(pk, nsig);
+	for (k = 0; k < 65; k++) {
+		const char *ab = k ? sigabbrev_np((int)k) : NULL;
+
+		if (p->crash_sig[k] == 0)
+			continue;
+		if (k == 0)
+			snprintf(name, sizeof(name), "exit");
+		else if (ab != NULL)
+			snprintf(name, sizeof(name), "SIG%s", ab);
+		else
+			snprintf(name, sizeof(name), "signal %u", k);
+		pk_kv_u64(pk, name, p->crash_sig[k]);
+	}
+	pk_kv_u64(pk, "kills", p->kills);
+	dmx_pack_cstr(pk, "recycles");
+	msgpack_pack_map(pk, 2);
+	pk_kv_u64(pk, "max_requests", p->recycles_requests);
+	pk_kv_u64(pk, "max_rss_mb", p->recycles_rss);
+	pk_kv_u64(pk, "respawns", p->respawns);
+}
+
+/* $/plugins: each plugin as configured, and a process-mode one's
+ * children as they are now. */
+static void
+pack_plugins(const dmx_gen *g, dmx_buf *b)
+{
+	msgpack_packer pk;
+	dmx_exec_procs pi;
+	size_t i, k;
+	int procs;
+
+	msgpack_packer_init(&pk, b, dmx_buf_pack_write);
+	msgpack_pack_array(&pk, g->nplugins);
+	for (i = 0; i < g->nplugins; i++) {
+		const dmx_plugin *p = g->plugins[i];
+
+		procs = p->exec != NULL && dmx_exec_procs_get(p->exec, &pi);
+		msgpack_pack_map(&pk, 5 + (procs ? 2 : 0));
+		dmx_pack_cstr(&pk, "name");
+		dmx_pack_cstr(&pk, p->name);
+		dmx_pack_cstr(&pk, "path");
+		dmx_pack_cstr(&pk, p->path);
+		dmx_pack_cstr(&pk, "version");
+		dmx_pack_cstr(&pk, p->version);
+		dmx_pack_cstr(&pk, "methods");
+		msgpack_pack_array(&pk, p->nmethods);
+		for (k = 0; k < p->nmethods; k++)
+			dmx_pack_cstr(&pk, p->methods[k]);
+		dmx_pack_cstr(&pk, "isolation");
+		dmx_pack_cstr(&pk, procs ? "process" : "thread");
+		if (!procs)
+			continue;
+		pk_kv_u64(&pk, "processes", pi.processes);
+		dmx_pack_cstr(&pk, "children");
+		msgpack_pack_array(&pk, pi.nchildren);
+		for (k = 0; k < pi.nchildren; k++) {
+			msgpack_pack_map(&pk, 5);
+			pk_kv_u64(&pk, "pid", (uint64_t)pi.child[k].pid);
+			dmx_pack_cstr(&pk, "state");
+			dmx_pack_cstr(&pk, pi.child[k].up ? "serving" :
+			    "starting or retiring");
+			pk_kv_u64(&pk, "started_ms", pi.child[k].started_ms);
+			pk_kv_u64(&pk, "calls", pi.child[k].calls);
+			pk_kv_u64(&pk, "rss_kb", pi.child[k].rss_kb);
+		}
+	}
+}
+
 static void
 pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 {
 	const dmx_router *r = g->router;
+	dmx_exec_procs pi_p;
+	int procs;
 	size_t i, j, n = dmx_router_count(r), nplugins = 0;
 	const dmx_plugin *seen[256];
 	msgpack_packer pk;
@@ -143,9 +228,14 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 
 		dmx_exec_info_get(pool, STUCK_MS, &own);
 		dmx_pack_cstr(&pk, seen[j]->name);
-		msgpack_pack_map(&pk, 7);
+		procs = dmx_exec_procs_get(pool, &pi_p);
+		msgpack_pack_map(&pk, 8 + (procs ? 6 : 0));
+		dmx_pack_cstr(&pk, "isolation");
+		dmx_pack_cstr(&pk, procs ? "process" : "thread");
+		if (procs)
+			pack_procs(&pk, &pi_p);
 		dmx_pack_cstr(&pk, "version");
-		dmx_pack_cstr(&pk, seen[j]->desc->version ? seen[j]->desc->version : "");
+		dmx_pack_cstr(&pk, seen[j]->version);
 		dmx_pack_cstr(&pk, "pool");
 		dmx_pack_cstr(&pk, seen[j]->own_pool ? "own" : "shared");
 		pk_kv_u64(&pk, "workers_busy", busy);
@@ -179,8 +269,7 @@ dmx_builtin(const dmx_gen *g, dmx_server_stats *st, const char *m,
 		b = dmx_router_methods(r);
 		dmx_buf_append(result, b->data, b->len);
 	} else if (ml == 9 && memcmp(m, "$/plugins", 9) == 0) {
-		b = dmx_router_plugins(r);
-		dmx_buf_append(result, b->data, b->len);
+		pack_plugins(g, result);
 	} else if (ml == 7 && memcmp(m, "$/stats", 7) == 0) {
 		pack_stats(g, st, result);
 	} else {

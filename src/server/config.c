@@ -388,12 +388,16 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 {
 	dmx_conf_plugin *p = &cfg->plugins[cfg->nplugins];
 	yaml_node_pair_t *pr;
-	yaml_node_t *pathnode = NULL;
+	yaml_node_t *pathnode = NULL, *isolation = NULL, *process_key = NULL;
 	struct stat st;
 	size_t i;
 
 	p->line = (int)e->start_mark.line + 1;
 	p->col = (int)e->start_mark.column + 1;
+	p->processes = 1;
+	p->kill_after_ms = DMX_DEFAULT_KILL_AFTER_MS;
+	p->respawn_min_ms = DMX_DEFAULT_RESPAWN_MIN_MS;
+	p->respawn_max_ms = DMX_DEFAULT_RESPAWN_MAX_MS;
 	if (e->type != YAML_MAPPING_NODE)
 		return cfg_fail(c, e, "plugins: each entry must be a mapping "
 		    "with name and path, got %s", node_kind(e));
@@ -446,6 +450,55 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 		} else if (strcmp(key, "methods") == 0) {
 			if (load_methods(c, p, v) != 0)
 				return -1;
+		} else if (strcmp(key, "isolation") == 0) {
+			if (s != NULL && strcmp(s, "thread") == 0)
+				p->process = 0;
+			else if (s != NULL && strcmp(s, "process") == 0)
+				p->process = 1;
+			else
+				return cfg_fail(c, v, "isolation: expected thread "
+				    "or process, got %s%s%s", s ? "'" : "",
+				    s ? s : node_kind(v), s ? "'" : "");
+			isolation = v;
+		} else if (strcmp(key, "processes") == 0 ||
+		    strcmp(key, "kill_after_ms") == 0 ||
+		    strcmp(key, "max_requests") == 0 ||
+		    strcmp(key, "max_rss_mb") == 0 ||
+		    strcmp(key, "respawn_min_ms") == 0 ||
+		    strcmp(key, "respawn_max_ms") == 0) {
+			unsigned long long u;
+			int is_ms = strstr(key, "_ms") != NULL;
+
+			if (get_uint(c, v, key, 0, strcmp(key, "processes") ==
+			    0 ? 256 : is_ms ? 86400000u : 1ull << 40, &u) != 0)
+				return -1;
+			if (strcmp(key, "processes") == 0) {
+				if (u == 0)
+					return cfg_fail(c, v, "processes: must be "
+					    "at least 1");
+				p->processes = (unsigned)u;
+			} else if (strcmp(key, "kill_after_ms") == 0) {
+				p->kill_after_ms = (unsigned)u;
+			} else if (strcmp(key, "max_requests") == 0) {
+				p->max_requests = u;
+			} else if (strcmp(key, "max_rss_mb") == 0) {
+				p->max_rss_mb = u;
+			} else if (strcmp(key, "respawn_min_ms") == 0) {
+				p->respawn_min_ms = u > 0 ? (unsigned)u : 1;
+			} else {
+				p->respawn_max_ms = u > 0 ? (unsigned)u : 1;
+			}
+			process_key = k;
+		} else if (strcmp(key, "user") == 0 ||
+		    strcmp(key, "group") == 0) {
+			if (s == NULL || *s == '\0')
+				return cfg_fail(c, v, "%s: expected a name, got "
+				    "%s", key, node_kind(v));
+			if (key[0] == 'u')
+				p->user = strdup(s);
+			else
+				p->group = strdup(s);
+			process_key = k;
 		} else if (strcmp(key, "config") == 0) {
 			dmx_buf b = DMX_BUF_INIT;
 			msgpack_packer pk;
@@ -459,11 +512,20 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 			p->config_len = b.len;
 		} else {
 			return cfg_fail(c, k, "plugins: unknown key '%s' (expected "
-			    "name, path, workers, queue, timeout_ms, methods or "
-			    "config)", key);
+			    "name, path, workers, queue, timeout_ms, methods, "
+			    "config, isolation, processes, kill_after_ms, "
+			    "max_requests, max_rss_mb, respawn_min_ms, "
+			    "respawn_max_ms, user or group)", key);
 		}
 	}
-	if (p->queue > 0 && p->workers == 0)
+	if (process_key != NULL && !p->process)
+		return cfg_fail(c, process_key, "plugins: %s applies to "
+		    "isolation: process only", scalar(process_key));
+	if (p->respawn_max_ms < p->respawn_min_ms)
+		return cfg_fail(c, isolation ? isolation : e, "plugins: "
+		    "respawn_max_ms (%u) is below respawn_min_ms (%u)",
+		    p->respawn_max_ms, p->respawn_min_ms);
+	if (p->queue > 0 && p->workers == 0 && !p->process)
 		return cfg_fail(c, e, "plugins: queue: bounds a plugin's own "
 		    "pool: give it workers: too (the shared pool's bound is "
 		    "the top-level queue:)");
@@ -763,7 +825,10 @@ dmx_config_free(dmx_config *cfg)
 	for (i = 0; i < cfg->nplugins; i++) {
 		free(cfg->plugins[i].name);
 		free(cfg->plugins[i].path);
+		free(cfg->plugins[i].open);
 		free(cfg->plugins[i].config);
+		free(cfg->plugins[i].user);
+		free(cfg->plugins[i].group);
 		for (size_t k = 0; k < cfg->plugins[i].nmethods; k++)
 			free(cfg->plugins[i].methods[k].name);
 		free(cfg->plugins[i].methods);

@@ -29,6 +29,8 @@ typedef struct dmx_conf_method {
 typedef struct dmx_conf_plugin {
 	char   *name;		/* routing prefix; NULL: the plugin's own name */
 	char   *path;		/* resolved against the YAML file's folder */
+	char   *open;		/* what to dlopen, if not path (a child's
+				 * /proc/self/fd/4); NULL normally */
 	char   *config;		/* `config:` as msgpack bytes, or NULL */
 	size_t	config_len;
 	int	workers;	/* its own pool of this size; 0: the shared one */
@@ -36,8 +38,20 @@ typedef struct dmx_conf_plugin {
 	unsigned timeout_ms;	/* deadline of its methods; 0: none */
 	dmx_conf_method *methods; /* per-method settings */
 	size_t	nmethods;
+	/* isolation: process (see docs/configuration.md) */
+	int	process;	/* 0: thread (in demuxd), 1: process */
+	unsigned processes;	/* children; default 1 */
+	unsigned kill_after_ms;	/* past deadline + this: kill the child */
+	uint64_t max_requests;	/* recycle a child after this many; 0 never */
+	uint64_t max_rss_mb;	/* recycle a child past this RSS; 0 never */
+	unsigned respawn_min_ms, respawn_max_ms; /* respawn backoff */
+	char	*user, *group;	/* the children's, when run as root */
 	int	line, col;	/* of the list entry */
 } dmx_conf_plugin;
+
+#define DMX_DEFAULT_KILL_AFTER_MS	5000u
+#define DMX_DEFAULT_RESPAWN_MIN_MS	100u
+#define DMX_DEFAULT_RESPAWN_MAX_MS	5000u
 
 typedef struct dmx_config {
 	char		*file;		/* as given */

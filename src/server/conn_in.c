@@ -644,7 +644,9 @@ void
 conn_cancel(dmx_conn *c, uint32_t msgid)
 {
 	const dmx_route *rt = NULL;
-	dmx_job *j;
+	dmx_exec *run_exec = NULL;
+	dmx_job *j, *run_job = NULL;
+	uint64_t run_seq = 0;
 	int st = -1, answered = 0;
 
 	pthread_mutex_lock(&c->mu);
@@ -657,9 +659,16 @@ conn_cancel(dmx_conn *c, uint32_t msgid)
 			rt = j->route;
 		} else if (st == DMX_JOB_RUNNING) {
 			atomic_store(&j->cancel, 1);
+			/* an executor that runs it elsewhere passes it on; it
+			 * checks seq, as j may be recycled meanwhile */
+			run_exec = j->route->plugin->exec;
+			run_seq = j->seq;
+			run_job = j;
 		}
 	}
 	pthread_mutex_unlock(&c->mu);
+	if (run_exec != NULL)
+		dmx_exec_cancel(run_exec, run_job, run_seq);
 	if (answered) {
 		dmx_method_stats *ms = &rt->stats->m;
 

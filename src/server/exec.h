@@ -51,6 +51,28 @@ typedef struct dmx_exec_info {
 	uint64_t	 longest_ms;
 } dmx_exec_info;
 
+/* An executor that runs jobs in child processes says more (proc.c). */
+#define DMX_EXEC_CHILDREN 16		/* children listed at most */
+typedef struct dmx_exec_child {
+	int		 pid;
+	int		 up;		/* serving (0: starting or retiring) */
+	uint64_t	 started_ms;	/* wall clock, ms since the epoch */
+	uint64_t	 calls;		/* answered */
+	uint64_t	 rss_kb;
+} dmx_exec_child;
+
+typedef struct dmx_exec_procs {
+	unsigned	 processes;	/* configured */
+	unsigned	 up;		/* children serving now */
+	unsigned	 nchildren;	/* listed in child[] */
+	dmx_exec_child	 child[DMX_EXEC_CHILDREN];
+	uint64_t	 crashes;	/* children that died unasked */
+	uint64_t	 crash_sig[65];	/* by signal; [0]: exited non-zero */
+	uint64_t	 kills;		/* killed past kill_after_ms */
+	uint64_t	 recycles_requests, recycles_rss;
+	uint64_t	 respawns;
+} dmx_exec_procs;
+
 typedef struct dmx_exec_ops {
 	const char *kind;		/* "threads", ... */
 	void	  (*submit)(dmx_exec *e, struct dmx_job *head,
@@ -63,6 +85,12 @@ typedef struct dmx_exec_ops {
 	/* workers stuck (over stuck_ms, or the method's timeout_ms) in pl */
 	unsigned  (*stuck_in)(dmx_exec *e, uint64_t stuck_ms, const void *pl);
 	void	  (*free)(dmx_exec *e);
+	/* optional (NULL: not needed) */
+	/* $/cancelRequest for job j (its seq when cancelled) while running:
+	 * an executor that runs jobs elsewhere passes it on */
+	void	  (*cancel)(dmx_exec *e, struct dmx_job *j, uint64_t seq);
+	/* 1 and *out filled if it runs jobs in child processes, else 0 */
+	int	  (*procs)(dmx_exec *e, dmx_exec_procs *out);
 } dmx_exec_ops;
 
 /* Embedded first in every implementation's struct. */
@@ -99,6 +127,19 @@ static inline unsigned
 dmx_exec_stuck_in(dmx_exec *e, uint64_t stuck_ms, const void *pl)
 {
 	return e->ops->stuck_in(e, stuck_ms, pl);
+}
+
+static inline void
+dmx_exec_cancel(dmx_exec *e, struct dmx_job *j, uint64_t seq)
+{
+	if (e->ops->cancel != NULL)
+		e->ops->cancel(e, j, seq);
+}
+
+static inline int
+dmx_exec_procs_get(dmx_exec *e, dmx_exec_procs *out)
+{
+	return e->ops->procs != NULL ? e->ops->procs(e, out) : 0;
 }
 
 static inline void

@@ -13,6 +13,7 @@
 #include "gen.h"
 #include "log.h"
 #include "pool.h"
+#include "proc.h"
 
 /* A plugin is held by every generation that routes to it. The last one to
  * go stops its pool (no job of it is left: each held a generation), then
@@ -40,6 +41,31 @@ find_kept(const dmx_gen *prev, const char *sig)
 		if (strcmp(prev->plugins[k]->sig, sig) == 0)
 			return prev->plugins[k];
 	return NULL;
+}
+
+/* A plugin with isolation: process: its children start (and run init)
+ * now, and what the first one reports is what demuxd routes. */
+static dmx_plugin *
+load_remote(const dmx_conf_plugin *cp, const dmx_config *cfg,
+    const dmx_gen_hooks *hooks, char *err, size_t errlen)
+{
+	dmx_proc_report rep;
+	dmx_plugin *p;
+	dmx_exec *e;
+
+	e = dmx_procs_new(cp, cfg, &hooks->exec, &rep, err, errlen);
+	if (e == NULL)
+		return NULL;
+	p = dmx_plugin_remote(cp, cfg->file, rep.name, rep.version,
+	    (const char *const *)rep.methods, err, errlen);
+	dmx_proc_report_free(&rep);
+	if (p == NULL) {
+		dmx_exec_free(e);
+		return NULL;
+	}
+	p->exec = e;
+	p->own_pool = 1;
+	return p;
 }
 
 dmx_gen *
@@ -70,7 +96,12 @@ dmx_gen_new(dmx_config *cfg, const dmx_gen *prev, const dmx_gen_hooks *hooks,
 
 		dmx_plugin_signature(cp, sig, sizeof(sig));
 		p = (dmx_plugin *)find_kept(prev, sig);
-		if (p == NULL) {
+		if (p == NULL && cp->process) {
+			p = load_remote(cp, cfg, hooks, err, errlen);
+			if (p == NULL)
+				goto fail;
+			g->nfresh++;
+		} else if (p == NULL) {
 			/* after start-up, load a private copy: a .so changed
 			 * at the same path must really be new code */
 			p = prev ? dmx_plugin_load_fresh(cp, cfg->file, err,

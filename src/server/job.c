@@ -243,18 +243,21 @@ send:
 		}
 	}
 	/* the answer is ready: account for it */
-	{
-		dmx_method_stats *ms = &rt->stats->m;
+	dmx_job_account(j, t1 ? t1 : (*now = now_ns()));
+}
 
-		atomic_fetch_add_explicit(&ms->calls, 1, memory_order_relaxed);
-		if (j->errored)
-			dmx_method_error(ms, j->err_code);
-		uint64_t end = t1 ? t1 : (*now = now_ns());
-		uint64_t dt = end > j->t_dispatch ? end - j->t_dispatch : 0;
+void
+dmx_job_account(dmx_job *j, uint64_t end)
+{
+	const dmx_route *rt = j->route;
+	dmx_method_stats *ms = &rt->stats->m;
+	uint64_t dt = end > j->t_dispatch ? end - j->t_dispatch : 0;
 
-		dmx_hist_record(&ms->latency, dt);
-		if (dmx_access_enabled())
-			dmx_access_log(j->conn_id, j->msgid, j->notify,
-			    rt->name, rt->len, j->errored, j->err_code, dt);
-	}
+	atomic_fetch_add_explicit(&ms->calls, 1, memory_order_relaxed);
+	if (j->errored)
+		dmx_method_error(ms, j->err_code);
+	dmx_hist_record(&ms->latency, dt);
+	if (dmx_access_enabled())
+		dmx_access_log(j->conn_id, j->msgid, j->notify, rt->name,
+		    rt->len, j->errored, j->err_code, dt);
 }

@@ -71,6 +71,9 @@ typedef struct dmx_job {
  * end time on return: jobs run back to back share readings (a clock read is
  * not free on every VM). */
 void dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now);
+/* A routed job's answer is ready (it is DONE): count it in its method's
+ * figures, and the access log; `end` is now (ns). */
+void dmx_job_account(dmx_job *j, uint64_t end);
 /* Make `out` hold an error response for the job's msgid. */
 void dmx_job_set_error(dmx_job *j, int64_t code, const char *msg,
     const char *trace);

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
+#include "proc.h"
 #include "server.h"
 
 #define DEMUXD_VERSION "0.1.0"
@@ -75,10 +76,12 @@ main(int argc, char **argv)
 		{ "stdio", no_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
+		/* internal: a child of isolation: process (host.c) */
+		{ "plugin-host", no_argument, NULL, 'P' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *file = NULL;
-	int verbosity = 0, check = 0, stdio = 0, ch, rc = 0;
+	int verbosity = 0, check = 0, stdio = 0, host = 0, ch, rc = 0;
 	const dmx_config *cfg;
 	dmx_config *loaded;
 	dmx_server *srv = NULL;
@@ -94,13 +97,14 @@ main(int argc, char **argv)
 		case 'q': verbosity--; break;
 		case 'C': check = 1; break;
 		case 'S': stdio = 1; break;
+		case 'P': host = 1; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("demuxd %s (plugin ABI %d.%d)\n",
 		    DEMUXD_VERSION, DEMUX_ABI_MAJOR, DEMUX_ABI_MINOR); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
-	if (optind != argc || (file == NULL && !stdio)) {
+	if (optind != argc || (file == NULL && !stdio && !host)) {
 		usage(stderr);
 		return 2;
 	}
@@ -114,6 +118,8 @@ main(int argc, char **argv)
 	sigaddset(&set, SIGHUP);	/* reload */
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	if (host)
+		return dmx_plugin_host_main(3);
 
 	loaded = calloc(1, sizeof(*loaded));
 	if (loaded == NULL) {

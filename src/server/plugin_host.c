@@ -60,13 +60,13 @@ host_log(const demux_host *h, int level, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Check the method list and build the full names. */
+/* Check the method list m (NULL-terminated short names) and build the full
+ * names, then each method's deadline: the plugin's, or its own. */
 static int
-load_methods(dmx_plugin *p, const dmx_conf_plugin *cp, const char *file,
-    char *err, size_t errlen)
+load_methods(dmx_plugin *p, const char *const *m, const dmx_conf_plugin *cp,
+    const char *file, char *err, size_t errlen)
 {
-	const char *const *m = p->desc->methods;
-	size_t n = 0, i, j, len;
+	size_t n = 0, i, j, k, len;
 
 	if (m == NULL)
 		return load_fail(err, errlen, file, cp,
@@ -94,7 +94,67 @@ load_methods(dmx_plugin *p, const dmx_conf_plugin *cp, const char *file,
 		snprintf(p->methods[i], len, "%s.%s", p->name, m[i]);
 		p->nmethods++;
 	}
+	p->timeout_ms = calloc(p->nmethods, sizeof(*p->timeout_ms));
+	if (p->timeout_ms == NULL)
+		return load_fail(err, errlen, file, cp, "out of memory");
+	for (i = 0; i < p->nmethods; i++)
+		p->timeout_ms[i] = cp->timeout_ms;
+	for (k = 0; k < cp->nmethods; k++) {
+		for (i = 0; i < p->nmethods; i++)
+			if (strcmp(m[i], cp->methods[k].name) == 0)
+				break;
+		if (i == p->nmethods) {
+			snprintf(err, errlen, "%s:%d:%d: plugin '%s' has no "
+			    "method '%s'", file, cp->methods[k].line,
+			    cp->methods[k].col, p->name, cp->methods[k].name);
+			return -1;
+		}
+		p->timeout_ms[i] = cp->methods[k].timeout_ms;
+	}
 	return 0;
+}
+
+/* What every plugin gets from its configuration, in either mode. */
+static int
+plugin_common(dmx_plugin *p, const dmx_conf_plugin *cp, const char *file,
+    const char *name, const char *version, const char *const *methods,
+    char *err, size_t errlen)
+{
+	p->workers = cp->workers;
+	p->queue = cp->queue;
+	p->process = cp->process;
+	p->name = strdup(cp->name ? cp->name : name);
+	p->version = strdup(version ? version : "");
+	if (p->name == NULL || p->version == NULL)
+		return load_fail(err, errlen, file, cp, "out of memory");
+	return load_methods(p, methods, cp, file, err, errlen);
+}
+
+dmx_plugin *
+dmx_plugin_remote(const dmx_conf_plugin *cp, const char *file,
+    const char *name, const char *version, const char *const *methods,
+    char *err, size_t errlen)
+{
+	dmx_plugin *p = calloc(1, sizeof(*p));
+
+	if (p == NULL) {
+		load_fail(err, errlen, file, cp, "out of memory");
+		return NULL;
+	}
+	msgpack_zone_init(&p->cfg_zone, 64);
+	p->path = strdup(cp->path);
+	dmx_plugin_signature(cp, p->sig, sizeof(p->sig));
+	if (p->path == NULL) {
+		load_fail(err, errlen, file, cp, "out of memory");
+		goto fail;
+	}
+	if (plugin_common(p, cp, file, name, version, methods, err,
+	    errlen) != 0)
+		goto fail;
+	return p;
+fail:
+	dmx_plugin_unload(p);
+	return NULL;
 }
 
 void
@@ -117,11 +177,16 @@ dmx_plugin_signature(const dmx_conf_plugin *cp, char *buf, size_t len)
 		h = (h ^ cp->methods[i].timeout_ms) * 1099511628211ull;
 	}
 	n = snprintf(buf, len, "%s|%s|%llu:%llu:%lld:%lld.%09ld|w%d q%u t%u "
-	    "h%016llx", cp->name ? cp->name : "", cp->path,
+	    "h%016llx|i%d n%u k%u r%llu m%llu b%u-%u u%s g%s",
+	    cp->name ? cp->name : "", cp->path,
 	    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
 	    (long long)st.st_size, (long long)st.st_mtim.tv_sec,
 	    st.st_mtim.tv_nsec, cp->workers, cp->queue, cp->timeout_ms,
-	    (unsigned long long)h);
+	    (unsigned long long)h, cp->process, cp->processes,
+	    cp->kill_after_ms, (unsigned long long)cp->max_requests,
+	    (unsigned long long)cp->max_rss_mb, cp->respawn_min_ms,
+	    cp->respawn_max_ms, cp->user ? cp->user : "",
+	    cp->group ? cp->group : "");
 	(void)n;
 }
 
@@ -132,7 +197,8 @@ dmx_plugin *
 dmx_plugin_load(const dmx_conf_plugin *cp, const char *file, char *err,
     size_t errlen)
 {
-	return plugin_load(cp, file, cp->path, err, errlen);
+	return plugin_load(cp, file, cp->open ? cp->open : cp->path, err,
+	    errlen);
 }
 
 dmx_plugin *
@@ -252,37 +318,13 @@ plugin_load(const dmx_conf_plugin *cp, const char *file, const char *open_path,
 		goto fail;
 	}
 	p->desc = d;
-	p->workers = cp->workers;
-	p->queue = cp->queue;
-	p->name = strdup(cp->name ? cp->name : d->name);
-	if (p->name == NULL) {
-		load_fail(err, errlen, file, cp, "out of memory");
+	if (d->methods == NULL) {
+		load_fail(err, errlen, file, cp, "descriptor has no method list");
 		goto fail;
 	}
-	if (load_methods(p, cp, file, err, errlen) != 0)
+	if (plugin_common(p, cp, file, d->name, d->version, d->methods, err,
+	    errlen) != 0)
 		goto fail;
-	/* deadlines: the plugin's, then each method's own */
-	p->timeout_ms = calloc(p->nmethods, sizeof(*p->timeout_ms));
-	if (p->timeout_ms == NULL) {
-		load_fail(err, errlen, file, cp, "out of memory");
-		goto fail;
-	}
-	for (size_t i = 0; i < p->nmethods; i++)
-		p->timeout_ms[i] = cp->timeout_ms;
-	for (size_t k = 0; k < cp->nmethods; k++) {
-		size_t i;
-
-		for (i = 0; i < p->nmethods; i++)
-			if (strcmp(d->methods[i], cp->methods[k].name) == 0)
-				break;
-		if (i == p->nmethods) {
-			snprintf(err, errlen, "%s:%d:%d: plugin '%s' has no "
-			    "method '%s'", file, cp->methods[k].line,
-			    cp->methods[k].col, p->name, cp->methods[k].name);
-			goto fail;
-		}
-		p->timeout_ms[i] = cp->methods[k].timeout_ms;
-	}
 
 	/* the host table */
 	p->host.size = sizeof(demux_host);
@@ -334,7 +376,7 @@ dmx_plugin_unload(dmx_plugin *p)
 
 	if (p == NULL)
 		return;
-	if (p->inited && p->desc->fini != NULL)
+	if (p->inited && p->desc != NULL && p->desc->fini != NULL)
 		p->desc->fini(p->state);
 	if (p->handle != NULL)
 		dlclose(p->handle);
@@ -345,6 +387,7 @@ dmx_plugin_unload(dmx_plugin *p)
 	msgpack_zone_destroy(&p->cfg_zone);
 	free(p->cfg_raw);
 	free(p->name);
+	free(p->version);
 	free(p->path);
 	free(p);
 }

@@ -16,6 +16,9 @@
 typedef struct dmx_plugin {
 	char		   *name;	/* routing prefix */
 	char		   *path;
+	char		   *version;	/* the descriptor's, or "" */
+	int		    process;	/* isolation: process: it runs in
+					 * children, desc and handle are NULL */
 	void		   *handle;	/* from dlopen */
 	const demux_plugin *desc;	/* owned by the plugin */
 	void		   *state;	/* from desc->init */
@@ -48,6 +51,13 @@ dmx_plugin *dmx_plugin_load(const dmx_conf_plugin *cp, const char *file,
  * same path gets a new handle (dlopen of a path already loaded would return
  * the old one). Used by reloads. */
 dmx_plugin *dmx_plugin_load_fresh(const dmx_conf_plugin *cp, const char *file,
+    char *err, size_t errlen);
+/* A plugin that runs in child processes (isolation: process): demuxd
+ * itself never loads its code; name, version and methods are what its
+ * first child reported. Returns NULL with "FILE:LINE:COL: ..." in err
+ * (a method configured that it does not have, a bad method list). */
+dmx_plugin *dmx_plugin_remote(const dmx_conf_plugin *cp, const char *file,
+    const char *name, const char *version, const char *const *methods,
     char *err, size_t errlen);
 /* The identity of a configured plugin: its name, file (device, inode, size,
  * mtime), settings and config. Equal signatures: nothing to reload. */

@@ -524,5 +524,5 @@ op_free(dmx_exec *e)
 
 static const dmx_exec_ops pool_ops = {
 	"threads", op_submit, op_requeue, op_info, op_running, op_stuck_in,
-	op_free
+	op_free, NULL, NULL
 };

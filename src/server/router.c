@@ -19,7 +19,6 @@ struct dmx_router {
 	const dmx_route **slots;	/* nslots, power of two, NULL = empty */
 	size_t		 mask;
 	dmx_buf		 methods;	/* $/methods result */
-	dmx_buf		 plugins;	/* $/plugins result */
 };
 
 static uint64_t
@@ -40,10 +39,10 @@ route_cmp(const void *a, const void *b)
 }
 
 static void
-pack_descriptions(dmx_router *r, dmx_plugin *const *plugins, size_t n)
+pack_methods(dmx_router *r)
 {
 	msgpack_packer pk;
-	size_t i, j;
+	size_t i;
 
 	msgpack_packer_init(&pk, &r->methods, dmx_buf_pack_write);
 	msgpack_pack_array(&pk, r->nroutes + 5);
@@ -54,24 +53,6 @@ pack_descriptions(dmx_router *r, dmx_plugin *const *plugins, size_t n)
 	dmx_pack_cstr(&pk, "$/stats");
 	for (i = 0; i < r->nroutes; i++)
 		dmx_pack_cstr(&pk, r->routes[i].name);
-
-	msgpack_packer_init(&pk, &r->plugins, dmx_buf_pack_write);
-	msgpack_pack_array(&pk, n);
-	for (i = 0; i < n; i++) {
-		const dmx_plugin *p = plugins[i];
-
-		msgpack_pack_map(&pk, 4);
-		dmx_pack_cstr(&pk, "name");
-		dmx_pack_cstr(&pk, p->name);
-		dmx_pack_cstr(&pk, "path");
-		dmx_pack_cstr(&pk, p->path);
-		dmx_pack_cstr(&pk, "version");
-		dmx_pack_cstr(&pk, p->desc->version ? p->desc->version : "");
-		dmx_pack_cstr(&pk, "methods");
-		msgpack_pack_array(&pk, p->nmethods);
-		for (j = 0; j < p->nmethods; j++)
-			dmx_pack_cstr(&pk, p->methods[j]);
-	}
 }
 
 static void
@@ -143,7 +124,7 @@ dmx_router_new(dmx_plugin *const *plugins, size_t n, const dmx_router *prev,
 			;
 		r->slots[i] = rt;
 	}
-	pack_descriptions(r, plugins, n);
+	pack_methods(r);
 	return r;
 oom:
 	snprintf(err, errlen, "out of memory");
@@ -163,7 +144,6 @@ dmx_router_free(dmx_router *r)
 	free(r->routes);
 	free(r->slots);
 	dmx_buf_release(&r->methods);
-	dmx_buf_release(&r->plugins);
 	free(r);
 }
 
@@ -198,8 +178,3 @@ dmx_router_methods(const dmx_router *r)
 	return &r->methods;
 }
 
-const dmx_buf *
-dmx_router_plugins(const dmx_router *r)
-{
-	return &r->plugins;
-}

@@ -57,8 +57,7 @@ const dmx_route *dmx_router_find(const dmx_router *r, const char *name,
 size_t dmx_router_count(const dmx_router *r);
 const dmx_route *dmx_router_at(const dmx_router *r, size_t i);
 
-/* Packed msgpack results of $/methods and $/plugins. */
+/* The packed msgpack result of $/methods. */
 const dmx_buf *dmx_router_methods(const dmx_router *r);
-const dmx_buf *dmx_router_plugins(const dmx_router *r);
 
 #endif

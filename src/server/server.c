@@ -297,6 +297,22 @@ dmx_server_add_stdio(dmx_server *s, char *err, size_t errlen)
 	return 0;
 }
 
+int
+dmx_server_add_fd(dmx_server *s, int fd, char *err, size_t errlen)
+{
+	dmx_xport *x;
+
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	x = dmx_xport_plain(fd, fd, 1);
+	if (x == NULL || dmx_conns_add(s->conns, x) == 0) {
+		snprintf(err, errlen, "cannot serve descriptor %d: %s", fd,
+		    strerror(errno));
+		return -1;
+	}
+	s->stdio = 1;
+	return 0;
+}
+
 /* A warning at most once per 10 s per kind, with how many were not said. */
 static void
 warn_limited(uint64_t *last, unsigned *quiet, const char *what)

@@ -39,6 +39,8 @@ dmx_server_stats *dmx_server_stats_get(dmx_server *s);
 int  dmx_server_listen(dmx_server *s, char *err, size_t errlen);
 /* Serve one connection on stdin/stdout; the loop ends when it closes. */
 int  dmx_server_add_stdio(dmx_server *s, char *err, size_t errlen);
+/* The same on a connected socket fd (plugin-host mode). */
+int  dmx_server_add_fd(dmx_server *s, int fd, char *err, size_t errlen);
 /* Run until SIGINT/SIGTERM (or the stdio connection ends), then finish every
  * accepted request, close everything and return 0. */
 int  dmx_server_run(dmx_server *s);
