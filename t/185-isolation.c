@@ -58,6 +58,7 @@ static const char *CONF =
 
 static t_server S;
 static mux_t *M;
+static int metrics_port;
 
 static int
 call_i(const char *method, int64_t arg, int timeout_ms, mux_result *r)
@@ -247,6 +248,23 @@ test_neighbours(void)
 	    t_stat_path(S.uri, "plugins/crashy/crashes_by/SIGSEGV"));
 	ok(wait_serving("crashy", 10000), "crashy serves again after the "
 	    "loop");
+	{
+		char cmd[128], buf[65536];
+		size_t n;
+		FILE *p;
+
+		snprintf(cmd, sizeof(cmd), "curl -s http://127.0.0.1:%d/metrics",
+		    metrics_port);
+		p = popen(cmd, "r");
+		n = p ? fread(buf, 1, sizeof(buf) - 1, p) : 0;
+		buf[n] = '\0';
+		if (p)
+			pclose(p);
+		ok(strstr(buf, "demux_plugin_crashes_total{plugin=\"crashy\","
+		    "signal=\"SIGSEGV\"}") != NULL && strstr(buf,
+		    "demux_plugin_children{plugin=\"crashy\"}") != NULL,
+		    "/metrics has the children and the crashes by signal");
+	}
 }
 
 /* ---- 200 crashes in a row ---- */
@@ -432,10 +450,13 @@ test_user(void)
 int
 main(void)
 {
-	char err[MUX_ERRLEN], yaml[4096];
+	char err[MUX_ERRLEN], yaml[4096], extra[128];
 
 	t_watchdog(300);
-	snprintf(yaml, sizeof(yaml), CONF, "");
+	metrics_port = t_free_port();
+	snprintf(extra, sizeof(extra), "metrics: \"tcp:127.0.0.1:%d\"\n",
+	    metrics_port);
+	snprintf(yaml, sizeof(yaml), CONF, extra);
 	if (t_server_start(&S, yaml, NULL) != 0)
 		bail_out("cannot start demuxd");
 	M = mux_connect(S.uri, err, sizeof(err));

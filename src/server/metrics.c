@@ -9,6 +9,8 @@
  * Locks: a scrape takes one generation reference (dmx_server_gen_acquire:
  * the slot's lock, a leaf, for a moment) and holds no lock while it reads.
  */
+#define _GNU_SOURCE
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,83 @@ static uint64_t
 ld(_Atomic uint64_t *v)
 {
 	return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+/* Plugins with isolation: process: their children and what befell them. */
+static void
+render_procs(const dmx_gen *g, dmx_buf *b)
+{
+	static const char *const fam[] = {
+		"demux_plugin_children", "gauge", "Child processes serving.",
+		"demux_plugin_crashes_total", "counter",
+		"Children that died unasked, by signal (exit: a non-zero exit).",
+		"demux_plugin_kills_total", "counter",
+		"Children killed for a call past timeout_ms + kill_after_ms.",
+		"demux_plugin_recycles_total", "counter",
+		"Children replaced gracefully, by reason.",
+		"demux_plugin_respawns_total", "counter",
+		"Children started to replace one that died.",
+	};
+	dmx_exec_procs pp;
+	size_t i, f;
+	unsigned k;
+	char sig[24];
+
+	for (f = 0; f < 5; f++) {
+		int any = 0;
+
+		for (i = 0; i < g->nplugins; i++) {
+			const dmx_plugin *p = g->plugins[i];
+
+			if (p->exec == NULL || !dmx_exec_procs_get(p->exec, &pp))
+				continue;
+			if (!any++)
+				out(b, "# HELP %s %s\n# TYPE %s %s\n",
+				    fam[3 * f], fam[3 * f + 2], fam[3 * f],
+				    fam[3 * f + 1]);
+			switch (f) {
+			case 0:
+				out(b, "%s{plugin=\"%s\"} %u\n", fam[0], p->name,
+				    pp.up);
+				break;
+			case 1:
+				for (k = 0; k < 65; k++) {
+					const char *ab = k ? sigabbrev_np((int)k) :
+					    NULL;
+
+					if (pp.crash_sig[k] == 0)
+						continue;
+					if (k == 0)
+						snprintf(sig, sizeof(sig), "exit");
+					else if (ab != NULL)
+						snprintf(sig, sizeof(sig), "SIG%s",
+						    ab);
+					else
+						snprintf(sig, sizeof(sig), "%u", k);
+					out(b, "%s{plugin=\"%s\",signal=\"%s\"} "
+					    "%llu\n", fam[3], p->name, sig,
+					    (unsigned long long)pp.crash_sig[k]);
+				}
+				break;
+			case 2:
+				out(b, "%s{plugin=\"%s\"} %llu\n", fam[6],
+				    p->name, (unsigned long long)pp.kills);
+				break;
+			case 3:
+				out(b, "%s{plugin=\"%s\",reason=\"max_requests\"} "
+				    "%llu\n%s{plugin=\"%s\",reason=\"max_rss_mb\"} "
+				    "%llu\n", fam[9], p->name,
+				    (unsigned long long)pp.recycles_requests,
+				    fam[9], p->name,
+				    (unsigned long long)pp.recycles_rss);
+				break;
+			case 4:
+				out(b, "%s{plugin=\"%s\"} %llu\n", fam[12],
+				    p->name, (unsigned long long)pp.respawns);
+				break;
+			}
+		}
+	}
 }
 
 /* Called on libmicrohttpd's thread: the generation's reference (taken by
@@ -155,6 +234,7 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 		out(b, "demux_method_latency_seconds_count{method=\"%s\"} "
 		    "%llu\n", rt->name, (unsigned long long)dmx_hist_count(h));
 	}
+	render_procs(g, b);
 }
 
 static enum MHD_Result

@@ -961,6 +961,23 @@ read_child(dmx_procs *ps, proc_child *ch, dmx_job **done)
 	}
 }
 
+/* The last thing a child said, as the reason it could not start: without
+ * the "demuxd: FILE:LINE:COL: " it puts before its own errors. */
+static void
+keep_failure(dmx_procs *ps, const char *t)
+{
+	size_t fl = strlen(ps->cfgfile);
+	const char *p;
+
+	if (strncmp(t, "demuxd: ", 8) == 0)
+		t += 8;
+	if (fl > 0 && strncmp(t, ps->cfgfile, fl) == 0 && t[fl] == ':' &&
+	    (p = strstr(t + fl, ": ")) != NULL)
+		t = p + 2;
+	snprintf(ps->failure, sizeof(ps->failure), "%.*s",
+	    (int)sizeof(ps->failure) - 1, t);
+}
+
 /* The child's stderr, a line at a time, into our log with its tag. */
 static int
 read_stderr(dmx_procs *ps, proc_child *ch)
@@ -1001,8 +1018,7 @@ read_stderr(dmx_procs *ps, proc_child *ch)
 					lvl = DEMUX_LOG_ERROR, t += 7;
 				dmx_log(lvl, "plugin %s (child %d): %s",
 				    ps->name, (int)ch->pid, t);
-				snprintf(ps->failure, sizeof(ps->failure),
-				    "%.*s", (int)sizeof(ps->failure) - 1, t);
+				keep_failure(ps, t);
 			}
 			ch->linelen = 0;
 		}
@@ -1123,6 +1139,8 @@ child_gone(dmx_procs *ps, proc_child *ch, dmx_job **done)
 			pthread_cond_broadcast(&ps->cv);
 		}
 		pthread_mutex_unlock(&ps->mu);
+		if (!ps->reported)
+			return;		/* start-up: the caller says why */
 		dmx_warn("plugin %s: child %d %s (%s)%s; %s", ps->name,
 		    (int)ch->pid, ch->why[0] ? "was killed" : "crashed",
 		    how, was == CH_STARTING ? " while starting" : "",
@@ -1567,8 +1585,8 @@ dmx_procs_new(const dmx_conf_plugin *cp, const dmx_config *cfg,
 		snprintf(why, sizeof(why), "%s", ps->failure);
 		pthread_mutex_unlock(&ps->mu);
 		snprintf(err, errlen, "%s:%d:%d: plugin '%s' (isolation: "
-		    "process): %s", cfg->file, cp->line, cp->col, ps->name,
-		    why);
+		    "process): its child could not start: %s", cfg->file,
+		    cp->line, cp->col, ps->name, why);
 		op_free(&ps->base);
 		return NULL;
 	}

@@ -166,6 +166,8 @@ jget(json_t *o, const char *path)
 	return v && json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
 }
 
+static void print_plugins(json_t *plugins);
+
 static int
 do_stats(mux_t *m)
 {
@@ -216,8 +218,41 @@ do_stats(mux_t *m)
 		    (unsigned long long)jget(mv, "latency_us.p90"),
 		    (unsigned long long)jget(mv, "latency_us.p99"),
 		    (unsigned long long)jget(mv, "latency_us.max"));
+	print_plugins(json_object_get(st, "plugins"));
 	json_decref(st);
 	return EX_OK;
+}
+
+/* Plugins that run in child processes: their children and troubles. */
+static void
+print_plugins(json_t *plugins)
+{
+	json_t *pv, *by, *n;
+	const char *name, *sig;
+	int head = 0;
+
+	json_object_foreach(plugins, name, pv) {
+		const char *iso = json_string_value(json_object_get(pv,
+		    "isolation"));
+
+		if (iso == NULL || strcmp(iso, "process") != 0)
+			continue;
+		if (!head++)
+			printf("\n%-24s %8s %8s %8s %10s %8s  %s\n", "PLUGIN",
+			    "CHILDREN", "CRASHES", "KILLS", "RECYCLES",
+			    "RESPAWNS", "CRASHES BY");
+		printf("%-24s %8llu %8llu %8llu %10llu %8llu  ", name,
+		    (unsigned long long)jget(pv, "children_up"),
+		    (unsigned long long)jget(pv, "crashes"),
+		    (unsigned long long)jget(pv, "kills"),
+		    (unsigned long long)(jget(pv, "recycles.max_requests") +
+		    jget(pv, "recycles.max_rss_mb")),
+		    (unsigned long long)jget(pv, "respawns"));
+		by = json_object_get(pv, "crashes_by");
+		json_object_foreach(by, sig, n)
+			printf("%s %lld ", sig, (long long)json_integer_value(n));
+		printf("\n");
+	}
 }
 
 /* ---- --batch ---- */
