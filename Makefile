@@ -178,13 +178,14 @@ $(BUILD)/t/%: $(BUILD)/obj/t/%.o $(BUILD)/obj/t/helper.o $(LIBMUX_A)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
 
 # ---- benchmarks (see bench/README.md) ----
-BENCH_BIN = $(BUILD)/bench/mux_load $(BUILD)/bench/mux_pipe $(BUILD)/bench/mux_mem
+BENCH_BIN = $(BUILD)/bench/mux_load $(BUILD)/bench/mux_pipe $(BUILD)/bench/mux_mem \
+	    $(BUILD)/bench/mux_crash
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBMUX_A)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
 
-bench-bin: $(DEMUXD) $(PLUGIN_SO) $(BENCH_BIN)
+bench-bin: $(DEMUXD) $(PLUGIN_SO) $(TPLUGIN_SO) $(BENCH_BIN)
 
 # The entry points: `deps` first, then the build in a second make (which
 # evaluates pkg-config only now), then what they are for.

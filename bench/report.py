@@ -153,6 +153,21 @@ def targets(R, out):
     rows.append(("W4 tx/s (1024 in flight)", fmt(d_tx), f"{fmt(redis[0])} ({redis[1]}); "
                  f"raw hand-off batch {fmt(rawh)}", f"{r:.2f}x Redis", ">= 1x Redis",
                  verdict(r >= 1 if r == r else None)))
+    # isolation: process beside thread mode, in the same run
+    dp, dt = w("demux,unix,W1-process"), w("demux,unix,W1")
+    if dp and dt:
+        p_tx, t_tx = cell(dp, "txps"), cell(dt, "txps")
+        r = ratio(p_tx, t_tx)
+        rows.append(("W1 tx/s, isolation: process", fmt(p_tx),
+                     f"thread mode {fmt(t_tx)}", f"{r:.2f}x thread",
+                     ">= 0.6x thread", verdict(r >= 0.6 if r == r else None)))
+    dp, dt = w("demux,unix,W1-lat-process"), w("demux,unix,W1-lat")
+    if dp and dt:
+        p50, t50 = cell(dp, "p50_us"), cell(dt, "p50_us")
+        r = ratio(p50, t50)
+        rows.append(("W1-lat p50 µs, isolation: process", fmt(p50, 1),
+                     f"thread mode {fmt(t50, 1)}", f"{r:.2f}x thread",
+                     "<= 1.5x thread", verdict(r <= 1.5 if r == r else None)))
     out.append("| target | demux | best peer (and ceiling) | ratio | goal | |")
     out.append("|---|---|---|---|---|---|")
     for row in rows:
@@ -259,6 +274,25 @@ def curves(R, img):
     return made
 
 
+def crash(path, out):
+    """The cost of one crash of a process-mode plugin (bench/mux_crash)."""
+    if not os.path.exists(path):
+        return
+    for line in open(path):
+        if not line.startswith("RESULT crash"):
+            continue
+        kv = dict(f.split("=", 1) for f in line.split()[2:] if "=" in f)
+        out.append("")
+        out.append("| one crash (isolation: process, %s crashes) | median | worst |"
+                   % kv.get("n", "?"))
+        out.append("|---|---|---|")
+        out.append("| SIGSEGV to the -32014 answer (one round trip included) | "
+                   "%s µs | %s µs |" % (kv.get("answer_p50_us"), kv.get("answer_max_us")))
+        out.append("| -32014 to the respawned child's first answered call "
+                   "(respawn_min_ms 1) | %s µs | %s µs |"
+                   % (kv.get("respawn_p50_us"), kv.get("respawn_max_us")))
+
+
 def main():
     d = sys.argv[1]
     img = sys.argv[2] if len(sys.argv) > 2 else None
@@ -272,6 +306,7 @@ def main():
         out.append("")
     targets(R, out)
     memory(os.path.join(d, "memory.txt"), out)
+    crash(os.path.join(d, "crash.txt"), out)
     full_table(R, out)
     if img:
         made = curves(R, img)

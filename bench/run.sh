@@ -42,6 +42,8 @@ add "demux,unix,W1"      4 0 1 "$SRV W1 $SOCK"     "$LOAD -u $SOCK \$W1"
 add "demux,tcp,W1"       4 0 1 "$SRV W1 $TCP"      "$LOAD -u $TCP \$W1"
 add "demux,unix,W1-async" 4 0 1 "$SRV W1 $SOCK"    "$LOAD -A -u $SOCK \$W1"
 add "demux,unix,W1-lat"  4 0 1 "$SRV W1-lat $SOCK" "$LOAD -u $SOCK \$W1L"
+add "demux,unix,W1-process" 4 0 1 "$SRV W1-process $SOCK" "$LOAD -u $SOCK \$W1"
+add "demux,unix,W1-lat-process" 4 0 1 "$SRV W1-lat-process $SOCK" "$LOAD -u $SOCK \$W1L"
 add "demux,unix,W2"      4 0 1 "$SRV W2 $SOCK"     "$LOAD -u $SOCK \$W2"
 add "demux,unix,W3"    100 10000 2 "$SRV W3 $SOCK" "$LOAD -u $SOCK -S 10000 \$W3"
 add "demux,unix,W4-k1024" 4 0 1 "$SRV W4 $SOCK"    "$PIPE -u $SOCK -k 1024 -b 64 -s 64 -d \$DUR -w \$WARM"
@@ -67,6 +69,9 @@ out=$(ls -1d "$PEERS_OUT"/results/* | tail -1)
 
 echo "== memory"
 "$B/bench/mux_mem" "$B/demuxd" "$ROOT/bench/server.sh" | tee "$out/memory.txt"
+
+echo "== the cost of a crash (isolation: process)"
+"$B/bench/mux_crash" "$B/demuxd" "$B/t/plugins/crashy.so" | tee "$out/crash.txt"
 
 echo "== report"
 if [ "${ONLY:-.}" != . ]; then

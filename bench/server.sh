@@ -4,13 +4,21 @@
 # demuxd, so that the pid run.sh measures is demuxd's own. demuxd logs READY
 # once it accepts connections.
 set -eu
-W=${1:?usage: server.sh W1|W1-lat|W2|W3|W4 [URI]}
+W=${1:?usage: server.sh W1|W1-lat|W2|W3|W4|W1-process|W1-lat-process [URI]}
 URI=${2:-unix:/tmp/demux-bench.sock}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
 case $W in
 W3) workers=100 ;;
 *) workers=${WORKERS:-4} ;;
+esac
+# *-process: the echo plugin in a child process (isolation: process), with
+# the same 4 worker threads there
+iso=""
+case $W in
+*-process) iso="
+    isolation: process
+    workers: $workers" ;;
 esac
 conf=${TMPDIR:-/tmp}/demux-bench-$W-$$.yaml
 cat > "$conf" <<X
@@ -19,7 +27,7 @@ workers: $workers
 log_level: info
 plugins:
   - name: echo
-    path: $BUILD/plugins/echo.so
+    path: $BUILD/plugins/echo.so$iso
   - name: sleep
     path: $BUILD/plugins/sleep.so
 X
