@@ -221,7 +221,8 @@ VALGRIND_CLIENT = 340-async 350-reconnect 355-health 360-failover
 valgrind:
 	@$(SUBMAKE) deps
 	@$(SUBMAKE) all
-	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t t/200-reload.t
+	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t t/200-reload.t \
+	  t/185-isolation.t t/186-isolation-reload.t
 	@for t in $(VALGRIND_CLIENT); do \
 	  echo "valgrind: libmux in t/$$t"; \
 	  valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \
