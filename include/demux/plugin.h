@@ -43,7 +43,8 @@ extern "C" {
 
 #define DEMUX_PLUGIN_MAGIC	0x444d5850u	/* "DMXP" */
 #define DEMUX_ABI_MAJOR		1
-#define DEMUX_ABI_MINOR		1	/* 1.1: demux_host.cancelled */
+#define DEMUX_ABI_MINOR		2	/* 1.1: demux_host.cancelled
+					 * 1.2: demux_request.identity */
 
 #define DEMUX_PLUGIN_ENTRY	demux_plugin_entry
 #define DEMUX_PLUGIN_ENTRY_NAME	"demux_plugin_entry"
@@ -81,7 +82,19 @@ typedef struct demux_request {
 	const msgpack_object *params;	/* decoded params; always an array */
 	const char     *raw;		/* params as msgpack bytes */
 	size_t		raw_len;
+	/* ABI 1.2: who calls: "unix:USER", "cert:CN", "token:NAME" or
+	 * "anonymous" (docs/security.md); valid during the call. Read it only
+	 * if size > offsetof(demux_request, identity): demux_identity(). */
+	const char     *identity;
 } demux_request;
+
+/* The caller's identity, or NULL from a host older than ABI 1.2. */
+static inline const char *
+demux_identity(const demux_request *req)
+{
+	return req->size > offsetof(demux_request, identity) ?
+	    req->identity : NULL;
+}
 
 /*
  * The host table: handed to init, valid until fini returns. One per plugin

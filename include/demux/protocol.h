@@ -36,6 +36,8 @@ enum demux_retry {
 	XX(SHUTTING_DOWN,   -32012, "shutting down",     DEMUX_RETRY_PREFIX)  \
 	XX(TOO_LARGE,       -32013, "message too large", DEMUX_RETRY_NEVER)   \
 	XX(PLUGIN_CRASHED,  -32014, "plugin crashed",    DEMUX_RETRY_UNKNOWN) \
+	XX(UNAUTHENTICATED, -32015, "unauthenticated",   DEMUX_RETRY_NEVER)   \
+	XX(PERMISSION_DENIED, -32016, "permission denied", DEMUX_RETRY_NEVER) \
 	XX(CANCELLED,       -32800, "cancelled",         DEMUX_RETRY_UNKNOWN)
 
 enum demux_error {

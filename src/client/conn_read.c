@@ -16,22 +16,11 @@
 
 #include <msgpack.h>
 
+#include "../common/text.h"
 #include "../common/wire.h"
 #include "conn_impl.h"
 
 /* ---- reading ---- */
-
-static char *
-dup_str(const char *s, uint32_t n)
-{
-	char *p = malloc((size_t)n + 1);
-
-	if (p != NULL) {
-		memcpy(p, s, n);
-		p[n] = '\0';
-	}
-	return p;
-}
 
 /* Responses decoded from one read, handed to their callers under one lock. */
 #define DONE_BATCH 64
@@ -112,16 +101,16 @@ on_response(mc_conn *c, dmx_rd *r, done_batch *b)
 		if (dmx_rd_array(r, &n) == 0 && (n == 2 || n == 3) &&
 		    dmx_rd_int(r, &code) == 0 && dmx_rd_str(r, &s, &sl) == 0) {
 			tmp.code = code;
-			tmp.message = dup_str(s, sl);
+			tmp.message = dmx_strndup(s, sl);
 			if (n == 3 && dmx_rd_str(r, &s, &sl) == 0)
-				tmp.trace = dup_str(s, sl);
+				tmp.trace = dmx_strndup(s, sl);
 		} else {
 			/* another server's error object: keep it raw */
 			dmx_rd e;
 
 			dmx_rd_init(&e, err_start, (size_t)(r->end - err_start));
 			if (dmx_rd_str(&e, &s, &sl) == 0) {
-				tmp.message = dup_str(s, sl);
+				tmp.message = dmx_strndup(s, sl);
 			} else {
 				tmp.message = strdup("(non-standard error "
 				    "object; see data)");

@@ -2,6 +2,7 @@
  * text.c - see text.h.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "text.h"
@@ -48,4 +49,16 @@ dmx_escape(char *dst, size_t cap, const char *s, size_t len, size_t max)
 	}
 	dst[n] = 0;
 	return n;
+}
+
+char *
+dmx_strndup(const char *s, size_t len)
+{
+	char *p = malloc(len + 1);
+
+	if (p != NULL) {
+		memcpy(p, s, len);
+		p[len] = '\0';
+	}
+	return p;
 }

@@ -25,4 +25,8 @@ size_t dmx_utf8_cut(const char *s, size_t len, size_t max);
 size_t dmx_escape(char *dst, size_t cap, const char *s, size_t len,
     size_t max);
 
+/* A NUL-terminated copy of s[0..len) (a msgpack string is not one), from
+ * malloc; NULL without memory. */
+char *dmx_strndup(const char *s, size_t len);
+
 #endif

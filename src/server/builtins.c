@@ -14,6 +14,7 @@
 
 #include "../common/msg.h"
 #include "../common/wire.h"
+#include "access.h"
 #include "builtins.h"
 #include "log.h"
 
@@ -157,6 +158,47 @@ pack_plugins(const dmx_gen *g, dmx_buf *b)
 	}
 }
 
+/* $/methods under access rules: only what identity may call. */
+static void
+pack_methods_for(const dmx_gen *g, const char *identity, msgpack_packer *pk)
+{
+	static const char *const builtin[] = { "$/auth", "$/health",
+	    "$/methods", "$/ping", "$/plugins", "$/stats" };
+	size_t i, n = dmx_router_count(g->router), k = 0;
+
+	for (i = 0; i < 6; i++)
+		k += dmx_access_allowed(g->cfg, identity, builtin[i]) != 0;
+	for (i = 0; i < n; i++)
+		k += dmx_access_allowed(g->cfg, identity,
+		    dmx_router_at(g->router, i)->name) != 0;
+	msgpack_pack_array(pk, k);
+	for (i = 0; i < 6; i++)
+		if (dmx_access_allowed(g->cfg, identity, builtin[i]))
+			dmx_pack_cstr(pk, builtin[i]);
+	for (i = 0; i < n; i++)
+		if (dmx_access_allowed(g->cfg, identity,
+		    dmx_router_at(g->router, i)->name))
+			dmx_pack_cstr(pk, dmx_router_at(g->router, i)->name);
+}
+
+/* The access section of $/stats: refusals by identity. */
+static void
+pack_access(msgpack_packer *pk, dmx_server_stats *st)
+{
+	dmx_refusals rf;
+	unsigned i;
+
+	dmx_refusals_get(&st->refusals, &rf);
+	dmx_pack_cstr(pk, "access");
+	msgpack_pack_map(pk, 1);
+	dmx_pack_cstr(pk, "refused");
+	msgpack_pack_map(pk, rf.n + (rf.other ? 1 : 0));
+	for (i = 0; i < rf.n; i++)
+		pk_kv_u64(pk, rf.slot[i].identity, rf.slot[i].count);
+	if (rf.other)
+		pk_kv_u64(pk, "other", rf.other);
+}
+
 static void
 pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 {
@@ -170,7 +212,8 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 
 	dmx_exec_info_get(g->hooks.shared, STUCK_MS, &pi);
 	msgpack_packer_init(&pk, b, dmx_buf_pack_write);
-	msgpack_pack_map(&pk, 4);
+	msgpack_pack_map(&pk, 5);
+	pack_access(&pk, st);
 
 	dmx_pack_cstr(&pk, "server");
 	msgpack_pack_map(&pk, 9);
@@ -253,8 +296,8 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 }
 
 int
-dmx_builtin(const dmx_gen *g, dmx_server_stats *st, const char *m,
-    uint32_t ml, dmx_buf *result)
+dmx_builtin(const dmx_gen *g, dmx_server_stats *st, const char *identity,
+    const char *m, uint32_t ml, dmx_buf *result)
 {
 	const dmx_router *r = g->router;
 	const dmx_buf *b;
@@ -266,8 +309,12 @@ dmx_builtin(const dmx_gen *g, dmx_server_stats *st, const char *m,
 	} else if (ml == 8 && memcmp(m, "$/health", 8) == 0) {
 		dmx_pack_cstr(&pk, draining(st) ? "draining" : "serving");
 	} else if (ml == 9 && memcmp(m, "$/methods", 9) == 0) {
-		b = dmx_router_methods(r);
-		dmx_buf_append(result, b->data, b->len);
+		if (g->cfg->has_access) {
+			pack_methods_for(g, identity, &pk);
+		} else {
+			b = dmx_router_methods(r);
+			dmx_buf_append(result, b->data, b->len);
+		}
 	} else if (ml == 9 && memcmp(m, "$/plugins", 9) == 0) {
 		pack_plugins(g, result);
 	} else if (ml == 7 && memcmp(m, "$/stats", 7) == 0) {

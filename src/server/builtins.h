@@ -13,10 +13,11 @@
 #include "gen.h"
 #include "stats.h"
 
-/* Serve the $/ method m[0..ml) from generation g: 0 with its result packed
+/* Serve the $/ method m[0..ml) from generation g to a caller `identity`
+ * ($/methods lists what it may call): 0 with its result packed
  * into `result` (the caller's; appended to), or DMX_E_NO_METHOD for a name
  * it does not know. */
-int dmx_builtin(const dmx_gen *g, dmx_server_stats *st, const char *m,
-    uint32_t ml, dmx_buf *result);
+int dmx_builtin(const dmx_gen *g, dmx_server_stats *st, const char *identity,
+    const char *m, uint32_t ml, dmx_buf *result);
 
 #endif

@@ -21,18 +21,10 @@
 #include <yaml.h>
 
 #include "../common/buf.h"
-#include "config.h"
+#include "config_impl.h"
 #include "demux/plugin.h"
 
-typedef struct cfg_ctx {
-	const char	*file;
-	char		*dir;		/* folder of file, "" for cwd */
-	yaml_document_t	 doc;
-	char		*err;
-	size_t		 errlen;
-} cfg_ctx;
-
-static int DEMUX_PRINTF(3, 4)
+int DEMUX_PRINTF(3, 4)
 cfg_fail(cfg_ctx *c, const yaml_node_t *n, const char *fmt, ...)
 {
 	va_list ap;
@@ -50,15 +42,15 @@ cfg_fail(cfg_ctx *c, const yaml_node_t *n, const char *fmt, ...)
 	return -1;
 }
 
-static const char *
-scalar(const yaml_node_t *n)
+const char *
+cfg_scalar(const yaml_node_t *n)
 {
 	return n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value
 	    : NULL;
 }
 
-static const char *
-node_kind(const yaml_node_t *n)
+const char *
+cfg_kind(const yaml_node_t *n)
 {
 	switch (n->type) {
 	case YAML_SCALAR_NODE: return "a scalar";
@@ -73,8 +65,8 @@ node_kind(const yaml_node_t *n)
  * slash: dlopen() treats a bare "x.so" as a library name to search for, not
  * as the file next to the configuration.
  */
-static char *
-resolve(const cfg_ctx *c, const char *p)
+char *
+cfg_resolve(const cfg_ctx *c, const char *p)
 {
 	const char *dir = c->dir[0] != '\0' ? c->dir : ".";
 	char *out;
@@ -90,11 +82,11 @@ resolve(const cfg_ctx *c, const char *p)
 }
 
 /* A non-negative integer, with an optional K/M/G (x1024) suffix for sizes. */
-static int
-get_uint(cfg_ctx *c, const yaml_node_t *n, const char *key, int sizes,
+int
+cfg_uint(cfg_ctx *c, const yaml_node_t *n, const char *key, int sizes,
     unsigned long long maxv, unsigned long long *out)
 {
-	const char *s = scalar(n);
+	const char *s = cfg_scalar(n);
 	unsigned long long v, mul = 1;
 	char *end;
 
@@ -127,7 +119,7 @@ get_uint(cfg_ctx *c, const yaml_node_t *n, const char *key, int sizes,
 bad:
 	return cfg_fail(c, n, "%s: expected %s, got %s%s%s", key,
 	    sizes ? "a size in bytes (e.g. 65536 or 64MiB)" :
-	    "a non-negative integer", s ? "'" : "", s ? s : node_kind(n),
+	    "a non-negative integer", s ? "'" : "", s ? s : cfg_kind(n),
 	    s ? "'" : "");
 }
 
@@ -240,8 +232,8 @@ pack_node(cfg_ctx *c, msgpack_packer *pk, yaml_node_t *n, int depth)
 
 /* Reject duplicate keys in a mapping: YAML says they are an error and libyaml
  * does not check. */
-static int
-check_dup_keys(cfg_ctx *c, yaml_node_t *map)
+int
+cfg_check_dup(cfg_ctx *c, yaml_node_t *map)
 {
 	yaml_node_pair_t *a, *b;
 
@@ -249,15 +241,15 @@ check_dup_keys(cfg_ctx *c, yaml_node_t *map)
 	    a++) {
 		yaml_node_t *ka = yaml_document_get_node(&c->doc, a->key);
 
-		if (scalar(ka) == NULL)
+		if (cfg_scalar(ka) == NULL)
 			return cfg_fail(c, ka, "keys must be plain scalars");
 		for (b = a + 1; b < map->data.mapping.pairs.top; b++) {
 			yaml_node_t *kb = yaml_document_get_node(&c->doc, b->key);
 
-			if (scalar(kb) && strcmp(scalar(ka), scalar(kb)) == 0)
+			if (cfg_scalar(kb) && strcmp(cfg_scalar(ka), cfg_scalar(kb)) == 0)
 				return cfg_fail(c, kb,
 				    "duplicate key '%s' (first at line %zu)",
-				    scalar(kb), ka->start_mark.line + 1);
+				    cfg_scalar(kb), ka->start_mark.line + 1);
 		}
 	}
 	return 0;
@@ -286,24 +278,24 @@ load_listen(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
 			items[i] = yaml_document_get_node(&c->doc, *it);
 	} else {
 		return cfg_fail(c, v, "listen: expected an address or a list of "
-		    "addresses, got %s", node_kind(v));
+		    "addresses, got %s", cfg_kind(v));
 	}
 	cfg->listen = calloc(n ? n : 1, sizeof(*cfg->listen));
 	if (cfg->listen == NULL)
 		goto oom;
 	for (i = 0; i < n; i++) {
-		const char *s = scalar(items[i]);
+		const char *s = cfg_scalar(items[i]);
 		dmx_conf_listen *l = &cfg->listen[cfg->nlisten];
 
 		l->line = (int)items[i]->start_mark.line + 1;
 		l->col = (int)items[i]->start_mark.column + 1;
 		if (s == NULL) {
 			cfg_fail(c, items[i], "listen: expected an address, got "
-			    "%s", node_kind(items[i]));
+			    "%s", cfg_kind(items[i]));
 			goto fail;
 		}
 		if (strncmp(s, "unix:", 5) == 0 && s[5] != '\0' && s[5] != '/') {
-			char *p = resolve(c, s + 5);
+			char *p = cfg_resolve(c, s + 5);
 			size_t len = p ? strlen(p) + 6 : 0;
 
 			l->uri = p ? malloc(len) : NULL;
@@ -342,8 +334,8 @@ load_methods(cfg_ctx *c, dmx_conf_plugin *p, yaml_node_t *v)
 
 	if (v->type != YAML_MAPPING_NODE)
 		return cfg_fail(c, v, "methods: expected a mapping of method "
-		    "names to settings, got %s", node_kind(v));
-	if (check_dup_keys(c, v) != 0)
+		    "names to settings, got %s", cfg_kind(v));
+	if (cfg_check_dup(c, v) != 0)
 		return -1;
 	n = (size_t)(v->data.mapping.pairs.top - v->data.mapping.pairs.start);
 	p->methods = calloc(n ? n : 1, sizeof(*p->methods));
@@ -359,10 +351,10 @@ load_methods(cfg_ctx *c, dmx_conf_plugin *p, yaml_node_t *v)
 		m->col = (int)k->start_mark.column + 1;
 		if (s->type != YAML_MAPPING_NODE)
 			return cfg_fail(c, s, "methods: %s: expected a mapping "
-			    "(timeout_ms)", scalar(k));
-		if (check_dup_keys(c, s) != 0)
+			    "(timeout_ms)", cfg_scalar(k));
+		if (cfg_check_dup(c, s) != 0)
 			return -1;
-		m->name = strdup(scalar(k));
+		m->name = strdup(cfg_scalar(k));
 		p->nmethods++;
 		for (q = s->data.mapping.pairs.start;
 		    q < s->data.mapping.pairs.top; q++) {
@@ -371,11 +363,11 @@ load_methods(cfg_ctx *c, dmx_conf_plugin *p, yaml_node_t *v)
 			    q->value);
 			unsigned long long u;
 
-			if (strcmp(scalar(kk), "timeout_ms") != 0)
+			if (strcmp(cfg_scalar(kk), "timeout_ms") != 0)
 				return cfg_fail(c, kk, "methods: %s: unknown key "
 				    "'%s' (expected timeout_ms)", m->name,
-				    scalar(kk));
-			if (get_uint(c, vv, "timeout_ms", 0, 86400000u, &u) != 0)
+				    cfg_scalar(kk));
+			if (cfg_uint(c, vv, "timeout_ms", 0, 86400000u, &u) != 0)
 				return -1;
 			m->timeout_ms = (unsigned)u;
 		}
@@ -400,15 +392,15 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 	p->respawn_max_ms = DMX_DEFAULT_RESPAWN_MAX_MS;
 	if (e->type != YAML_MAPPING_NODE)
 		return cfg_fail(c, e, "plugins: each entry must be a mapping "
-		    "with name and path, got %s", node_kind(e));
-	if (check_dup_keys(c, e) != 0)
+		    "with name and path, got %s", cfg_kind(e));
+	if (cfg_check_dup(c, e) != 0)
 		return -1;
 	cfg->nplugins++;	/* from here on, dmx_config_free owns p */
 	for (pr = e->data.mapping.pairs.start; pr < e->data.mapping.pairs.top;
 	    pr++) {
 		yaml_node_t *k = yaml_document_get_node(&c->doc, pr->key);
 		yaml_node_t *v = yaml_document_get_node(&c->doc, pr->value);
-		const char *key = scalar(k), *s = scalar(v);
+		const char *key = cfg_scalar(k), *s = cfg_scalar(v);
 
 		if (strcmp(key, "name") == 0) {
 			if (s == NULL || *s == '\0' || strchr(s, '.') ||
@@ -420,13 +412,13 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 		} else if (strcmp(key, "path") == 0) {
 			if (s == NULL || *s == '\0')
 				return cfg_fail(c, v, "plugins: path must be a "
-				    "file name, got %s", node_kind(v));
+				    "file name, got %s", cfg_kind(v));
 			pathnode = v;
-			p->path = resolve(c, s);
+			p->path = cfg_resolve(c, s);
 		} else if (strcmp(key, "workers") == 0) {
 			unsigned long long u;
 
-			if (get_uint(c, v, "workers", 0, 4096, &u) != 0)
+			if (cfg_uint(c, v, "workers", 0, 4096, &u) != 0)
 				return -1;
 			if (u == 0)
 				return cfg_fail(c, v, "workers: a plugin's own pool "
@@ -436,7 +428,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 		} else if (strcmp(key, "queue") == 0) {
 			unsigned long long u;
 
-			if (get_uint(c, v, "queue", 0, 1u << 24, &u) != 0)
+			if (cfg_uint(c, v, "queue", 0, 1u << 24, &u) != 0)
 				return -1;
 			if (u == 0)
 				return cfg_fail(c, v, "queue: must be at least 1");
@@ -444,7 +436,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 		} else if (strcmp(key, "timeout_ms") == 0) {
 			unsigned long long u;
 
-			if (get_uint(c, v, "timeout_ms", 0, 86400000u, &u) != 0)
+			if (cfg_uint(c, v, "timeout_ms", 0, 86400000u, &u) != 0)
 				return -1;
 			p->timeout_ms = (unsigned)u;
 		} else if (strcmp(key, "methods") == 0) {
@@ -458,7 +450,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 			else
 				return cfg_fail(c, v, "isolation: expected thread "
 				    "or process, got %s%s%s", s ? "'" : "",
-				    s ? s : node_kind(v), s ? "'" : "");
+				    s ? s : cfg_kind(v), s ? "'" : "");
 			isolation = v;
 		} else if (strcmp(key, "processes") == 0 ||
 		    strcmp(key, "kill_after_ms") == 0 ||
@@ -469,7 +461,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 			unsigned long long u;
 			int is_ms = strstr(key, "_ms") != NULL;
 
-			if (get_uint(c, v, key, 0, strcmp(key, "processes") ==
+			if (cfg_uint(c, v, key, 0, strcmp(key, "processes") ==
 			    0 ? 256 : is_ms ? 86400000u : 1ull << 40, &u) != 0)
 				return -1;
 			if (strcmp(key, "processes") == 0) {
@@ -493,7 +485,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 		    strcmp(key, "group") == 0) {
 			if (s == NULL || *s == '\0')
 				return cfg_fail(c, v, "%s: expected a name, got "
-				    "%s", key, node_kind(v));
+				    "%s", key, cfg_kind(v));
 			if (key[0] == 'u')
 				p->user = strdup(s);
 			else
@@ -520,7 +512,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 	}
 	if (process_key != NULL && !p->process)
 		return cfg_fail(c, process_key, "plugins: %s applies to "
-		    "isolation: process only", scalar(process_key));
+		    "isolation: process only", cfg_scalar(process_key));
 	if (p->respawn_max_ms < p->respawn_min_ms)
 		return cfg_fail(c, isolation ? isolation : e, "plugins: "
 		    "respawn_max_ms (%u) is below respawn_min_ms (%u)",
@@ -556,7 +548,7 @@ load_plugins(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
 
 	if (v->type != YAML_SEQUENCE_NODE)
 		return cfg_fail(c, v, "plugins: expected a list, got %s",
-		    node_kind(v));
+		    cfg_kind(v));
 	n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
 	cfg->plugins = calloc(n ? n : 1, sizeof(*cfg->plugins));
 	if (cfg->plugins == NULL)
@@ -580,14 +572,14 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 		return cfg_fail(c, NULL, "empty configuration");
 	if (root->type != YAML_MAPPING_NODE)
 		return cfg_fail(c, root, "expected a mapping at the top level, "
-		    "got %s", node_kind(root));
-	if (check_dup_keys(c, root) != 0)
+		    "got %s", cfg_kind(root));
+	if (cfg_check_dup(c, root) != 0)
 		return -1;
 	for (pr = root->data.mapping.pairs.start;
 	    pr < root->data.mapping.pairs.top; pr++) {
 		yaml_node_t *k = yaml_document_get_node(&c->doc, pr->key);
 		yaml_node_t *v = yaml_document_get_node(&c->doc, pr->value);
-		const char *key = scalar(k), *s = scalar(v);
+		const char *key = cfg_scalar(k), *s = cfg_scalar(v);
 
 		if (strcmp(key, "listen") == 0) {
 			if (load_listen(c, cfg, v) != 0)
@@ -597,83 +589,83 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				cfg->workers = 0;
 				continue;
 			}
-			if (s == NULL || get_uint(c, v, key, 0, 4096, &u) != 0 ||
+			if (s == NULL || cfg_uint(c, v, key, 0, 4096, &u) != 0 ||
 			    u == 0)
 				return cfg_fail(c, v, "workers: expected a pool "
 				    "size from 1 to 4096 or \"on-demand\", got "
-				    "%s%s%s", s ? "'" : "", s ? s : node_kind(v),
+				    "%s%s%s", s ? "'" : "", s ? s : cfg_kind(v),
 				    s ? "'" : "");
 			cfg->workers = (int)u;
 		} else if (strcmp(key, "max_threads") == 0) {
-			if (get_uint(c, v, key, 0, 65536, &u) != 0)
+			if (cfg_uint(c, v, key, 0, 65536, &u) != 0)
 				return -1;
 			if (u == 0)
 				return cfg_fail(c, v, "max_threads: must be at "
 				    "least 1");
 			cfg->max_threads = (int)u;
 		} else if (strcmp(key, "queue") == 0) {
-			if (get_uint(c, v, key, 0, 1u << 24, &u) != 0)
+			if (cfg_uint(c, v, key, 0, 1u << 24, &u) != 0)
 				return -1;
 			if (u == 0)
 				return cfg_fail(c, v, "queue: must be at least 1");
 			cfg->queue = (unsigned)u;
 		} else if (strcmp(key, "max_frame") == 0) {
-			if (get_uint(c, v, key, 1, 1ull << 31, &u) != 0)
+			if (cfg_uint(c, v, key, 1, 1ull << 31, &u) != 0)
 				return -1;
 			if (u < 64)
 				return cfg_fail(c, v, "max_frame: must be at "
 				    "least 64 bytes");
 			cfg->max_frame = (size_t)u;
 		} else if (strcmp(key, "max_inflight") == 0) {
-			if (get_uint(c, v, key, 0, 1u << 20, &u) != 0)
+			if (cfg_uint(c, v, key, 0, 1u << 20, &u) != 0)
 				return -1;
 			if (u == 0)
 				return cfg_fail(c, v, "max_inflight: must be at "
 				    "least 1");
 			cfg->max_inflight = (unsigned)u;
 		} else if (strcmp(key, "max_connections") == 0) {
-			if (get_uint(c, v, key, 0, 1u << 20, &u) != 0)
+			if (cfg_uint(c, v, key, 0, 1u << 20, &u) != 0)
 				return -1;
 			if (u == 0)
 				return cfg_fail(c, v, "max_connections: must be "
 				    "at least 1");
 			cfg->max_connections = (unsigned)u;
 		} else if (strcmp(key, "max_output") == 0) {
-			if (get_uint(c, v, key, 1, 1ull << 34, &u) != 0)
+			if (cfg_uint(c, v, key, 1, 1ull << 34, &u) != 0)
 				return -1;
 			if (u < 4096)
 				return cfg_fail(c, v, "max_output: must be at "
 				    "least 4096 bytes");
 			cfg->max_output = (size_t)u;
 		} else if (strcmp(key, "max_elements") == 0) {
-			if (get_uint(c, v, key, 16, 1ull << 32, &u) != 0)
+			if (cfg_uint(c, v, key, 16, 1ull << 32, &u) != 0)
 				return -1;
 			cfg->max_elements = (uint64_t)u;
 		} else if (strcmp(key, "max_inflight_bytes") == 0) {
-			if (get_uint(c, v, key, 4096, 1ull << 40, &u) != 0)
+			if (cfg_uint(c, v, key, 4096, 1ull << 40, &u) != 0)
 				return -1;
 			cfg->max_inflight_bytes = (size_t)u;
 		} else if (strcmp(key, "max_memory") == 0) {
-			if (get_uint(c, v, key, 1u << 20, 1ull << 44, &u) != 0)
+			if (cfg_uint(c, v, key, 1u << 20, 1ull << 44, &u) != 0)
 				return -1;
 			cfg->max_memory = (size_t)u;
 		} else if (strcmp(key, "frame_timeout_ms") == 0) {
-			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
+			if (cfg_uint(c, v, key, 0, 86400000u, &u) != 0)
 				return -1;
 			cfg->frame_timeout_ms = (unsigned)u;
 		} else if (strcmp(key, "tcp_keepalive_ms") == 0) {
-			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
+			if (cfg_uint(c, v, key, 0, 86400000u, &u) != 0)
 				return -1;
 			if (u > 0 && u < 1000)
 				return cfg_fail(c, v, "tcp_keepalive_ms: 0 (off) or "
 				    "at least 1000");
 			cfg->tcp_keepalive_ms = (unsigned)u;
 		} else if (strcmp(key, "idle_timeout_ms") == 0) {
-			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
+			if (cfg_uint(c, v, key, 0, 86400000u, &u) != 0)
 				return -1;
 			cfg->idle_timeout_ms = (unsigned)u;
 		} else if (strcmp(key, "drain_timeout_ms") == 0) {
-			if (get_uint(c, v, key, 0, 86400000u, &u) != 0)
+			if (cfg_uint(c, v, key, 0, 86400000u, &u) != 0)
 				return -1;
 			cfg->drain_timeout_ms = (unsigned)u;
 		} else if (strcmp(key, "reuse_port") == 0) {
@@ -710,10 +702,38 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				    "name, or \"-\" for stderr");
 			free(cfg->access_log);
 			cfg->access_log = strcmp(s, "-") == 0 ? strdup("-") :
-			    resolve(c, s);
+			    cfg_resolve(c, s);
 		} else if (strcmp(key, "plugins") == 0) {
 			if (load_plugins(c, cfg, v) != 0)
 				return -1;
+		} else if (strcmp(key, "access") == 0) {
+			if (cfg_load_access(c, cfg, v) != 0)
+				return -1;
+		} else if (strcmp(key, "auth") == 0) {
+			if (cfg_load_auth(c, cfg, v) != 0)
+				return -1;
+		} else if (strcmp(key, "send_traces") == 0) {
+			if (s != NULL && strcmp(s, "true") == 0)
+				cfg->send_traces = 1;
+			else if (s != NULL && strcmp(s, "false") == 0)
+				cfg->send_traces = 0;
+			else
+				return cfg_fail(c, v, "send_traces: expected true "
+				    "or false");
+		} else if (strcmp(key, "unix_mode") == 0) {
+			char *end;
+			unsigned long m = s ? strtoul(s, &end, 8) : 0;
+
+			if (s == NULL || *s == '\0' || *end != '\0' || m > 0777)
+				return cfg_fail(c, v, "unix_mode: expected an octal "
+				    "file mode such as \"0660\"");
+			cfg->unix_mode = (unsigned)m;
+		} else if (strcmp(key, "unix_group") == 0) {
+			if (s == NULL || *s == '\0')
+				return cfg_fail(c, v, "unix_group: expected a group "
+				    "name");
+			free(cfg->unix_group);
+			cfg->unix_group = strdup(s);
 		} else {
 			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
 			    "workers, max_threads, queue, max_frame, max_inflight, "
@@ -721,8 +741,8 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 			    "max_inflight_bytes, max_memory, frame_timeout_ms, "
 			    "tcp_keepalive_ms, idle_timeout_ms, "
 			    "drain_timeout_ms, reuse_port, log_level, metrics, "
-			    "access_log or "
-			    "plugins)", key);
+			    "access_log, access, auth, send_traces, unix_mode, "
+			    "unix_group or plugins)", key);
 		}
 	}
 	return 0;
@@ -747,6 +767,9 @@ dmx_config_defaults(dmx_config *cfg)
 	cfg->frame_timeout_ms = DMX_DEFAULT_FRAME_TIMEOUT_MS;
 	cfg->tcp_keepalive_ms = DMX_DEFAULT_TCP_KEEPALIVE_MS;
 	cfg->log_level = -1;
+	cfg->max_failures = DMX_DEFAULT_MAX_FAILURES;
+	cfg->send_traces = 1;
+	cfg->unix_mode = DMX_DEFAULT_UNIX_MODE;
 }
 
 int
@@ -836,6 +859,28 @@ dmx_config_free(dmx_config *cfg)
 	free(cfg->plugins);
 	free(cfg->metrics);
 	free(cfg->access_log);
+	for (i = 0; i < cfg->naccess; i++) {
+		dmx_conf_rule *r = &cfg->access[i];
+
+		free(r->identity);
+		for (size_t k = 0; k < r->nallow; k++)
+			free(r->allow[k]);
+		for (size_t k = 0; k < r->ndeny; k++)
+			free(r->deny[k]);
+		free(r->allow);
+		free(r->deny);
+	}
+	free(cfg->access);
+	for (i = 0; i < cfg->ntokens; i++) {
+		free(cfg->tokens[i].name);
+		if (cfg->tokens[i].secret != NULL) {
+			explicit_bzero(cfg->tokens[i].secret,
+			    cfg->tokens[i].secret_len);
+			free(cfg->tokens[i].secret);
+		}
+	}
+	free(cfg->tokens);
+	free(cfg->unix_group);
 	free(cfg->file);
 	memset(cfg, 0, sizeof(*cfg));
 }

@@ -53,6 +53,24 @@ typedef struct dmx_conf_plugin {
 #define DMX_DEFAULT_RESPAWN_MIN_MS	100u
 #define DMX_DEFAULT_RESPAWN_MAX_MS	5000u
 
+/* access: one rule (first match on identity wins) */
+typedef struct dmx_conf_rule {
+	char	*identity;	/* a glob on the caller's identity */
+	char	**allow;	/* globs on method names */
+	size_t	 nallow;
+	char	**deny;		/* checked before allow */
+	size_t	 ndeny;
+	int	 line, col;
+} dmx_conf_rule;
+
+/* auth: tokens: one token ($/auth [name, secret]) */
+typedef struct dmx_conf_token {
+	char	*name;
+	char	*secret;	/* the first line of secret_file (wiped when
+				 * freed) */
+	size_t	 secret_len;
+} dmx_conf_token;
+
 typedef struct dmx_config {
 	char		*file;		/* as given */
 	dmx_conf_listen	*listen;
@@ -78,6 +96,16 @@ typedef struct dmx_config {
 	char		*metrics;	/* "tcp:HOST:PORT" for GET /metrics, or NULL */
 	int		 metrics_line, metrics_col;
 	char		*access_log;	/* path (resolved), "-" for stderr, or NULL */
+	/* who may call what (docs/security.md) */
+	int		 has_access;	/* an access: section (even empty) */
+	dmx_conf_rule	*access;
+	size_t		 naccess;
+	dmx_conf_token	*tokens;
+	size_t		 ntokens;
+	unsigned	 max_failures;	/* failed $/auth before closing */
+	int		 send_traces;	/* backtraces in error responses */
+	unsigned	 unix_mode;	/* the unix sockets' file mode */
+	char		*unix_group;	/* ... and group, or NULL */
 	dmx_conf_plugin	*plugins;
 	size_t		 nplugins;
 } dmx_config;
@@ -93,6 +121,8 @@ typedef struct dmx_config {
 #define DMX_DEFAULT_MAX_MEMORY		(1ull << 30)
 #define DMX_DEFAULT_FRAME_TIMEOUT_MS	30000u
 #define DMX_DEFAULT_TCP_KEEPALIVE_MS	60000u
+#define DMX_DEFAULT_MAX_FAILURES	3u
+#define DMX_DEFAULT_UNIX_MODE		0660u
 
 /*
  * Read and validate FILE. On success fill *cfg (free with dmx_config_free)

@@ -66,12 +66,30 @@ conn_ready(dmx_io *io, uint32_t f)
 
 static void conn_attend(dmx_io *io);
 
+int
+conn_set_identity(dmx_conn *c, const char *identity)
+{
+	size_t n = strlen(identity) + 1;
+	struct conn_ident *e = malloc(sizeof(*e) + n);
+
+	if (e == NULL)
+		return -1;
+	memcpy(e->name, identity, n);
+	e->next = c->idents;
+	c->idents = e;
+	c->identity = e->name;
+	c->acl_gen = NULL;	/* the rules apply anew */
+	return 0;
+}
+
 unsigned
-dmx_conns_add(dmx_conns *cs, dmx_xport *x)
+dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
+    const char *peer)
 {
 	dmx_conn *c = calloc(1, sizeof(*c));
 
-	if (c == NULL) {
+	if (c == NULL || conn_set_identity(c, identity) != 0) {
+		free(c);
 		dmx_xport_free(x);
 		errno = ENOMEM;
 		return 0;
@@ -83,6 +101,7 @@ dmx_conns_add(dmx_conns *cs, dmx_xport *x)
 	c->cs = cs;
 	c->xp = x;
 	c->id = ++cs->next_id;
+	snprintf(c->peer, sizeof(c->peer), "%s", peer);
 	c->last_active = dmx_now_ns();
 	c->out_limit = dmx_gen_current(cs->gens)->cfg->max_output;
 	pthread_mutex_init(&c->mu, NULL);
@@ -91,6 +110,7 @@ dmx_conns_add(dmx_conns *cs, dmx_xport *x)
 
 		pthread_mutex_destroy(&c->mu);
 		dmx_xport_free(x);
+		free(c->idents);
 		free(c);
 		errno = e;
 		return 0;

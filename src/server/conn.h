@@ -53,8 +53,11 @@ dmx_conns *dmx_conns_new(dmx_loop *loop, dmx_gen_slot *gens,
 void	 dmx_conns_free(dmx_conns *cs);
 
 /* Serve a connection over transport x (taken: freed with the connection,
- * or here on failure). Returns its id, or 0 with errno. (I/O thread) */
-unsigned dmx_conns_add(dmx_conns *cs, dmx_xport *x);
+ * or here on failure), whose caller is `identity` (access.h) and whose
+ * peer, for the log, is `peer`. Returns its id, or 0 with errno. (I/O
+ * thread) */
+unsigned dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
+    const char *peer);
 /* Connections open now. */
 unsigned dmx_conns_count(const dmx_conns *cs);
 

@@ -76,6 +76,16 @@ struct dmx_conn {
 	int		 draining;	/* $/drain sent */
 	uint64_t	 drain_idle_since; /* ns, draining and idle */
 	int		 abandoned;	/* drain timed out */
+	/* who calls (access.h) */
+	const char	*identity;	/* the current one, in idents */
+	struct conn_ident *idents;	/* every identity it had: a job may
+					 * still point to one; freed with c */
+	char		 peer[96];	/* its address, for the log */
+	unsigned	 auth_failures;	/* $/auth refused */
+	uint8_t		*acl;		/* per route: 0 not known, 1 allowed,
+					 * 2 refused; for acl_gen, identity */
+	size_t		 nacl;
+	const void	*acl_gen;
 
 	/* protected by mu */
 	pthread_mutex_t	 mu;
@@ -113,6 +123,12 @@ struct dmx_conn {
 	unsigned	 idmask, idcount;
 };
 
+/* An identity a connection has had (a list: see dmx_conn.idents). */
+struct conn_ident {
+	struct conn_ident *next;
+	char		 name[];
+};
+
 /* The configuration serving now (I/O thread). */
 static inline const dmx_config *
 conn_cfg(const dmx_conn *c)
@@ -143,6 +159,8 @@ conn_watch(dmx_conn *c, uint32_t events)
 /* ---- conn.c ---- */
 /* The I/O thread lets go; c is freed now or by its last claim. */
 void	conn_release(dmx_conn *c);
+/* c's caller is now `identity`: 0, or -1 without memory. */
+int	conn_set_identity(dmx_conn *c, const char *identity);
 
 /* ---- conn_in.c (I/O thread) ---- */
 void	conn_on_readable(dmx_conn *c);

@@ -23,6 +23,7 @@
 
 #include "../common/msg.h"
 #include "../common/text.h"
+#include "access.h"
 #include "builtins.h"
 #include "conn_impl.h"
 #include "log.h"
@@ -74,6 +75,104 @@ commit(dmx_conn *c, batch *bt)
 }
 
 static void submit(dmx_conn *c, batch *bt);
+
+/* ---- who may call what ---- */
+
+/* Is c's caller allowed rt? Cached per route for the generation and the
+ * identity it was decided for. */
+static int
+route_allowed(dmx_conn *c, const dmx_gen *g, const dmx_route *rt)
+{
+	size_t i = (size_t)(rt - dmx_router_at(g->router, 0)),
+	    n = dmx_router_count(g->router);
+
+	if (c->acl_gen != g || c->nacl != n) {
+		uint8_t *t = realloc(c->acl, n ? n : 1);
+
+		if (t == NULL)
+			return dmx_access_allowed(g->cfg, c->identity,
+			    rt->name);
+		memset(t, 0, n ? n : 1);
+		c->acl = t;
+		c->nacl = n;
+		c->acl_gen = g;
+	}
+	if (c->acl[i] == 0)
+		c->acl[i] = dmx_access_allowed(g->cfg, c->identity,
+		    rt->name) ? 1 : 2;
+	return c->acl[i] == 1;
+}
+
+/* A call the rules refuse: not executed; -32015 for an anonymous caller,
+ * -32016 for a known one; a notification is dropped. Counted. */
+static void
+refuse(dmx_conn *c, uint32_t msgid, int notify, const char *m, uint32_t ml)
+{
+	int anon = strcmp(c->identity, DMX_ANONYMOUS) == 0;
+	int64_t code = anon ? DMX_E_UNAUTHENTICATED : DMX_E_PERMISSION_DENIED;
+
+	dmx_refusal_count(&c->cs->stats->refusals, c->identity);
+	if (!notify) {
+		int cut = (int)dmx_utf8_cut(m, ml, 200);
+
+		if (anon)
+			conn_reply_error(c, msgid, code, "unauthenticated: "
+			    "%.*s needs authentication", cut, m);
+		else
+			conn_reply_error(c, msgid, code, "permission denied: "
+			    "%s may not call %.*s", c->identity, cut, m);
+	}
+	dmx_access_log(c->id, msgid, notify, m, ml, 1, code, 0);
+}
+
+/* $/auth [name, secret]: true, or -32015 "authentication failed" (the same
+ * for an unknown name); past max_failures the connection is closed. */
+static void
+auth(dmx_conn *c, const dmx_config *cfg, uint32_t msgid, const dmx_rd *params)
+{
+	const dmx_conf_token *t = NULL;
+	const char *name = "", *secret = "";
+	uint32_t n, nl = 0, sl = 0;
+	dmx_rd r = *params;
+	char who[160];
+
+	if (dmx_rd_array(&r, &n) == 0 && n == 2 &&
+	    dmx_rd_str(&r, &name, &nl) == 0 && dmx_rd_str(&r, &secret, &sl) == 0)
+		t = dmx_access_token(cfg, name, nl, secret, sl);
+	if (t != NULL) {
+		char id[300];
+		dmx_buf res = DMX_BUF_INIT;
+		msgpack_packer pk;
+
+		snprintf(id, sizeof(id), "token:%s", t->name);
+		if (conn_set_identity(c, id) != 0) {
+			conn_reply_error(c, msgid, DMX_E_INTERNAL, "out of "
+			    "memory");
+			return;
+		}
+		dmx_info("conn %u (%s): authenticated as %s", c->id, c->peer,
+		    c->identity);
+		msgpack_packer_init(&pk, &res, dmx_buf_pack_write);
+		msgpack_pack_true(&pk);
+		conn_reply(c, msgid, res.data, res.len);
+		dmx_buf_release(&res);
+		dmx_access_log(c->id, msgid, 0, "$/auth", 6, 0, 0, 0);
+		return;
+	}
+	c->auth_failures++;
+	dmx_escape(who, sizeof(who), name, nl, 64);
+	dmx_warn("conn %u (%s): $/auth failed for '%s' (%u of %u allowed)",
+	    c->id, c->peer, who, c->auth_failures, cfg->max_failures);
+	conn_reply_error(c, msgid, DMX_E_UNAUTHENTICATED,
+	    "authentication failed");
+	dmx_access_log(c->id, msgid, 0, "$/auth", 6, 1, DMX_E_UNAUTHENTICATED,
+	    0);
+	if (c->auth_failures >= cfg->max_failures) {
+		dmx_info("conn %u (%s): %u failed $/auth: closing", c->id,
+		    c->peer, c->auth_failures);
+		conn_stop_reading(c);	/* closes once the answer is out */
+	}
+}
 
 /* One complete frame. */
 static void
@@ -149,15 +248,24 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		}
 		return;
 	}
+	if (ml == 6 && memcmp(m, "$/auth", 6) == 0) {
+		if (!notify)
+			auth(c, bt->gen->cfg, (uint32_t)msgid, &r);
+		return;
+	}
 	if (ml >= 2 && m[0] == '$' && m[1] == '/') {
 		dmx_buf res = DMX_BUF_INIT;
 		int code = 0;
 
+		if (!dmx_access_allowed_n(bt->gen->cfg, c->identity, m, ml)) {
+			refuse(c, (uint32_t)msgid, notify, m, ml);
+			return;
+		}
 		/* $/ notifications the server does not know are ignored, as
 		 * LSP specifies */
 		if (!notify) {
-			code = dmx_builtin(bt->gen, c->cs->stats, m, ml,
-			    &res);
+			code = dmx_builtin(bt->gen, c->cs->stats, c->identity,
+			    m, ml, &res);
 			if (code == 0)
 				conn_reply(c, (uint32_t)msgid, res.data,
 				    res.len);
@@ -183,6 +291,14 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		return;
 	}
 	rt = dmx_router_find(bt->gen->router, m, ml);
+	/* refused before it is known whether the method exists: a caller
+	 * learns nothing of what it may not call */
+	if (bt->gen->cfg->has_access && !(rt != NULL ?
+	    route_allowed(c, bt->gen, rt) : dmx_access_allowed_n(bt->gen->cfg,
+	    c->identity, m, ml))) {
+		refuse(c, (uint32_t)msgid, notify, m, ml);
+		return;
+	}
 	if (rt == NULL) {
 		if (notify) {
 			char name[900];
@@ -281,10 +397,15 @@ submit(dmx_conn *c, batch *bt)
 			char msg[160];
 
 			next = rej->next;
-			snprintf(msg, sizeof(msg), "overloaded: plugin %s has no "
-			    "room (queue bound or thread cap); not executed, "
-			    "safe to retry", rej->route->plugin->name);
-			dmx_job_set_error(rej, DMX_E_OVERLOADED, msg, NULL);
+			/* an executor may say why itself (-32010 too) */
+			if (rej->out.len == 0) {
+				snprintf(msg, sizeof(msg), "overloaded: plugin %s "
+				    "has no room (queue bound or thread cap); not "
+				    "executed, safe to retry",
+				    rej->route->plugin->name);
+				dmx_job_set_error(rej, DMX_E_OVERLOADED, msg,
+				    NULL);
+			}
 			atomic_fetch_add_explicit(&ms->calls, 1,
 			    memory_order_relaxed);
 			dmx_method_error(ms, DMX_E_OVERLOADED);

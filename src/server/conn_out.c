@@ -58,6 +58,7 @@ conn_job(dmx_conn *c)
 	j->gen = NULL;
 	j->route = NULL;
 	j->conn_id = c->id;
+	j->identity = c->identity;
 	j->notify = 0;
 	j->errored = 0;
 	j->in.len = 0;
@@ -536,6 +537,13 @@ conn_free(dmx_conn *c)
 	}
 	dmx_budget_sub(&c->cs->budget, c->rbuf_counted);
 	free(c->idtab);
+	free(c->acl);
+	while (c->idents != NULL) {
+		struct conn_ident *e = c->idents;
+
+		c->idents = e->next;
+		free(e);
+	}
 	dmx_buf_release(&c->rbuf);
 	dmx_xport_free(c->xp);
 	pthread_mutex_destroy(&c->mu);

@@ -8,8 +8,9 @@
  *
  * Contract, the same for every implementation:
  * - submit takes a list of n jobs (->next); the ones it cannot take (queue
- *   bound, thread cap) come back in *rejected, untouched, for the caller
- *   to answer -32010. Every other job is answered exactly once through
+ *   bound, thread cap, no child up) come back in *rejected, still QUEUED,
+ *   for the caller to answer -32010; an executor may put its own -32010
+ *   answer in j->out (dmx_job_set_error) to say why. Every other job is answered exactly once through
  *   hooks.done, on a thread of the executor's, with its reply in j->out
  *   (or nothing to send: a notification, or a job answered early).
  * - Before a job runs, hooks.admit may keep it (returns 0): the keeper

@@ -30,6 +30,7 @@
 #include <unistd.h>
 
 #include "../common/buf.h"
+#include "../common/text.h"
 #include "../common/wire.h"
 #include "config.h"
 #include "log.h"
@@ -126,17 +127,12 @@ str_of(dmx_rd *r)
 {
 	const char *s;
 	uint32_t n;
-	char *p;
 
 	if (dmx_rd_is_nil(r)) {
 		dmx_rd_nil(r);
 		return NULL;
 	}
-	if (dmx_rd_str(r, &s, &n) != 0 || (p = malloc(n + 1)) == NULL)
-		return NULL;
-	memcpy(p, s, n);
-	p[n] = '\0';
-	return p;
+	return dmx_rd_str(r, &s, &n) == 0 ? dmx_strndup(s, n) : NULL;
 }
 
 /* The host message into cfg (one plugin, no listener). */

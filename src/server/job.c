@@ -23,6 +23,7 @@
 
 #include "../common/msg.h"
 #include "../common/wire.h"
+#include "gen.h"
 #include "job.h"
 #include "log.h"
 
@@ -79,6 +80,12 @@ set_plugin_error(dmx_job *j, int64_t code, const char *trace,
 
 	if (vasprintf(&msg, fmt ? fmt : "", ap) < 0)
 		msg = NULL;
+	if (trace != NULL && j->gen != NULL && !j->gen->cfg->send_traces) {
+		/* send_traces: false: the trace stays in our log */
+		dmx_info("%s: error %lld: %s; its trace (not sent):\n%s",
+		    j->route->name, (long long)code, msg ? msg : "", trace);
+		trace = NULL;
+	}
 	if (!code_allowed(code)) {
 		/* the reserved range belongs to the host: keep the protocol's
 		 * meaning of each code intact for clients */
@@ -199,6 +206,7 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 	req.params = &params;
 	req.raw = j->in.data + j->params_off;
 	req.raw_len = j->params_len;
+	req.identity = j->identity ? j->identity : "anonymous";
 
 	t0 = *now;
 	pl->desc->process_transaction(pl->state, &req, (demux_call *)j);

@@ -49,6 +49,8 @@ typedef struct dmx_job {
 					 * is built; NULL for host-made replies */
 	const dmx_route	*route;		/* in gen's router */
 	unsigned	 conn_id;	/* for the access log */
+	const char	*identity;	/* the caller's (owned by its connection,
+					 * which outlives the job) */
 	uint32_t	 msgid;
 	uint8_t		 notify;	/* a notification: nothing to send */
 	uint8_t		 hashed;	/* in its conn's idtab (conn mu) */

@@ -21,11 +21,14 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <grp.h>
 #include <unistd.h>
 
 #include "../common/uri.h"
 #include "../common/wire.h"
 #include "../common/xport.h"
+#include "access.h"
 #include "conn.h"
 #include "log.h"
 #include "loop.h"
@@ -159,6 +162,7 @@ dmx_server_new(dmx_config *cfg, char *err, size_t errlen)
 		return NULL;
 	}
 	s->stats.started_ns = dmx_now_ns();
+	pthread_mutex_init(&s->stats.refusals.mu, NULL);
 	s->sig_io.rfd = s->sig_io.wfd = -1;
 	s->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	dmx_gen_slot_init(&s->gen);
@@ -210,9 +214,43 @@ fail:
 static void on_listener(dmx_io *io, uint32_t events);
 
 /* Open one listener; -1 with err. */
+/* A unix socket's mode and group (unix_mode, unix_group); -1 with err. */
+static int
+unix_perms(const dmx_uri *u, const dmx_config *cfg, char *err, size_t errlen)
+{
+	struct group gr, *res = NULL;
+	char buf[4096];
+
+	if (chmod(u->path, cfg->unix_mode) != 0) {
+		snprintf(err, errlen, "chmod %s: %s", u->path, strerror(errno));
+		return -1;
+	}
+	if (cfg->unix_group == NULL)
+		return 0;
+	if (getgrnam_r(cfg->unix_group, &gr, buf, sizeof(buf), &res) != 0 ||
+	    res == NULL) {
+		snprintf(err, errlen, "unix_group: no such group '%s'",
+		    cfg->unix_group);
+		return -1;
+	}
+	if (chown(u->path, (uid_t)-1, res->gr_gid) != 0) {
+		snprintf(err, errlen, "chown %s to group %s: %s", u->path,
+		    cfg->unix_group, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int
+is_loopback(const char *host)
+{
+	return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
+	    strcmp(host, "localhost") == 0;
+}
+
 static dmx_listener *
-listener_open(dmx_server *s, const char *text, int reuse_port, char *err,
-    size_t errlen)
+listener_open(dmx_server *s, const char *text, const dmx_config *cfg,
+    char *err, size_t errlen)
 {
 	dmx_listener *l = calloc(1, sizeof(*l));
 	int fd = -1;
@@ -225,8 +263,14 @@ listener_open(dmx_server *s, const char *text, int reuse_port, char *err,
 	l->srv = s;
 	l->io.on_ready = on_listener;
 	if (dmx_uri_parse(l->text, &l->uri, err, errlen) == 0) {
-		l->uri.reuseport = reuse_port;
+		l->uri.reuseport = cfg->reuse_port;
 		fd = dmx_uri_listen(&l->uri, 1024, err, errlen);
+	}
+	if (fd >= 0 && l->uri.kind == DMX_URI_UNIX &&
+	    unix_perms(&l->uri, cfg, err, errlen) != 0) {
+		close(fd);
+		unlink(l->uri.path);
+		fd = -1;
 	}
 	l->io.rfd = l->io.wfd = fd;
 	if (fd >= 0 && dmx_loop_watch(s->loop, &l->io, EPOLLIN) != 0) {
@@ -240,6 +284,11 @@ listener_open(dmx_server *s, const char *text, int reuse_port, char *err,
 		return NULL;
 	}
 	dmx_info("listening on %s", l->text);
+	if (l->uri.kind == DMX_URI_TCP && !cfg->has_access &&
+	    !is_loopback(l->uri.host))
+		dmx_warn("%s is not a loopback address and there is no access: "
+		    "section: anyone who reaches it may call every method "
+		    "(docs/security.md)", l->text);
 	return l;
 }
 
@@ -263,7 +312,7 @@ dmx_server_listen(dmx_server *s, char *err, size_t errlen)
 	size_t i;
 
 	for (i = 0; i < cfg->nlisten; i++) {
-		l = listener_open(s, cfg->listen[i].uri, cfg->reuse_port, e,
+		l = listener_open(s, cfg->listen[i].uri, cfg, e,
 		    sizeof(e));
 		if (l == NULL) {
 			snprintf(err, errlen, "%s:%d:%d: listen: %s", cfg->file,
@@ -287,8 +336,11 @@ dmx_server_add_stdio(dmx_server *s, char *err, size_t errlen)
 	fl = fcntl(STDOUT_FILENO, F_GETFL);
 	fcntl(STDOUT_FILENO, F_SETFL, fl | O_NONBLOCK);
 	dmx_xport *x = dmx_xport_plain(STDIN_FILENO, STDOUT_FILENO, 0);
+	char id[128];
 
-	if (x == NULL || dmx_conns_add(s->conns, x) == 0) {
+	/* the process that started us, and owns our pipes */
+	dmx_access_unix_identity(geteuid(), id, sizeof(id));
+	if (x == NULL || dmx_conns_add(s->conns, x, id, "stdio") == 0) {
 		snprintf(err, errlen, "stdio: cannot poll stdin/stdout (%s); "
 		    "they must be pipes or sockets", strerror(errno));
 		return -1;
@@ -303,8 +355,11 @@ dmx_server_add_fd(dmx_server *s, int fd, char *err, size_t errlen)
 	dmx_xport *x;
 
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	char id[128];
+
 	x = dmx_xport_plain(fd, fd, 1);
-	if (x == NULL || dmx_conns_add(s->conns, x) == 0) {
+	dmx_access_unix_identity(geteuid(), id, sizeof(id));
+	if (x == NULL || dmx_conns_add(s->conns, x, id, "demuxd") == 0) {
 		snprintf(err, errlen, "cannot serve descriptor %d: %s", fd,
 		    strerror(errno));
 		return -1;
@@ -389,11 +444,48 @@ keepalive(int fd, unsigned ms)
 	setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
 }
 
+/* Who is on the other end of an accepted fd: the identity the access
+ * rules see, and an address for the log. */
+static void
+peer_of(int fd, const dmx_listener *l, char *ident, size_t ilen, char *peer,
+    size_t plen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[INET6_ADDRSTRLEN];
+
+	snprintf(ident, ilen, "%s", DMX_ANONYMOUS);
+	snprintf(peer, plen, "%s", l->text);
+	if (l->uri.kind == DMX_URI_UNIX) {
+		struct ucred uc;
+		socklen_t ul = sizeof(uc);
+
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) == 0) {
+			dmx_access_unix_identity(uc.uid, ident, ilen);
+			snprintf(peer, plen, "pid %d, %.60s", (int)uc.pid, ident);
+		}
+		return;
+	}
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) != 0)
+		return;
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		snprintf(peer, plen, "%s:%u", host, ntohs(a->sin_port));
+	} else if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		snprintf(peer, plen, "[%s]:%u", host, ntohs(a->sin6_port));
+	}
+}
+
 static void
 on_accept(dmx_server *s, dmx_listener *l)
 {
 	const dmx_config *cfg = current_cfg(s);
-	char what[256];
+	char what[256], ident[128], peer[96];
 	dmx_xport *x;
 	unsigned id;
 	int fd;
@@ -442,7 +534,8 @@ on_accept(dmx_server *s, dmx_listener *l)
 			close(fd);
 			continue;
 		}
-		if ((id = dmx_conns_add(s->conns, x)) == 0) {
+		peer_of(fd, l, ident, sizeof(ident), peer, sizeof(peer));
+		if ((id = dmx_conns_add(s->conns, x, ident, peer)) == 0) {
 			dmx_warn("accept on %s: cannot register: %s", l->text,
 			    strerror(errno));
 			continue;
@@ -489,8 +582,8 @@ relisten(dmx_server *s, const dmx_config *cfg)
 				break;
 		if (l != NULL) {
 			*pp = l->next;
-		} else if ((l = listener_open(s, cfg->listen[i].uri,
-		    cfg->reuse_port, err, sizeof(err))) == NULL) {
+		} else if ((l = listener_open(s, cfg->listen[i].uri, cfg, err,
+		    sizeof(err))) == NULL) {
 			dmx_warn("reload: %s:%d:%d: listen: %s", cfg->file,
 			    cfg->listen[i].line, cfg->listen[i].col, err);
 			continue;
@@ -748,6 +841,7 @@ dmx_server_free(dmx_server *s)
 	/* deadlines still pending hold their connections: let them go */
 	dmx_loop_free(s->loop);
 	dmx_gen_slot_destroy(&s->gen);
+	pthread_mutex_destroy(&s->stats.refusals.mu);
 	pthread_mutex_destroy(&s->dead_mu);
 	free(s);
 }

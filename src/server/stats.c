@@ -4,6 +4,8 @@
  * Threads: no locks. Every counter is a relaxed atomic; an error slot is
  * claimed by compare-and-swap on its code before its count is added.
  */
+#include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include "../common/bug.h"
@@ -147,4 +149,36 @@ dmx_method_errors(dmx_method_stats *s, dmx_err_snap *out)
 		    memory_order_relaxed);
 		out->total += out->count[out->n++];
 	}
+}
+
+void
+dmx_refusal_count(dmx_refusals *r, const char *identity)
+{
+	unsigned i;
+
+	pthread_mutex_lock(&r->mu);
+	for (i = 0; i < r->n; i++)
+		if (strcmp(r->slot[i].identity, identity) == 0)
+			break;
+	if (i == r->n && r->n < DMX_REFUSAL_SLOTS) {
+		snprintf(r->slot[i].identity, sizeof(r->slot[i].identity), "%s",
+		    identity);
+		r->slot[i].count = 0;
+		r->n++;
+	}
+	if (i < r->n)
+		r->slot[i].count++;
+	else
+		r->other++;
+	pthread_mutex_unlock(&r->mu);
+}
+
+void
+dmx_refusals_get(dmx_refusals *r, dmx_refusals *out)
+{
+	pthread_mutex_lock(&r->mu);
+	out->n = r->n;
+	memcpy(out->slot, r->slot, sizeof(out->slot));
+	out->other = r->other;
+	pthread_mutex_unlock(&r->mu);
 }

@@ -13,6 +13,7 @@
 #ifndef DMX_STATS_H
 #define DMX_STATS_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -72,6 +73,24 @@ typedef struct dmx_err_snap {
 } dmx_err_snap;
 void dmx_method_errors(dmx_method_stats *s, dmx_err_snap *out);
 
+/* Calls refused by the access rules, per identity: the first
+ * DMX_REFUSAL_SLOTS identities get a slot, the rest count in `other`.
+ * Refusals are rare: a mutex, not atomics. */
+#define DMX_REFUSAL_SLOTS 32
+typedef struct dmx_refusals {
+	pthread_mutex_t	 mu;
+	unsigned	 n;
+	struct {
+		char	 identity[96];
+		uint64_t count;
+	} slot[DMX_REFUSAL_SLOTS];
+	uint64_t	 other;
+} dmx_refusals;
+
+void dmx_refusal_count(dmx_refusals *r, const char *identity);
+/* A copy for $/stats and /metrics. */
+void dmx_refusals_get(dmx_refusals *r, dmx_refusals *out);
+
 /* Per server. */
 typedef struct dmx_server_stats {
 	uint64_t	 started_ns;	/* CLOCK_MONOTONIC at start */
@@ -83,6 +102,7 @@ typedef struct dmx_server_stats {
 	_Atomic uint64_t requests;	/* frames dispatched */
 	_Atomic uint64_t reloads;
 	_Atomic uint64_t reload_failures;	/* SIGHUPs that changed nothing */
+	dmx_refusals	 refusals;	/* initialised by the server */
 } dmx_server_stats;
 
 
