@@ -45,6 +45,12 @@ dmx_conns_free(dmx_conns *cs)
 	free(cs);
 }
 
+void
+dmx_conns_trust(dmx_conns *cs)
+{
+	cs->trusted = 1;
+}
+
 unsigned
 dmx_conns_count(const dmx_conns *cs)
 {

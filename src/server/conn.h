@@ -58,6 +58,9 @@ void	 dmx_conns_free(dmx_conns *cs);
  * thread) */
 unsigned dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
     const char *peer);
+/* The set's one peer is demuxd (plugin-host mode): it may name the caller
+ * of what it sends next with [2, "$/as", [identity]]. */
+void	 dmx_conns_trust(dmx_conns *cs);
 /* Connections open now. */
 unsigned dmx_conns_count(const dmx_conns *cs);
 

@@ -41,6 +41,8 @@ struct dmx_conns {
 	unsigned	 n;		/* I/O thread */
 	unsigned	 next_id;	/* I/O thread */
 	uint64_t	 next_check;	/* ns: the next timeout scan */
+	int		 trusted;	/* plugin-host mode: the one peer is
+					 * demuxd, and may say who calls ($/as) */
 	dmx_budget	 budget;	/* max_memory (atomics) */
 };
 

@@ -248,6 +248,23 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		}
 		return;
 	}
+	if (notify && ml == 4 && memcmp(m, "$/as", 4) == 0 && c->cs->trusted) {
+		/* plugin-host mode: demuxd says who calls next */
+		const char *id;
+		uint32_t il;
+		dmx_rd pr = r;
+
+		if (dmx_rd_array(&pr, &n) == 0 && n == 1 &&
+		    dmx_rd_str(&pr, &id, &il) == 0 && il < 128) {
+			char buf[128];
+
+			memcpy(buf, id, il);
+			buf[il] = '\0';
+			commit(c, bt);
+			conn_set_identity(c, buf);
+		}
+		return;
+	}
 	if (ml == 6 && memcmp(m, "$/auth", 6) == 0) {
 		if (!notify)
 			auth(c, bt->gen->cfg, (uint32_t)msgid, &r);

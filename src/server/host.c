@@ -207,6 +207,8 @@ parse_hello(const dmx_buf *b, dmx_config *cfg, char **user, char **group,
 				*log_level = (int)v;
 			else if (KEY("line"))
 				p->line = (int)v;
+			else if (KEY("send_traces"))
+				cfg->send_traces = v != 0;
 		}
 #undef KEY
 	}

@@ -266,6 +266,14 @@ send_locked(dmx_procs *ps, proc_child *ch, dmx_job *j, dmx_job **done)
 		    1000000u : 0;
 	}
 	msgpack_packer_init(&pk, &ch->out, dmx_buf_pack_write);
+	if (j->identity != NULL && strcmp(j->identity, ch->as) != 0) {
+		/* the caller changed: [2, "$/as", [identity]] first, so that
+		 * the plugin sees who calls, as in thread mode */
+		snprintf(ch->as, sizeof(ch->as), "%s", j->identity);
+		dmx_msg_notify_head(&pk, "$/as", 4);
+		msgpack_pack_array(&pk, 1);
+		dmx_pack_cstr(&pk, ch->as);
+	}
 	if (j->notify)
 		dmx_msg_notify_head(&pk, j->route->name, j->route->len);
 	else
@@ -528,7 +536,9 @@ build_hello(dmx_procs *ps, const dmx_conf_plugin *cp, const dmx_config *cfg)
 	msgpack_packer_init(&pk, &ps->hello, dmx_buf_pack_write);
 	dmx_msg_notify_head(&pk, "$/host", 6);
 	msgpack_pack_array(&pk, 1);
-	msgpack_pack_map(&pk, 13);
+	msgpack_pack_map(&pk, 14);
+	dmx_pack_cstr(&pk, "send_traces");
+	msgpack_pack_int(&pk, cfg->send_traces);
 	dmx_pack_cstr(&pk, "name");
 	if (cp->name != NULL)
 		dmx_pack_cstr(&pk, cp->name);

@@ -60,6 +60,7 @@ typedef struct proc_child {
 	char		 line[1024];	/* link: a partial stderr line */
 	size_t		 linelen;
 	char		 why[256];	/* mu: why we killed it, if we did */
+	char		 as[128];	/* mu: the identity it was last told */
 	int		 recycle;	/* 1 requests, 2 rss (while LEAVING) */
 	int		 shut;		/* mu: shutdown(SHUT_WR) sent */
 	uint64_t	 exit_by;	/* EXITING: SIGKILL after this (ns) */

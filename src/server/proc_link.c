@@ -141,6 +141,7 @@ spawn_locked(dmx_procs *ps, proc_child *ch, char *why, size_t whylen)
 	ch->why[0] = '\0';
 	ch->recycle = 0;
 	ch->shut = 0;
+	ch->as[0] = '\0';
 	/* the host message, then $/plugins: its answer says init is done */
 	dmx_buf_append(&ch->out, ps->hello.data, ps->hello.len);
 	ch->plugins_id = ++ch->next_id;

@@ -359,6 +359,7 @@ dmx_server_add_fd(dmx_server *s, int fd, char *err, size_t errlen)
 
 	x = dmx_xport_plain(fd, fd, 1);
 	dmx_access_unix_identity(geteuid(), id, sizeof(id));
+	dmx_conns_trust(s->conns);
 	if (x == NULL || dmx_conns_add(s->conns, x, id, "demuxd") == 0) {
 		snprintf(err, errlen, "cannot serve descriptor %d: %s", fd,
 		    strerror(errno));

@@ -11,6 +11,8 @@
  *   crashy.pid           getpid(), getuid() and the calls this process ran
  *   crashy.sometimes [n] SIGSEGV on every n-th call of this process,
  *                        otherwise returns the call's number
+ *   crashy.whoami        the caller's identity (demux_request.identity)
+ *   crashy.fail          an error with the worker's backtrace as trace
  */
 #include <signal.h>
 #include <stdatomic.h>
@@ -20,9 +22,10 @@
 
 #include <demux/plugin.h>
 
-enum { C_ECHO, C_SEGV, C_ABORT, C_EXIT, C_HANG, C_LEAK, C_PID, C_SOMETIMES };
+enum { C_ECHO, C_SEGV, C_ABORT, C_EXIT, C_HANG, C_LEAK, C_PID, C_SOMETIMES,
+	C_WHOAMI, C_FAIL };
 static const char *const methods[] = { "echo", "segv", "abort", "exit",
-	"hang", "leak", "pid", "sometimes", NULL };
+	"hang", "leak", "pid", "sometimes", "whoami", "fail", NULL };
 
 static atomic_ulong calls;
 
@@ -82,6 +85,21 @@ crashy_process(void *state, const demux_request *req, demux_call *call)
 		msgpack_pack_int64(pk, (int64_t)getpid());
 		msgpack_pack_int64(pk, (int64_t)getuid());
 		msgpack_pack_uint64(pk, n);
+		break;
+	case C_WHOAMI: {
+		const char *id = demux_identity(req);
+
+		pk = demux_result(call);
+		if (id == NULL) {
+			msgpack_pack_nil(pk);
+			break;
+		}
+		msgpack_pack_str(pk, strlen(id));
+		msgpack_pack_str_body(pk, id, strlen(id));
+		break;
+	}
+	case C_FAIL:
+		demux_error_bt(call, 5, "failing on purpose");
 		break;
 	case C_SOMETIMES:
 		if (n % (unsigned long)arg(req, 30) == 0)

@@ -1,0 +1,287 @@
+/*
+ * 188-access.c - who may call what: identities (unix:USER from
+ * SO_PEERCRED, anonymous on tcp, token:NAME after $/auth), the access:
+ * rules (first match wins, deny before allow, no match refused), -32015
+ * and -32016, $/methods filtered, refusals counted, revocation by SIGHUP
+ * on a live connection, tokens (right, wrong, unknown, max_failures), the
+ * identity a plugin sees in both isolation modes, send_traces: false,
+ * unix_mode.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <demux/mux.h>
+
+#include "helper.h"
+#include "tap.h"
+
+static const char *RULES =
+    "access:\n"
+    "  - identity: \"unix:root\"\n"
+    "    allow: [ \"*\" ]\n"
+    "    deny: [ \"kv.del\" ]\n"
+    "  - identity: \"unix:nobody\"\n"
+    "    allow: [ \"crashy.whoami\" ]\n"
+    "  - identity: \"token:ci\"\n"
+    "    allow: [ \"echo.echo\", \"$/stats\", \"crashy.*\", \"iso.*\" ]\n"
+    "  - identity: \"*\"\n"
+    "    allow: [ \"$/ping\", \"$/health\", \"$/methods\" ]\n";
+
+static t_server S;
+static char tcp_uri[64];
+
+static void
+write_conf(const char *rules, int port)
+{
+	char path[400];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/demux.yaml", S.dir);
+	f = fopen(path, "w");
+	fprintf(f, "listen: [ \"unix:demux.sock\", \"tcp:127.0.0.1:%d\" ]\n"
+	    "unix_mode: \"0666\"\n"
+	    "send_traces: false\n"
+	    "auth:\n  tokens:\n    - name: ci\n      secret_file: ci.token\n"
+	    "  max_failures: 2\n"
+	    "%s"
+	    "plugins:\n"
+	    "  - name: echo\n    path: %s\n"
+	    "  - name: kv\n    path: %s\n"
+	    "  - name: crashy\n    path: %s\n"
+	    "  - name: iso\n    path: %s\n    isolation: process\n",
+	    port, rules, t_build("plugins/echo.so"), t_build("plugins/kv.so"),
+	    t_build("t/plugins/crashy.so"), t_build("t/plugins/crashy.so"));
+	fclose(f);
+}
+
+static int
+call(mux_t *m, const char *method, mux_result *r)
+{
+	return mux_call(m, method, NULL, 0, r, 5000);
+}
+
+static void
+expect(mux_t *m, const char *method, int64_t code, const char *needle,
+    const char *what)
+{
+	mux_result r;
+	int rc = call(m, method, &r);
+
+	if (code == 0) {
+		check_int(rc, ==, MUX_OK, "%s", what);
+	} else {
+		check_int(rc == MUX_EREMOTE ? r.code : rc, ==, code, "%s", what);
+		ok(needle == NULL || (r.message != NULL &&
+		    strstr(r.message, needle) != NULL), "...%s", r.message ?
+		    r.message : "(no message)");
+	}
+	mux_result_free(&r);
+}
+
+static char *
+whoami(mux_t *m, const char *plugin)
+{
+	static char buf[128];
+	char meth[64];
+	mux_result r;
+	const char *s;
+	size_t n;
+
+	snprintf(meth, sizeof(meth), "%s.whoami", plugin);
+	buf[0] = '\0';
+	if (call(m, meth, &r) == MUX_OK &&
+	    mux_unpack(r.data, r.len, "s", &s, &n) == MUX_OK)
+		snprintf(buf, sizeof(buf), "%.*s", (int)n, s);
+	mux_result_free(&r);
+	return buf;
+}
+
+static int
+auth(mux_t *m, const char *name, const char *secret, mux_result *r)
+{
+	return mux_callf(m, "$/auth", r, 5000, "ss", name, secret);
+}
+
+int
+main(void)
+{
+	char err[MUX_ERRLEN], path[400];
+	mux_t *u, *t, *t2;
+	mux_result r;
+	struct stat st;
+	int port, rc;
+	FILE *f;
+
+	t_watchdog(120);
+	if (geteuid() != 0)
+		skip_all("the unix: identities here need root (and nobody)");
+	port = t_free_port();
+	snprintf(tcp_uri, sizeof(tcp_uri), "tcp:127.0.0.1:%d", port);
+	/* a first start writes the folder; the real configuration follows */
+	if (t_server_start(&S, "plugins: []\n", NULL) != 0)
+		bail_out("demuxd");
+	S.keep = 1;
+	t_server_stop(&S);
+	snprintf(path, sizeof(path), "%s/ci.token", S.dir);
+	f = fopen(path, "w");
+	fprintf(f, "s3cret-token\n");
+	fclose(f);
+	chmod(path, 0644);
+	write_conf(RULES, port);
+	{
+		char cmd[800], out[2048];
+		size_t n;
+		FILE *p;
+
+		snprintf(cmd, sizeof(cmd), "%s --check -c %s/demux.yaml 2>&1",
+		    t_build("demuxd"), S.dir);
+		p = popen(cmd, "r");
+		n = fread(out, 1, sizeof(out) - 1, p);
+		out[n] = '\0';
+		rc = pclose(p);
+		check_int(WEXITSTATUS(rc), ==, 2, "a group-readable secret_file "
+		    "is a configuration error");
+		ok(strstr(out, "ci.token") && strstr(out, "chmod 600"),
+		    "...naming the file and the fix: %s", out);
+	}
+	chmod(path, 0600);
+	if (t_server_restart(&S) != 0)
+		bail_out("demuxd with access rules");
+
+	check_int(stat(S.uri + 5, &st), ==, 0, "the unix socket exists");
+	check_int(st.st_mode & 0777, ==, 0666, "...with unix_mode 0666");
+
+	u = mux_connect(S.uri, err, sizeof(err));
+	t = mux_connect(tcp_uri, err, sizeof(err));
+	if (u == NULL || t == NULL)
+		bail_out("connect: %s", err);
+
+	/* unix:root: everything but kv.del */
+	check_str(whoami(u, "crashy"), "unix:root", "a unix peer is "
+	    "unix:USER (SO_PEERCRED), and the plugin sees it");
+	check_str(whoami(u, "iso"), "unix:root", "...in a process-mode plugin "
+	    "too");
+	expect(u, "echo.echo", 0, NULL, "unix:root may call echo.echo");
+	expect(u, "kv.del", -32016, "permission denied: unix:root may not "
+	    "call kv.del", "deny is checked before allow");
+
+	/* anonymous (tcp): $/ping, $/health, $/methods only */
+	expect(t, "$/ping", 0, NULL, "anonymous may call $/ping");
+	expect(t, "echo.echo", -32015, "unauthenticated: echo.echo needs "
+	    "authentication", "anonymous may not call echo.echo: -32015");
+	expect(t, "no.such", -32015, NULL, "a method that does not exist is "
+	    "refused the same way (nothing learnt)");
+	check_int(call(t, "$/methods", &r), ==, MUX_OK, "$/methods answers");
+	check_int(t_has_str(r.data, r.len, "$/ping"), ==, 1, "...listing "
+	    "$/ping");
+	check_int(t_has_str(r.data, r.len, "echo.echo"), ==, 0, "...and not "
+	    "what anonymous may not call");
+	mux_result_free(&r);
+
+	/* tokens */
+	check_int(auth(t, "ci", "wrong", &r), ==, MUX_EREMOTE, "$/auth with "
+	    "a wrong secret is refused");
+	check_int(r.code, ==, -32015, "...-32015");
+	check_str(r.message, "authentication failed", "...'authentication "
+	    "failed'");
+	mux_result_free(&r);
+	t2 = mux_connect(tcp_uri, err, sizeof(err));
+	check_int(auth(t2, "nobody-knows", "s3cret-token", &r), ==,
+	    MUX_EREMOTE, "an unknown name is refused");
+	check_str(r.message, "authentication failed", "...with the same "
+	    "message");
+	mux_result_free(&r);
+	check_int(auth(t2, "ci", "s3cret-tokeN", &r), ==, MUX_EREMOTE,
+	    "a second failure on one connection (max_failures 2)");
+	mux_result_free(&r);
+	rc = call(t2, "$/ping", &r);
+	ok(rc == MUX_ECONN || rc == MUX_ENOTCONN || rc == MUX_ECLOSED,
+	    "...closes it (%s)", mux_strerror(rc));
+	mux_result_free(&r);
+	mux_free(t2);
+
+	check_int(auth(t, "ci", "s3cret-token", &r), ==, MUX_OK, "$/auth "
+	    "with the right secret");
+	mux_result_free(&r);
+	check_str(whoami(t, "crashy"), "token:ci", "the identity is now "
+	    "token:ci");
+	check_str(whoami(t, "iso"), "token:ci", "...in a process-mode plugin "
+	    "too");
+	expect(t, "echo.echo", 0, NULL, "token:ci may call echo.echo");
+	expect(t, "kv.get", -32016, "permission denied: token:ci may not call "
+	    "kv.get", "...and not kv.get: -32016");
+	ok(t_stat_path(S.uri, "access/refused/anonymous") >= 2, "$/stats "
+	    "counts refusals by identity (anonymous: %ld)",
+	    t_stat_path(S.uri, "access/refused/anonymous"));
+
+	/* send_traces: false */
+	check_int(call(u, "crashy.fail", &r), ==, MUX_EREMOTE, "a handler "
+	    "error");
+	ok(r.trace == NULL, "...carries no trace with send_traces: false");
+	mux_result_free(&r);
+
+	/* unix:nobody, from a process running as nobody */
+	{
+		struct passwd *pw = getpwnam("nobody");
+		pid_t pid;
+		int st2 = -1;
+
+		if (pw == NULL) {
+			ok(1, "# SKIP no user nobody");
+		} else if (chmod(S.dir, 0711) != 0) {
+			ok(0, "chmod %s: %s", S.dir, strerror(errno));
+		} else if ((pid = fork()) == 0) {
+			mux_t *n;
+			char *id;
+
+			if (setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0)
+				_exit(3);
+			n = mux_connect(S.uri, err, sizeof(err));
+			if (n == NULL)
+				_exit(4);
+			id = whoami(n, "crashy");
+			rc = call(n, "echo.echo", &r);
+			_exit(strcmp(id, "unix:nobody") != 0 ? 5 :
+			    rc != MUX_EREMOTE || r.code != -32016 ? 6 : 0);
+		} else {
+			waitpid(pid, &st2, 0);
+			check_int(WIFEXITED(st2) ? WEXITSTATUS(st2) : -1, ==, 0,
+			    "a client running as nobody is unix:nobody, and "
+			    "its rule applies (0: as expected)");
+		}
+	}
+
+	/* revocation: SIGHUP with token:ci's echo.echo gone */
+	write_conf("access:\n"
+	    "  - identity: \"unix:root\"\n    allow: [ \"*\" ]\n"
+	    "  - identity: \"token:ci\"\n    allow: [ \"crashy.*\" ]\n", port);
+	kill(S.pid, SIGHUP);
+	{
+		double t0 = t_now_ms();
+
+		while (t_stat(S.uri, "server", "reloads") < 1 &&
+		    t_now_ms() - t0 < 10000)
+			sched_yield();
+	}
+	expect(t, "echo.echo", -32016, "token:ci may not call echo.echo",
+	    "after a reload the live connection's next call follows the new "
+	    "rules");
+	rc = mux_callf(u, "kv.del", &r, 5000, "s", "nokey");
+	check_int(rc, ==, MUX_OK, "...and unix:root may now call kv.del (no "
+	    "deny any more)");
+	mux_result_free(&r);
+
+	mux_free(u);
+	mux_free(t);
+	check_int(t_server_stop(&S), ==, 0, "demuxd stops cleanly");
+	done_testing();
+	return exit_status();
+}
