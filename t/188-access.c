@@ -282,6 +282,57 @@ main(void)
 		}
 	}
 
+	/* libmux sends $/auth itself: auth_name, auth_secret */
+	{
+		mux_options o;
+		mux_t *a;
+		char tok[450], cmd[1200], out[512];
+		size_t n;
+		FILE *p;
+
+		mux_options_init(&o);
+		o.auth_name = "ci";
+		o.auth_secret = "s3cret-token";
+		a = mux_open(tcp_uri, &o, err, sizeof(err));
+		ok(a != NULL, "mux_open with auth_name/auth_secret (%s)",
+		    a ? "ok" : err);
+		if (a != NULL) {
+			check_str(whoami(a, "crashy"), "token:ci", "...its calls "
+			    "come from token:ci");
+			mux_free(a);
+		}
+		o.auth_secret = "wrong";
+		o.reconnect = 0;
+		a = mux_open(tcp_uri, &o, err, sizeof(err));
+		ok(a == NULL && strstr(err, "authentication failed") != NULL,
+		    "a refused $/auth: mux_open says so: %s", a ? "" : err);
+		mux_free(a);
+		o.reconnect = 1;
+		a = mux_open(tcp_uri, &o, err, sizeof(err));
+		if (a != NULL) {
+			mux_endpoint_info ei;
+
+			rc = call(a, "echo.echo", &r);
+			check_int(rc == MUX_EREMOTE ? r.code : rc, ==, -32015,
+			    "with reconnects on, the calls fail with the "
+			    "server's answer (%s)", r.message ? r.message : "");
+			mux_result_free(&r);
+			mux_endpoint(a, 0, &ei);
+			check_int(ei.connects, ==, 0, "...and the endpoint is "
+			    "not reconnected in a loop");
+			mux_free(a);
+		}
+		snprintf(tok, sizeof(tok), "ci:%s/ci.token", S.dir);
+		snprintf(cmd, sizeof(cmd), "%s -c %s --token %s crashy.whoami "
+		    "2>&1", t_build("muxcall"), tcp_uri, tok);
+		p = popen(cmd, "r");
+		n = fread(out, 1, sizeof(out) - 1, p);
+		out[n] = '\0';
+		pclose(p);
+		ok(strstr(out, "token:ci") != NULL, "muxcall --token NAME:FILE: "
+		    "%s", out);
+	}
+
 	/* revocation: SIGHUP with token:ci's echo.echo gone */
 	write_conf("access:\n"
 	    "  - identity: \"unix:root\"\n    allow: [ \"*\" ]\n"

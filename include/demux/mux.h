@@ -111,6 +111,12 @@ typedef struct mux_options {
 				 * thread; 1 run in mux_dispatch, on your thread,
 				 * when mux_completion_fd is readable */
 	size_t	max_frame;	/* largest response (default 64 MiB) */
+	/* a token for servers with access rules (docs/security.md): sent as
+	 * $/auth [auth_name, auth_secret] on every connection, before any
+	 * call; a server that refuses it fails the calls with its answer
+	 * (-32015) and is not reconnected. Copied by mux_open; NULL: none */
+	const char *auth_name;
+	const char *auth_secret;
 } mux_options;
 
 MUX_API void mux_options_init(mux_options *o);

@@ -116,6 +116,20 @@ mh_pick(mux_t *m, int skip, unsigned *idx, unsigned *gen, int *why,
 			*idx = i;
 		}
 	}
+	if (best == NULL && draining == 0) {
+		/* an endpoint that refused our $/auth: its answer stands */
+		for (k = 0; k < m->nep && !m->ep[k].auth_refused; k++)
+			;
+		if (k < m->nep && (int)k != skip) {
+			*why = MUX_EREMOTE;
+			if (res != NULL) {
+				res->code = m->ep[k].auth_code;
+				mh_set_msg(res, "%s", m->ep[k].why);
+			}
+			pthread_rwlock_unlock(&m->eplock);
+			return NULL;
+		}
+	}
 	if (best != NULL) {
 		mc_ref(best);
 		*gen = m->ep[*idx].gen;

@@ -44,6 +44,10 @@ typedef struct mh_ep {
 	char		 why[MUX_ERRLEN]; /* eplock: last failure */
 	mh_probe	 probe;
 	_Atomic int	 health_draining; /* $/health said "draining" */
+	/* a refused $/auth (supervisor writes, pickers read under eplock):
+	 * not reconnected; calls fail with the server's answer */
+	int		 auth_refused;
+	int64_t		 auth_code;
 	_Atomic uint64_t calls;
 	_Atomic uint64_t connects;
 	_Atomic uint64_t connect_failures;
@@ -109,6 +113,7 @@ struct mux {
 	pthread_cond_t	 users_cv;	/* mu: users or readers reached 0 */
 
 	_Atomic uint64_t calls, retries, late_retired;
+	char		*auth_name, *auth_secret;	/* copies, or NULL */
 };
 
 /* A cancellation token's value: endpoint + 1 (16 bits), its connection's

@@ -254,6 +254,11 @@ handle_new(unsigned n, const mux_options *o, char *err, size_t errlen)
 		memcpy(&m->opt, o, o->size < sizeof(m->opt) && o->size != 0 ?
 		    o->size : sizeof(m->opt));
 	m->opt.size = sizeof(m->opt);
+	if (m->opt.auth_name != NULL && m->opt.auth_secret != NULL) {
+		m->auth_name = strdup(m->opt.auth_name);
+		m->auth_secret = strdup(m->opt.auth_secret);
+	}
+	m->opt.auth_name = m->opt.auth_secret = NULL;	/* not the caller's */
 	if (m->opt.backoff_min_ms <= 0)
 		m->opt.backoff_min_ms = 100;
 	if (m->opt.backoff_max_ms < m->opt.backoff_min_ms)
@@ -622,6 +627,11 @@ mux_free(mux_t *m)
 	for (i = 0; i < m->nep; i++)
 		free(m->ep[i].uri);
 	free(m->ep);
+	free(m->auth_name);
+	if (m->auth_secret != NULL) {
+		explicit_bzero(m->auth_secret, strlen(m->auth_secret));
+		free(m->auth_secret);
+	}
 	pthread_cond_destroy(&m->users_cv);
 	pthread_cond_destroy(&m->qcv);
 	pthread_cond_destroy(&m->up_cv);

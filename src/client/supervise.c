@@ -19,6 +19,9 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <msgpack.h>
+
+#include "../common/buf.h"
 #include "../common/wire.h"
 #include "handle.h"
 
@@ -67,6 +70,54 @@ on_conn_stop(void *arg)
 }
 
 /* Start a connection for ep over fds it takes; counts its reader in. */
+/* $/auth [name, secret] on a new connection, before anyone may use it.
+ * 0, or -1 with why in err; a refusal marks ep (not reconnected). */
+static int
+authenticate(mux_t *m, mh_ep *ep, mc_conn *c, char *err, size_t errlen)
+{
+	struct timespec dl;
+	dmx_buf b = DMX_BUF_INIT;
+	msgpack_packer pk;
+	mux_result res;
+	mc_call call;
+	int rc, ms = m->opt.connect_timeout_ms > 0 ?
+	    m->opt.connect_timeout_ms : 2000;
+
+	msgpack_packer_init(&pk, &b, dmx_buf_pack_write);
+	msgpack_pack_array(&pk, 2);
+	dmx_pack_cstr(&pk, m->auth_name);
+	dmx_pack_cstr(&pk, m->auth_secret);
+	memset(&res, 0, sizeof(res));
+	memset(&call, 0, sizeof(call));
+	call.res = &res;
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_sec += ms / 1000;
+	dl.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (dl.tv_nsec >= 1000000000L) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000L;
+	}
+	rc = mc_start(c, &call, "$/auth", b.data, b.len);
+	if (rc == MUX_OK)
+		rc = mc_wait(c, &call, &dl);
+	explicit_bzero(b.data, b.len);
+	dmx_buf_release(&b);
+	if (rc == MUX_EREMOTE) {
+		mh_set_err(err, errlen, "$/auth as %s refused: %s (%lld)",
+		    m->auth_name, res.message ? res.message : "",
+		    (long long)res.code);
+		pthread_rwlock_wrlock(&m->eplock);
+		ep->auth_refused = 1;
+		ep->auth_code = res.code;
+		pthread_rwlock_unlock(&m->eplock);
+	} else if (rc != MUX_OK) {
+		mh_set_err(err, errlen, "$/auth: %s", res.message ?
+		    res.message : mux_strerror(rc));
+	}
+	mux_result_free(&res);
+	return rc == MUX_OK ? 0 : -1;
+}
+
 mc_conn *
 mh_conn_start(mux_t *m, mh_ep *ep, int rfd, int wfd, pid_t child, char *err,
     size_t errlen)
@@ -82,6 +133,12 @@ mh_conn_start(mux_t *m, mh_ep *ep, int rfd, int wfd, pid_t child, char *err,
 		pthread_mutex_lock(&m->mu);
 		m->readers--;
 		pthread_mutex_unlock(&m->mu);
+		return NULL;
+	}
+	if (m->auth_name != NULL && authenticate(m, ep, c, err, errlen) != 0) {
+		mc_close(c);
+		mc_unref(c);
+		return NULL;
 	}
 	return c;
 }
@@ -253,7 +310,7 @@ sup_main(void *arg)
 				    mh_backoff_ns(&m->opt, 0) : 0);
 			}
 			if (c == NULL && m->opt.reconnect && ep->can_connect &&
-			    now >= ep->retry_at) {
+			    !ep->auth_refused && now >= ep->retry_at) {
 				c = mh_ep_connect(m, ep, err, sizeof(err));
 				now = dmx_now_ns();
 				if (c == NULL) {

@@ -51,6 +51,23 @@ ld(_Atomic uint64_t *v)
 	return atomic_load_explicit(v, memory_order_relaxed);
 }
 
+/* A label value as the text format wants it: \\, \" and \n escaped. */
+static void
+label(char *dst, size_t cap, const char *s)
+{
+	size_t n = 0;
+
+	for (; *s != '\0' && n + 3 < cap; s++) {
+		if (*s == '\\' || *s == '"' || *s == '\n') {
+			dst[n++] = '\\';
+			dst[n++] = *s == '\n' ? 'n' : *s;
+		} else {
+			dst[n++] = *s;
+		}
+	}
+	dst[n] = '\0';
+}
+
 /* Plugins with isolation: process: their children and what befell them. */
 static void
 render_procs(const dmx_gen *g, dmx_buf *b)
@@ -235,6 +252,25 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 		    "%llu\n", rt->name, (unsigned long long)dmx_hist_count(h));
 	}
 	render_procs(g, b);
+	{
+		dmx_refusals rf;
+		unsigned ri;
+		char lab[200];
+
+		dmx_refusals_get(&st->refusals, &rf);
+		out(b, "# HELP demux_access_refused_total Calls refused by the "
+		    "access rules, per identity.\n"
+		    "# TYPE demux_access_refused_total counter\n");
+		for (ri = 0; ri < rf.n; ri++) {
+			label(lab, sizeof(lab), rf.slot[ri].identity);
+			out(b, "demux_access_refused_total{identity=\"%s\"} "
+			    "%llu\n", lab,
+			    (unsigned long long)rf.slot[ri].count);
+		}
+		if (rf.other)
+			out(b, "demux_access_refused_total{identity=\"other\"} "
+			    "%llu\n", (unsigned long long)rf.other);
+	}
 }
 
 static enum MHD_Result

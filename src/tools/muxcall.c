@@ -45,6 +45,7 @@ usage(FILE *fp)
 	    "      --spawn CONF   run `demuxd --stdio -c CONF` and talk to it\n"
 	    "  -p, --pretty       indent the JSON output\n"
 	    "  -t, --timeout MS   per call (default 10000; 0: none)\n"
+	    "      --token NAME:FILE  send $/auth [NAME, first line of FILE] first\n"
 	    "  -l, --list         list the methods served\n"
 	    "  -s, --stats        show live statistics as a table\n"
 	    "  -b, --batch        read one request per line on stdin:\n"
@@ -479,8 +480,10 @@ main(int argc, char **argv)
 		{ "stats", no_argument, NULL, 's' },
 		{ "batch", no_argument, NULL, 'b' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "token", required_argument, NULL, 'T' },
 		{ NULL, 0, NULL, 0 },
 	};
+	char *token_name = NULL, secret[4096];
 	const char *uri = getenv("DEMUX_URI"), *spawn = NULL;
 	int ch, list = 0, stats = 0, batch = 0, threads = 1, rc;
 	long n = 0;
@@ -501,6 +504,29 @@ main(int argc, char **argv)
 		case 'b': batch = 1; break;
 		case 'n': n = atol(optarg); break;
 		case 'P': threads = atoi(optarg); break;
+		case 'T': {
+			/* NAME:FILE, the secret being FILE's first line */
+			char *colon = strchr(optarg, ':');
+			FILE *f;
+
+			if (colon == NULL || colon == optarg) {
+				fprintf(stderr, "muxcall: --token NAME:FILE\n");
+				return EX_USAGE;
+			}
+			*colon = '\0';
+			token_name = optarg;
+			if ((f = fopen(colon + 1, "r")) == NULL ||
+			    fgets(secret, sizeof(secret), f) == NULL) {
+				fprintf(stderr, "muxcall: --token: %s: %s\n",
+				    colon + 1, f ? "empty" : strerror(errno));
+				if (f)
+					fclose(f);
+				return EX_USAGE;
+			}
+			fclose(f);
+			secret[strcspn(secret, "\r\n")] = '\0';
+			break;
+		}
 		case 'h': usage(stdout); return EX_OK;
 		default: usage(stderr); return EX_USAGE;
 		}
@@ -520,6 +546,16 @@ main(int argc, char **argv)
 		if (d != NULL && *d != '\0')
 			sargv[0] = (char *)d;
 		m = mux_spawn(sargv, err, sizeof(err));
+	} else if (token_name != NULL) {
+		mux_options o;
+
+		mux_options_init(&o);
+		o.reconnect = 0;
+		o.health_interval_ms = 0;
+		o.auth_name = token_name;
+		o.auth_secret = secret;
+		m = mux_open(uri, &o, err, sizeof(err));
+		explicit_bzero(secret, sizeof(secret));
 	} else {
 		m = mux_connect(uri, err, sizeof(err));
 	}
