@@ -36,10 +36,11 @@ pkg_need = $(if $(shell command -v pkg-config),,$(error pkg-config is not \
 	   `make deps` (as root on Debian it installs the missing packages), \
 	   or install it yourself)))
 pkg	= $(call pkg_need,$(2))$(shell pkg-config $(1) $(2))
-DEP_CFLAGS = $(eval DEP_CFLAGS := $(call pkg,--cflags,msgpack yaml-0.1))$(DEP_CFLAGS)
+DEP_CFLAGS = $(eval DEP_CFLAGS := $(call pkg,--cflags,msgpack yaml-0.1 openssl))$(DEP_CFLAGS)
 MSGPACK_LIBS = $(eval MSGPACK_LIBS := $(call pkg,--libs,msgpack))$(MSGPACK_LIBS)
 YAML_LIBS = $(eval YAML_LIBS := $(call pkg,--libs,yaml-0.1))$(YAML_LIBS)
 HTTPD_LIBS = $(eval HTTPD_LIBS := $(call pkg,--libs,libmicrohttpd))$(HTTPD_LIBS)
+SSL_LIBS = $(eval SSL_LIBS := $(call pkg,--libs,openssl))$(SSL_LIBS)
 JANSSON_LIBS = $(eval JANSSON_LIBS := $(call pkg,--libs,jansson))$(JANSSON_LIBS)
 
 ALL_CFLAGS = -std=gnu11 $(WARN) $(CFLAGS) $(SAN) -Iinclude -pthread \
@@ -62,7 +63,7 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/loop.c src/server/budget.c src/server/conn.c src/server/conn_in.c \
 	     src/server/conn_out.c src/server/server.c src/server/proc.c \
 	     src/server/proc_link.c \
-	     src/server/host.c \
+	     src/server/host.c src/server/tls.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 	     src/client/supervise.c src/client/conn.c src/client/conn_read.c \
@@ -90,6 +91,7 @@ all: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) \
 
 # ---- dependencies (Debian) ----
 DEB_PKGS = pkg-config libyaml-dev libmsgpack-dev libjansson-dev libmicrohttpd-dev \
+	   libssl-dev openssl \
 	   python3-msgpack perl curl haproxy iproute2
 
 deps:
@@ -131,7 +133,8 @@ $(BUILD)/pic/%.o: %.c
 
 # ---- demuxd ----
 $(DEMUXD): $(call obj,$(SERVER_SRC) $(COMMON_SRC))
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS) $(HTTPD_LIBS) -ldl
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS) $(HTTPD_LIBS) \
+	  $(SSL_LIBS) -ldl
 
 # ---- muxcall (jansson: a small, well-kept JSON library in Debian) ----
 $(MUXCALL): $(call obj,$(TOOL_SRC)) $(LIBMUX_A)

@@ -227,7 +227,11 @@ test_uri(void)
 	    strstr(err, "[ADDR]:PORT") != NULL, "a bare IPv6 literal is "
 	    "refused with a hint: %s", err);
 	ok(dmx_uri_parse("http://x", &u, err, sizeof(err)) != 0 &&
-	    strstr(err, "unix: or tcp:") != NULL, "unknown scheme refused");
+	    strstr(err, "unix:, tcp: or tls:") != NULL, "unknown scheme "
+	    "refused: %s", err);
+	ok(dmx_uri_parse("tls:127.0.0.1:7412", &u, err, sizeof(err)) == 0 &&
+	    u.kind == DMX_URI_TCP && u.tls == 1 && strcmp(u.port, "7412") == 0,
+	    "tls:HOST:PORT is tcp, then TLS");
 	ok(dmx_uri_parse("tcp:host:port", &u, err, sizeof(err)) != 0,
 	    "non-numeric port refused");
 	ok(dmx_uri_parse("unix:", &u, err, sizeof(err)) != 0,

@@ -153,7 +153,7 @@ listen: [ "http://0.0.0.0:80" ]
 X
 )
 run "$DEMUXD" -c "$f"
-like "$out" "$f:1:11: listen: 'http://0.0.0.0:80': address must start with unix: or tcp:" \
+like "$out" "$f:1:11: listen: 'http://0.0.0.0:80': address must start with unix:, tcp: or tls:" \
     "a listen address of an unknown kind"
 
 f=$(conf notmap <<'X'

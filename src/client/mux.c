@@ -329,6 +329,13 @@ parse_list(const char *list, const mux_options *o, char *err, size_t errlen)
 		one[l] = '\0';
 		if (dmx_uri_parse(one, &m->ep[i].addr, err, errlen) != 0)
 			goto bad;
+		if (m->ep[i].addr.tls) {
+			mh_set_err(err, errlen, "endpoint '%s': tls: endpoints "
+			    "are not supported by this libmux yet (a TLS "
+			    "terminator such as HAProxy or stunnel can carry "
+			    "tcp: to it)", one);
+			goto bad;
+		}
 		m->ep[i].uri = strdup(one);
 		if (m->ep[i].uri == NULL) {
 			mh_set_err(err, errlen, "out of memory");

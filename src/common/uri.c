@@ -47,9 +47,9 @@ dmx_uri_parse(const char *s, dmx_uri *u, char *err, size_t errlen)
 		strcpy(u->path, s + 5);
 		return 0;
 	}
-	if (strncmp(s, "tcp:", 4) != 0)
+	if (strncmp(s, "tcp:", 4) != 0 && strncmp(s, "tls:", 4) != 0)
 		return fail(err, errlen,
-		    "'%s': address must start with unix: or tcp:", s);
+		    "'%s': address must start with unix:, tcp: or tls:", s);
 	hp = s + 4;
 	if (*hp == '[') {
 		const char *rb = strchr(hp, ']');
@@ -75,6 +75,7 @@ dmx_uri_parse(const char *s, dmx_uri *u, char *err, size_t errlen)
 	    strspn(colon + 1, "0123456789") != strlen(colon + 1))
 		return fail(err, errlen, "'%s': bad port", s);
 	u->kind = DMX_URI_TCP;
+	u->tls = s[1] == 'l';
 	memcpy(u->host, hp, hl);
 	strcpy(u->port, colon + 1);
 	return 0;

@@ -19,6 +19,7 @@ typedef struct dmx_uri {
 	char port[16];		/* tcp */
 	int  reuseport;		/* tcp listen: SO_REUSEPORT (several demuxd
 				 * processes on one port) */
+	int  tls;		/* "tls:HOST:PORT": tcp, then TLS */
 } dmx_uri;
 
 /* Returns 0, or -1 with a message in err. */

@@ -303,11 +303,13 @@ load_listen(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
 				snprintf(l->uri, len, "unix:%s", p);
 			free(p);
 		} else if (strncmp(s, "unix:", 5) == 0 ||
-		    strncmp(s, "tcp:", 4) == 0) {
+		    strncmp(s, "tcp:", 4) == 0 || strncmp(s, "tls:", 4) == 0) {
 			l->uri = strdup(s);
+			if (s[1] == 'l')
+				cfg->tls_listen = l;
 		} else {
 			cfg_fail(c, items[i], "listen: '%s': address must start "
-			    "with unix: or tcp:", s);
+			    "with unix:, tcp: or tls:", s);
 			goto fail;
 		}
 		if (l->uri == NULL)
@@ -712,6 +714,9 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 		} else if (strcmp(key, "auth") == 0) {
 			if (cfg_load_auth(c, cfg, v) != 0)
 				return -1;
+		} else if (strcmp(key, "tls") == 0) {
+			if (cfg_load_tls(c, cfg, v) != 0)
+				return -1;
 		} else if (strcmp(key, "send_traces") == 0) {
 			if (s != NULL && strcmp(s, "true") == 0)
 				cfg->send_traces = 1;
@@ -741,10 +746,16 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 			    "max_inflight_bytes, max_memory, frame_timeout_ms, "
 			    "tcp_keepalive_ms, idle_timeout_ms, "
 			    "drain_timeout_ms, reuse_port, log_level, metrics, "
-			    "access_log, access, auth, send_traces, unix_mode, "
-			    "unix_group or plugins)", key);
+			    "access_log, access, auth, tls, send_traces, "
+			    "unix_mode, unix_group or plugins)", key);
 		}
 	}
+	if (cfg->tls_listen != NULL && !cfg->has_tls)
+		return cfg_fail(c, NULL, "listen: %s needs a tls: section (cert "
+		    "and key)", cfg->tls_listen->uri);
+	if (cfg->has_tls && cfg->tls.client_auth < 0)
+		cfg->tls.client_auth = cfg->tls.ca != NULL ?
+		    DMX_TLS_AUTH_REQUIRE : DMX_TLS_AUTH_NONE;
 	return 0;
 }
 
@@ -770,6 +781,9 @@ dmx_config_defaults(dmx_config *cfg)
 	cfg->max_failures = DMX_DEFAULT_MAX_FAILURES;
 	cfg->send_traces = 1;
 	cfg->unix_mode = DMX_DEFAULT_UNIX_MODE;
+	cfg->tls.handshake_timeout_ms = DMX_DEFAULT_HANDSHAKE_TIMEOUT_MS;
+	cfg->tls.min_version = 12;
+	cfg->tls.client_auth = -1;
 }
 
 int
@@ -881,6 +895,9 @@ dmx_config_free(dmx_config *cfg)
 	}
 	free(cfg->tokens);
 	free(cfg->unix_group);
+	free(cfg->tls.cert);
+	free(cfg->tls.key);
+	free(cfg->tls.ca);
 	free(cfg->file);
 	memset(cfg, 0, sizeof(*cfg));
 }

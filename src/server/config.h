@@ -71,6 +71,16 @@ typedef struct dmx_conf_token {
 	size_t	 secret_len;
 } dmx_conf_token;
 
+/* tls: the certificate of tls: listeners, and what clients must show */
+enum { DMX_TLS_AUTH_NONE, DMX_TLS_AUTH_OPTIONAL, DMX_TLS_AUTH_REQUIRE };
+typedef struct dmx_conf_tls {
+	char	*cert, *key, *ca;	/* resolved paths; NULL: not set */
+	int	 client_auth;		/* DMX_TLS_AUTH_*; -1 until defaulted */
+	int	 min_version;		/* 12 or 13 */
+	unsigned handshake_timeout_ms;
+	int	 line, col;
+} dmx_conf_tls;
+
 typedef struct dmx_config {
 	char		*file;		/* as given */
 	dmx_conf_listen	*listen;
@@ -106,6 +116,9 @@ typedef struct dmx_config {
 	int		 send_traces;	/* backtraces in error responses */
 	unsigned	 unix_mode;	/* the unix sockets' file mode */
 	char		*unix_group;	/* ... and group, or NULL */
+	int		 has_tls;	/* a tls: section */
+	dmx_conf_tls	 tls;
+	const dmx_conf_listen *tls_listen; /* the first tls: listener */
 	dmx_conf_plugin	*plugins;
 	size_t		 nplugins;
 } dmx_config;
@@ -123,6 +136,7 @@ typedef struct dmx_config {
 #define DMX_DEFAULT_TCP_KEEPALIVE_MS	60000u
 #define DMX_DEFAULT_MAX_FAILURES	3u
 #define DMX_DEFAULT_UNIX_MODE		0660u
+#define DMX_DEFAULT_HANDSHAKE_TIMEOUT_MS 5000u
 
 /*
  * Read and validate FILE. On success fill *cfg (free with dmx_config_free)

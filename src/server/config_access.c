@@ -250,3 +250,87 @@ cfg_load_auth(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
 	}
 	return 0;
 }
+
+int
+cfg_load_tls(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
+{
+	dmx_conf_tls *t = &cfg->tls;
+	yaml_node_pair_t *pr;
+
+	if (v->type != YAML_MAPPING_NODE)
+		return cfg_fail(c, v, "tls: expected a mapping with cert and "
+		    "key, got %s", cfg_kind(v));
+	if (cfg_check_dup(c, v) != 0)
+		return -1;
+	cfg->has_tls = 1;
+	t->line = (int)v->start_mark.line + 1;
+	t->col = (int)v->start_mark.column + 1;
+	for (pr = v->data.mapping.pairs.start; pr < v->data.mapping.pairs.top;
+	    pr++) {
+		yaml_node_t *k = yaml_document_get_node(&c->doc, pr->key);
+		yaml_node_t *val = yaml_document_get_node(&c->doc, pr->value);
+		const char *key = cfg_scalar(k), *s = cfg_scalar(val);
+		char **path = NULL;
+
+		if (strcmp(key, "cert") == 0)
+			path = &t->cert;
+		else if (strcmp(key, "key") == 0)
+			path = &t->key;
+		else if (strcmp(key, "ca") == 0)
+			path = &t->ca;
+		if (path != NULL) {
+			struct stat st;
+
+			if (s == NULL || *s == '\0')
+				return cfg_fail(c, val, "tls: %s: expected a file "
+				    "name", key);
+			free(*path);
+			*path = cfg_resolve(c, s);
+			if (*path == NULL)
+				return cfg_fail(c, val, "out of memory");
+			if (stat(*path, &st) != 0)
+				return cfg_fail(c, val, "tls: %s: %s: %s", key,
+				    *path, strerror(errno));
+			continue;
+		}
+		if (strcmp(key, "client_auth") == 0) {
+			if (s != NULL && strcmp(s, "none") == 0)
+				t->client_auth = DMX_TLS_AUTH_NONE;
+			else if (s != NULL && strcmp(s, "optional") == 0)
+				t->client_auth = DMX_TLS_AUTH_OPTIONAL;
+			else if (s != NULL && strcmp(s, "require") == 0)
+				t->client_auth = DMX_TLS_AUTH_REQUIRE;
+			else
+				return cfg_fail(c, val, "tls: client_auth: "
+				    "expected none, optional or require");
+		} else if (strcmp(key, "min_version") == 0) {
+			if (s != NULL && strcmp(s, "1.2") == 0)
+				t->min_version = 12;
+			else if (s != NULL && strcmp(s, "1.3") == 0)
+				t->min_version = 13;
+			else
+				return cfg_fail(c, val, "tls: min_version: "
+				    "expected \"1.2\" or \"1.3\"");
+		} else if (strcmp(key, "handshake_timeout_ms") == 0) {
+			unsigned long long u;
+
+			if (cfg_uint(c, val, key, 0, 3600000u, &u) != 0)
+				return -1;
+			if (u == 0)
+				return cfg_fail(c, val, "tls: handshake_timeout_ms: "
+				    "must be at least 1");
+			t->handshake_timeout_ms = (unsigned)u;
+		} else {
+			return cfg_fail(c, k, "tls: unknown key '%s' (expected "
+			    "cert, key, ca, client_auth, min_version or "
+			    "handshake_timeout_ms)", key);
+		}
+	}
+	if (t->cert == NULL || t->key == NULL)
+		return cfg_fail(c, v, "tls: cert and key are required");
+	if (t->client_auth > DMX_TLS_AUTH_NONE && t->ca == NULL)
+		return cfg_fail(c, v, "tls: client_auth %s needs ca (the CA "
+		    "that signs client certificates)", t->client_auth ==
+		    DMX_TLS_AUTH_REQUIRE ? "require" : "optional");
+	return 0;
+}

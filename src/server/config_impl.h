@@ -38,5 +38,6 @@ int	 cfg_check_dup(cfg_ctx *c, yaml_node_t *map);
 /* config_access.c: the top-level access: and auth: sections. */
 int	 cfg_load_access(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v);
 int	 cfg_load_auth(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v);
+int	 cfg_load_tls(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v);
 
 #endif

@@ -33,6 +33,7 @@
 #include "log.h"
 #include "loop.h"
 #include "pool.h"
+#include "tls.h"
 #include "server.h"
 
 typedef struct dmx_listener {
@@ -56,6 +57,9 @@ struct dmx_server {
 	dmx_conns	*conns;
 	dmx_io		 sig_io;
 	dmx_listener	*listeners;	/* list */
+	dmx_tls_ctx	*tls;		/* tls: listeners' context, or NULL */
+	struct dmx_handshake *handshakes; /* TLS handshakes under way */
+	unsigned	 nhandshakes;
 	int		 stdio;		/* serving one stdio connection */
 	int		 stopping;
 	uint64_t	 drain_deadline; /* ns; 0 until a signal */
@@ -190,6 +194,9 @@ dmx_server_new(dmx_config *cfg, char *err, size_t errlen)
 		goto fail;
 	}
 	dmx_conns_limits(s->conns, g->cfg);
+	if (g->cfg->has_tls &&
+	    (s->tls = dmx_tls_ctx_new(g->cfg, err, errlen)) == NULL)
+		goto fail;
 
 	/* SIGINT/SIGTERM/SIGHUP arrive as readable data; main() blocked them
 	 * in every thread before any was started */
@@ -482,6 +489,117 @@ peer_of(int fd, const dmx_listener *l, char *ident, size_t ilen, char *peer,
 	}
 }
 
+/* ---- TLS handshakes (before a tls: connection is a connection) ---- */
+
+typedef struct dmx_handshake {
+	dmx_io		 io;		/* first */
+	dmx_server	*srv;
+	dmx_xport	*x;
+	uint64_t	 deadline;	/* ns: handshake_timeout_ms */
+	char		 peer[96];
+	struct dmx_handshake *prev, *next;
+} dmx_handshake;
+
+static void
+handshake_end(dmx_server *s, dmx_handshake *h, int done)
+{
+	char ident[300];
+
+	dmx_loop_watch(s->loop, &h->io, 0);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		s->handshakes = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+	s->nhandshakes--;
+	if (done) {
+		dmx_tls_identity(h->x, ident, sizeof(ident));
+		if (dmx_conns_add(s->conns, h->x, ident, h->peer) == 0)
+			dmx_warn("tls %s: cannot register: %s", h->peer,
+			    strerror(errno));
+		else
+			dmx_debug("tls %s: connected as %s", h->peer, ident);
+	} else {
+		dmx_xport_free(h->x);
+	}
+	free(h);
+}
+
+static void
+handshake_ready(dmx_io *io, uint32_t events)
+{
+	dmx_handshake *h = (dmx_handshake *)io;
+	uint32_t want = EPOLLIN;
+	char why[512];
+	int rc;
+
+	(void)events;
+	rc = dmx_tls_step(h->x, &want, why, sizeof(why));
+	if (rc == 0) {
+		dmx_loop_watch(h->srv->loop, &h->io, want);
+		return;
+	}
+	if (rc < 0)
+		dmx_info("tls %s: handshake failed: %s", h->peer, why);
+	handshake_end(h->srv, h, rc > 0);
+}
+
+static void
+handshake_start(dmx_server *s, int fd, const char *peer)
+{
+	dmx_handshake *h = calloc(1, sizeof(*h));
+
+	if (h == NULL || (h->x = dmx_tls_accept(s->tls, fd)) == NULL) {
+		if (h == NULL)
+			close(fd);
+		free(h);
+		dmx_warn("tls %s: out of memory", peer);
+		return;
+	}
+	h->srv = s;
+	h->io.on_ready = handshake_ready;
+	h->io.rfd = h->io.wfd = fd;
+	h->deadline = dmx_now_ns() +
+	    (uint64_t)current_cfg(s)->tls.handshake_timeout_ms * 1000000u;
+	snprintf(h->peer, sizeof(h->peer), "%s", peer);
+	if (dmx_loop_watch(s->loop, &h->io, EPOLLIN) != 0) {
+		dmx_xport_free(h->x);
+		free(h);
+		return;
+	}
+	h->next = s->handshakes;
+	if (s->handshakes)
+		s->handshakes->prev = h;
+	s->handshakes = h;
+	s->nhandshakes++;
+}
+
+/* Close handshakes past handshake_timeout_ms (all, when stopping);
+ * returns ms until the next deadline, or -1. */
+static int
+handshakes_tick(dmx_server *s)
+{
+	uint64_t now = dmx_now_ns(), soonest = 0;
+	dmx_handshake *h, *next;
+
+	for (h = s->handshakes; h != NULL; h = next) {
+		next = h->next;
+		if (s->stopping || now >= h->deadline) {
+			if (!s->stopping)
+				dmx_info("tls %s: handshake not done within "
+				    "handshake_timeout_ms (%u): closed",
+				    h->peer,
+				    current_cfg(s)->tls.handshake_timeout_ms);
+			handshake_end(s, h, 0);
+			continue;
+		}
+		if (soonest == 0 || h->deadline - now < soonest)
+			soonest = h->deadline - now;
+	}
+	return soonest ? (int)(soonest / 1000000u) + 1 : -1;
+}
+
 static void
 on_accept(dmx_server *s, dmx_listener *l)
 {
@@ -507,7 +625,8 @@ on_accept(dmx_server *s, dmx_listener *l)
 				    strerror(errno));
 			return;
 		}
-		if (dmx_conns_count(s->conns) >= cfg->max_connections) {
+		if (dmx_conns_count(s->conns) + s->nhandshakes >=
+		    cfg->max_connections) {
 			char msg[96];
 
 			snprintf(what, sizeof(what), "refusing a connection on "
@@ -530,12 +649,17 @@ on_accept(dmx_server *s, dmx_listener *l)
 			if (cfg->tcp_keepalive_ms > 0)
 				keepalive(fd, cfg->tcp_keepalive_ms);
 		}
+		peer_of(fd, l, ident, sizeof(ident), peer, sizeof(peer));
+		if (l->uri.tls) {
+			/* a connection once its handshake is done */
+			handshake_start(s, fd, peer);
+			continue;
+		}
 		if ((x = dmx_xport_plain(fd, fd, 1)) == NULL) {
 			dmx_warn("accept on %s: out of memory", l->text);
 			close(fd);
 			continue;
 		}
-		peer_of(fd, l, ident, sizeof(ident), peer, sizeof(peer));
 		if ((id = dmx_conns_add(s->conns, x, ident, peer)) == 0) {
 			dmx_warn("accept on %s: cannot register: %s", l->text,
 			    strerror(errno));
@@ -613,6 +737,7 @@ static void
 reload(dmx_server *s)
 {
 	dmx_gen *old = dmx_server_gen(s), *g;
+	dmx_tls_ctx *tls = NULL;
 	dmx_gen_hooks hooks = gen_hooks(s);
 	dmx_config *cfg;
 	char err[1024];
@@ -632,14 +757,28 @@ reload(dmx_server *s)
 		atomic_fetch_add(&s->stats.reload_failures, 1);
 		return;
 	}
+	/* the certificate, key and CA are re-read first: a bad one changes
+	 * nothing, like any bad configuration */
+	if (cfg->has_tls && (tls = dmx_tls_ctx_new(cfg, err,
+	    sizeof(err))) == NULL) {
+		dmx_warn("reload: %s; keeping the running configuration", err);
+		atomic_fetch_add(&s->stats.reload_failures, 1);
+		dmx_config_free(cfg);
+		free(cfg);
+		return;
+	}
 	g = dmx_gen_new(cfg, old, &hooks, err, sizeof(err));
 	if (g == NULL) {
 		dmx_warn("reload: %s; keeping the running configuration", err);
 		atomic_fetch_add(&s->stats.reload_failures, 1);
+		dmx_tls_ctx_free(tls);
 		return;
 	}
 
-	/* the switch: requests read from now on use the new generation */
+	/* the switch: requests read from now on use the new generation, new
+	 * handshakes the new certificate (live sessions keep theirs) */
+	dmx_tls_ctx_free(s->tls);
+	s->tls = tls;
 	relisten(s, g->cfg);
 	dmx_gen_publish(&s->gen, g);
 	g->next = s->gens;
@@ -780,6 +919,8 @@ dmx_server_run(dmx_server *s)
 				timeout = sooner(timeout, LISTEN_PAUSE_MS);
 		}
 		timeout = sooner(timeout, dmx_conns_tick(s->conns));
+		if (s->handshakes != NULL)
+			timeout = sooner(timeout, handshakes_tick(s));
 		dmx_loop_attend(s->loop);
 		if (s->stopping && !s->abandoned) {
 			now = dmx_now_ns();
@@ -835,6 +976,9 @@ dmx_server_free(dmx_server *s)
 			dmx_warn("generation %u still has jobs at exit: its "
 			    "plugins stay loaded", s->gens->id);
 	}
+	while (s->handshakes != NULL)
+		handshake_end(s, s->handshakes, 0);
+	dmx_tls_ctx_free(s->tls);
 	if (s->sig_io.rfd >= 0)
 		close(s->sig_io.rfd);
 	if (s->reserve_fd >= 0)

@@ -1,0 +1,235 @@
+#!/usr/bin/python3
+# 189-tls.t - tls: listeners. Certificates are made here with the openssl
+# command (a CA, a server certificate for 127.0.0.1, client certificates
+# from that CA and from another); Python's ssl module is the client,
+# carrying raw MessagePack. Covers: client_auth require and optional, the
+# cert:CN identity a plugin sees, refused client certificates (none, another
+# CA) with a logged reason, plaintext and garbage to a TLS port, a stalled
+# handshake closed at handshake_timeout_ms while others are served, and
+# certificate rotation by SIGHUP (live sessions keep theirs).
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import msgpack
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from tap import BUILD, diag, done_testing, ok, track, watchdog  # noqa: E402
+
+watchdog(120)
+D = tempfile.mkdtemp(prefix="demux-tls.")
+
+
+def sh(*args):
+    subprocess.run(args, check=True, cwd=D, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def make_ca(name):
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+       "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", name + ".key",
+       "-out", name + ".crt", "-days", "2", "-subj", "/CN=" + name)
+
+
+def make_cert(name, cn, ca, san=None):
+    sh("openssl", "req", "-newkey", "ec", "-pkeyopt",
+       "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", name + ".key",
+       "-out", name + ".csr", "-subj", "/CN=" + cn)
+    ext = []
+    if san:
+        with open(os.path.join(D, name + ".ext"), "w") as f:
+            f.write("subjectAltName=%s\n" % san)
+        ext = ["-extfile", name + ".ext"]
+    sh("openssl", "x509", "-req", "-in", name + ".csr", "-CA", ca + ".crt",
+       "-CAkey", ca + ".key", "-CAcreateserial", "-out", name + ".crt",
+       "-days", "2", *ext)
+
+
+make_ca("ca")
+make_ca("otherca")
+make_cert("server", "demux-server-1", "ca", "IP:127.0.0.1")
+make_cert("server2", "demux-server-2", "ca", "IP:127.0.0.1")
+make_cert("client", "billing-1", "ca")
+make_cert("stranger", "billing-2", "otherca")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+LOG = []
+
+
+def start(client_auth, port):
+    conf = os.path.join(D, "demux-%s.yaml" % client_auth)
+    with open(conf, "w") as f:
+        f.write("""listen: [ "unix:%s/d-%s.sock", "tls:127.0.0.1:%d" ]
+tls:
+  cert: %s/server.crt
+  key: %s/server.key
+  ca: %s/ca.crt
+  client_auth: %s
+  handshake_timeout_ms: 500
+plugins:
+  - name: crashy
+    path: %s/t/plugins/crashy.so
+""" % (D, client_auth, port, D, D, D, client_auth, BUILD))
+    p = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
+                         stderr=subprocess.PIPE, text=True)
+    track(p)
+    for line in p.stderr:
+        if "READY" in line:
+            break
+    threading.Thread(target=lambda: [LOG.append(x) for x in p.stderr],
+                     daemon=True).start()
+    return p
+
+
+def context(cert=None):
+    ctx = ssl.create_default_context(cafile=os.path.join(D, "ca.crt"))
+    ctx.check_hostname = False      # the certificate is for 127.0.0.1
+    if cert:
+        ctx.load_cert_chain(os.path.join(D, cert + ".crt"),
+                            os.path.join(D, cert + ".key"))
+    return ctx
+
+
+def tls_connect(port, cert=None):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return context(cert).wrap_socket(s, server_hostname="127.0.0.1")
+
+
+def call(s, method, params=(), msgid=1):
+    s.sendall(msgpack.packb([0, msgid, method, list(params)]))
+    u = msgpack.Unpacker(raw=False)
+    while True:
+        data = s.recv(65536)
+        if not data:
+            raise ConnectionError("closed")
+        u.feed(data)
+        for msg in u:
+            return msg
+
+
+def refused(port, cert):
+    """True if a TLS client with cert (or none) cannot make a call."""
+    try:
+        s = tls_connect(port, cert)
+        call(s, "$/ping")
+        return False
+    except (ssl.SSLError, ConnectionError, OSError):
+        return True
+
+
+def wait_log(text, seconds=5):
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        if any(text in x for x in LOG):
+            return True
+        time.sleep(0.02)    # polling a log: no event to wait for
+    return False
+
+
+# ---- client_auth: require ----
+port = free_port()
+srv = start("require", port)
+s = tls_connect(port, "client")
+r = call(s, "crashy.whoami")
+ok(r[2] is None and r[3] == "cert:billing-1",
+   "a TLS call with a client certificate is answered; the plugin sees "
+   "cert:CN (%r)" % (r,))
+ok(s.version() in ("TLSv1.2", "TLSv1.3"), "...over %s" % s.version())
+peer = s.getpeercert()
+ok(dict(x[0] for x in peer["subject"]).get("commonName") ==
+   "demux-server-1", "...and the server presents its certificate")
+ok(refused(port, None), "client_auth require: no client certificate, "
+   "refused")
+ok(refused(port, "stranger"), "a certificate from another CA: refused")
+ok(wait_log("handshake failed"), "...and the refusal is logged with its "
+   "reason")
+
+# plaintext and garbage to the TLS port
+for what, data in (("plaintext MessagePack-RPC",
+                    msgpack.packb([0, 1, "$/ping", []])),
+                   ("garbage", os.urandom(4096))):
+    g = socket.create_connection(("127.0.0.1", port), timeout=5)
+    g.sendall(data)
+    closed = False
+    g.settimeout(3)
+    try:
+        while g.recv(4096):     # an alert may come first, then EOF
+            pass
+        closed = True
+    except ConnectionResetError:
+        closed = True
+    except socket.timeout:
+        pass
+    ok(closed, "%s to a TLS port: the connection is closed" % what)
+    g.close()
+r = call(s, "crashy.whoami", msgid=2)
+ok(r[3] == "cert:billing-1", "...and the TLS connection beside it goes on")
+
+# a stalled handshake
+stall = socket.create_connection(("127.0.0.1", port), timeout=5)
+t0 = time.time()
+others = 0
+while time.time() - t0 < 0.3:
+    c = tls_connect(port, "client")
+    if call(c, "$/ping")[3] == "pong":
+        others += 1
+    c.close()
+ok(others > 0, "while one client stalls its handshake, %d other TLS "
+   "clients were served" % others)
+stall.settimeout(5)
+try:
+    gone = stall.recv(1) == b""
+except (ConnectionResetError, socket.timeout):
+    gone = True
+dt = time.time() - t0
+ok(gone and dt < 3, "the stalled handshake is closed at "
+   "handshake_timeout_ms 500 (after %.2f s)" % dt)
+stall.close()
+
+# rotation by SIGHUP
+os.replace(os.path.join(D, "server2.crt"), os.path.join(D, "server.crt"))
+os.replace(os.path.join(D, "server2.key"), os.path.join(D, "server.key"))
+srv.send_signal(signal.SIGHUP)
+ok(wait_log("reload:"), "SIGHUP reloads")
+time.sleep(0.2)     # the reload's log line comes just before its switch
+n = tls_connect(port, "client")
+peer = n.getpeercert()
+ok(dict(x[0] for x in peer["subject"]).get("commonName") ==
+   "demux-server-2", "a new handshake gets the new certificate")
+r = call(s, "crashy.whoami", msgid=3)
+ok(r[3] == "cert:billing-1", "the live session keeps working")
+n.close()
+s.close()
+srv.send_signal(signal.SIGTERM)
+ok(srv.wait(30) == 0, "demuxd stops cleanly")
+
+# ---- client_auth: optional ----
+port = free_port()
+srv = start("optional", port)
+a = tls_connect(port, None)
+ok(call(a, "crashy.whoami")[3] == "anonymous", "client_auth optional: no "
+   "certificate is anonymous")
+b = tls_connect(port, "client")
+ok(call(b, "crashy.whoami")[3] == "cert:billing-1", "...a certificate "
+   "gives cert:CN")
+a.close()
+b.close()
+srv.send_signal(signal.SIGTERM)
+ok(srv.wait(30) == 0, "demuxd stops cleanly")
+if any("ERROR" in x or "Sanitizer" in x for x in LOG):
+    diag("".join(LOG[-20:]))
+done_testing()
