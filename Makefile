@@ -55,7 +55,8 @@ LIBMUX_SOVERSION = 0
 LIBMUX_VERSION = 0.1.0
 
 COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c \
-	     src/common/text.c src/common/msg.c src/common/xport.c
+	     src/common/text.c src/common/msg.c src/common/xport.c \
+	     src/common/tls_xport.c
 SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/access.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
@@ -138,12 +139,13 @@ $(DEMUXD): $(call obj,$(SERVER_SRC) $(COMMON_SRC))
 
 # ---- muxcall (jansson: a small, well-kept JSON library in Debian) ----
 $(MUXCALL): $(call obj,$(TOOL_SRC)) $(LIBMUX_A)
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(JANSSON_LIBS) $(MSGPACK_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(JANSSON_LIBS) $(MSGPACK_LIBS) $(SSL_LIBS)
 
 # ---- libmux ----
 $(LIBMUX_SO): $(call pic,$(CLIENT_SRC) $(COMMON_SRC))
 	$(CC) $(ALL_LDFLAGS) -shared -Wl,--no-undefined \
-	  -Wl,-soname,libmux.so.$(LIBMUX_SOVERSION) -o $@ $^ $(MSGPACK_LIBS)
+	  -Wl,-soname,libmux.so.$(LIBMUX_SOVERSION) -o $@ $^ $(MSGPACK_LIBS) \
+	  $(SSL_LIBS)
 	ln -sf libmux.so.$(LIBMUX_VERSION) $(BUILD)/libmux.so.$(LIBMUX_SOVERSION)
 	ln -sf libmux.so.$(LIBMUX_VERSION) $(BUILD)/libmux.so
 
@@ -172,7 +174,7 @@ $(BUILD)/t/plugins/v%.so: t/plugins/versioned.c include/demux/plugin.h
 # Unit tests link the sources they test directly; the rest use libmux.a.
 $(BUILD)/t/000-wire: $(call obj,t/000-wire.c $(COMMON_SRC))
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_LDFLAGS) -o $@ $^
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(SSL_LIBS)
 
 $(BUILD)/t/010-stats: $(call obj,t/010-stats.c src/server/stats.c)
 	@mkdir -p $(dir $@)
@@ -180,7 +182,7 @@ $(BUILD)/t/010-stats: $(call obj,t/010-stats.c src/server/stats.c)
 
 $(BUILD)/t/%: $(BUILD)/obj/t/%.o $(BUILD)/obj/t/helper.o $(LIBMUX_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS) $(SSL_LIBS)
 
 # ---- benchmarks (see bench/README.md) ----
 BENCH_BIN = $(BUILD)/bench/mux_load $(BUILD)/bench/mux_pipe $(BUILD)/bench/mux_mem \
@@ -188,7 +190,7 @@ BENCH_BIN = $(BUILD)/bench/mux_load $(BUILD)/bench/mux_pipe $(BUILD)/bench/mux_m
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBMUX_A)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $^ $(MSGPACK_LIBS) $(SSL_LIBS)
 
 bench-bin: $(DEMUXD) $(PLUGIN_SO) $(TPLUGIN_SO) $(BENCH_BIN)
 

@@ -15,7 +15,7 @@ run cc ${SAN_FLAGS:-} -shared -fPIC -fvisibility=hidden -Wl,--no-undefined \
 is "$rc" 0 "the README plugin builds with -Wl,--no-undefined -Wall -Wextra -Werror"
 [ "$rc" = 0 ] || echo "$out" | sed 's/^/#   /'
 run cc ${SAN_FLAGS:-} -Wall -Wextra -Werror -I"$ROOT/include" -o "$TMP/client" \
-    "$TMP/client.c" "$BUILD/libmux.a" -lmsgpackc -pthread
+    "$TMP/client.c" "$BUILD/libmux.a" -lmsgpackc -lssl -lcrypto -pthread
 is "$rc" 0 "the README client builds against libmux.a"
 [ "$rc" = 0 ] || echo "$out" | sed 's/^/#   /'
 

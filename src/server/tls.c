@@ -1,6 +1,6 @@
 /*
- * tls.c - the TLS context and transport; see tls.h. OpenSSL is used
- * because TLS is exactly the code a project must not write itself.
+ * tls.c - the server's TLS context; see tls.h. The transport itself is
+ * common/tls_xport.c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -16,38 +16,12 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#include "access.h"
+#include "../common/tls_xport.h"
 #include "tls.h"
 
 struct dmx_tls_ctx {
 	SSL_CTX		*ctx;
 };
-
-typedef struct tls_xport {
-	dmx_xport	 base;		/* first */
-	SSL		*ssl;
-	pthread_mutex_t	 mu;		/* one SSL call at a time */
-} tls_xport;
-
-/* OpenSSL's own reasons, oldest first, into buf. */
-static void
-ssl_errors(char *buf, size_t len)
-{
-	unsigned long e;
-	size_t n = 0;
-
-	buf[0] = '\0';
-	while ((e = ERR_get_error()) != 0 && n + 2 < len) {
-		if (n > 0) {
-			buf[n++] = ';';
-			buf[n++] = ' ';
-		}
-		ERR_error_string_n(e, buf + n, len - n);
-		n = strlen(buf);
-	}
-	if (n == 0)
-		snprintf(buf, len, "no reason given");
-}
 
 dmx_tls_ctx *
 dmx_tls_ctx_new(const dmx_config *cfg, char *err, size_t errlen)
@@ -96,7 +70,7 @@ dmx_tls_ctx_new(const dmx_config *cfg, char *err, size_t errlen)
 	SSL_CTX_set_num_tickets(t->ctx, 0);
 	return t;
 fail:
-	ssl_errors(why, sizeof(why));
+	dmx_tls_errors(why, sizeof(why));
 	snprintf(err, errlen, "%s:%d:%d: %s: %s", cfg->file ? cfg->file : "",
 	    c->line, c->col, what, why);
 	dmx_tls_ctx_free(t);
@@ -112,173 +86,8 @@ dmx_tls_ctx_free(dmx_tls_ctx *t)
 	free(t);
 }
 
-/* ---- the transport ---- */
-
-/* As read(2): everything OpenSSL holds decrypted is taken, so that a
- * short count means the socket has nothing more (epoll will say when). */
-static ssize_t
-tls_read(dmx_xport *x, void *buf, size_t n)
-{
-	tls_xport *t = (tls_xport *)x;
-	size_t total = 0;
-	int r, e = 0;
-
-	pthread_mutex_lock(&t->mu);
-	while (total < n) {
-		r = SSL_read(t->ssl, (char *)buf + total, (int)(n - total >
-		    (1u << 30) ? 1u << 30 : n - total));
-		if (r > 0) {
-			total += (size_t)r;
-			continue;
-		}
-		e = SSL_get_error(t->ssl, r);
-		break;
-	}
-	pthread_mutex_unlock(&t->mu);
-	if (total > 0)
-		return (ssize_t)total;
-	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-		errno = EAGAIN;
-		return -1;
-	}
-	if (e == SSL_ERROR_ZERO_RETURN)
-		return 0;		/* close_notify: end of input */
-	errno = ECONNRESET;
-	ERR_clear_error();
-	return -1;
-}
-
-static ssize_t
-tls_writev(dmx_xport *x, const struct iovec *iov, int cnt)
-{
-	tls_xport *t = (tls_xport *)x;
-	size_t total = 0;
-	int i, r = 1, e = 0;
-
-	pthread_mutex_lock(&t->mu);
-	for (i = 0; i < cnt && r > 0; i++) {
-		size_t off = 0;
-
-		while (off < iov[i].iov_len) {
-			size_t want = iov[i].iov_len - off;
-
-			r = SSL_write(t->ssl, (char *)iov[i].iov_base + off,
-			    (int)(want > (1u << 30) ? 1u << 30 : want));
-			if (r <= 0) {
-				e = SSL_get_error(t->ssl, r);
-				break;
-			}
-			off += (size_t)r;
-			total += (size_t)r;
-		}
-	}
-	pthread_mutex_unlock(&t->mu);
-	if (total > 0)
-		return (ssize_t)total;
-	if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-		errno = EAGAIN;
-		return -1;
-	}
-	ERR_clear_error();
-	errno = EPIPE;
-	return -1;
-}
-
-static void
-tls_shutdown(dmx_xport *x, int how)
-{
-	tls_xport *t = (tls_xport *)x;
-
-	if (how == SHUT_WR || how == SHUT_RDWR) {
-		pthread_mutex_lock(&t->mu);
-		(void)SSL_shutdown(t->ssl);	/* close_notify, best effort */
-		ERR_clear_error();
-		pthread_mutex_unlock(&t->mu);
-	}
-	(void)shutdown(x->wfd, how);
-}
-
-static void
-tls_free(dmx_xport *x)
-{
-	tls_xport *t = (tls_xport *)x;
-
-	SSL_free(t->ssl);
-	close(x->rfd);
-	pthread_mutex_destroy(&t->mu);
-	free(t);
-}
-
-static const dmx_xport_ops tls_ops = {
-	"tls", tls_read, tls_writev, tls_shutdown, tls_free
-};
-
 dmx_xport *
-dmx_tls_accept(dmx_tls_ctx *c, int fd)
+dmx_tls_accept(dmx_tls_ctx *t, int fd)
 {
-	tls_xport *t = calloc(1, sizeof(*t));
-
-	if (t == NULL || (t->ssl = SSL_new(c->ctx)) == NULL ||
-	    SSL_set_fd(t->ssl, fd) != 1) {
-		if (t != NULL)
-			SSL_free(t->ssl);
-		free(t);
-		close(fd);
-		ERR_clear_error();
-		return NULL;
-	}
-	SSL_set_accept_state(t->ssl);
-	pthread_mutex_init(&t->mu, NULL);
-	t->base.ops = &tls_ops;
-	t->base.rfd = t->base.wfd = fd;
-	t->base.is_sock = 1;
-	return &t->base;
-}
-
-int
-dmx_tls_step(dmx_xport *x, uint32_t *events, char *err, size_t errlen)
-{
-	tls_xport *t = (tls_xport *)x;
-	int r = SSL_do_handshake(t->ssl), e;
-	long v;
-
-	if (r == 1)
-		return 1;
-	e = SSL_get_error(t->ssl, r);
-	if (e == SSL_ERROR_WANT_READ) {
-		*events = EPOLLIN;
-		return 0;
-	}
-	if (e == SSL_ERROR_WANT_WRITE) {
-		*events = EPOLLOUT;
-		return 0;
-	}
-	v = SSL_get_verify_result(t->ssl);
-	if (v != X509_V_OK)
-		snprintf(err, errlen, "client certificate refused: %s",
-		    X509_verify_cert_error_string(v));
-	else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
-		snprintf(err, errlen, "the peer closed the connection during "
-		    "the handshake");
-	else
-		ssl_errors(err, errlen);
-	ERR_clear_error();
-	return -1;
-}
-
-void
-dmx_tls_identity(dmx_xport *x, char *buf, size_t len)
-{
-	tls_xport *t = (tls_xport *)x;
-	X509 *peer = SSL_get1_peer_certificate(t->ssl);
-	char cn[256];
-
-	snprintf(buf, len, "%s", DMX_ANONYMOUS);
-	if (peer == NULL)
-		return;
-	if (SSL_get_verify_result(t->ssl) == X509_V_OK &&
-	    X509_NAME_get_text_by_NID(X509_get_subject_name(peer),
-	    NID_commonName, cn, sizeof(cn)) > 0)
-		snprintf(buf, len, "cert:%s", cn);
-	X509_free(peer);
+	return dmx_tls_xport(t->ctx, fd, 1);
 }

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/tls_xport.h"
 #include "../common/xport.h"
 #include "config.h"
 
@@ -32,13 +33,5 @@ void	 dmx_tls_ctx_free(dmx_tls_ctx *t);	/* NULL is a no-op */
 /* A TLS transport over accepted socket fd (taken), handshake pending.
  * NULL without memory (fd is closed). */
 dmx_xport *dmx_tls_accept(dmx_tls_ctx *t, int fd);
-
-/* Advance the handshake: 1 done, 0 not yet (*events: EPOLLIN and/or
- * EPOLLOUT to wait for), -1 failed (why in err). */
-int	 dmx_tls_step(dmx_xport *x, uint32_t *events, char *err, size_t errlen);
-
-/* After the handshake: "cert:CN" for a verified client certificate, else
- * "anonymous", into buf. */
-void	 dmx_tls_identity(dmx_xport *x, char *buf, size_t len);
 
 #endif
