@@ -67,6 +67,7 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/host.c src/server/tls.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
+	     src/client/tls.c \
 	     src/client/supervise.c src/client/conn.c src/client/conn_read.c \
 	     src/client/pack.c src/client/result.c
 TOOL_SRC = src/tools/muxcall.c src/tools/json.c

@@ -200,6 +200,26 @@ ok(gone and dt < 3, "the stalled handshake is closed at "
    "handshake_timeout_ms 500 (after %.2f s)" % dt)
 stall.close()
 
+# libmux and muxcall over tls:
+def muxcall(*args):
+    r = subprocess.run([BUILD + "/muxcall", "-c", "tls:127.0.0.1:%d" % port,
+                        *args], capture_output=True, text=True, timeout=30)
+    return r.returncode, r.stdout + r.stderr
+
+
+rc, out = muxcall("--tls-ca", D + "/ca.crt", "--tls-cert", D + "/client.crt",
+                  "--tls-key", D + "/client.key", "crashy.whoami")
+ok(rc == 0 and "cert:billing-1" in out, "libmux tls: (muxcall --tls-ca "
+   "--tls-cert --tls-key): %s" % out.strip())
+rc, out = muxcall("--tls-ca", D + "/otherca.crt", "--tls-cert",
+                  D + "/client.crt", "--tls-key", D + "/client.key",
+                  "crashy.whoami")
+ok(rc != 0 and "server certificate refused" in out, "...a server whose "
+   "certificate the CA does not sign is refused: %s" % out.strip())
+rc, out = muxcall("--tls-ca", D + "/ca.crt", "crashy.whoami")
+ok(rc != 0, "...and without a client certificate, client_auth require "
+   "refuses us: %s" % out.strip()[:120])
+
 # rotation by SIGHUP
 os.replace(os.path.join(D, "server2.crt"), os.path.join(D, "server.crt"))
 os.replace(os.path.join(D, "server2.key"), os.path.join(D, "server.key"))

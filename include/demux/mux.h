@@ -117,6 +117,15 @@ typedef struct mux_options {
 	 * (-32015) and is not reconnected. Copied by mux_open; NULL: none */
 	const char *auth_name;
 	const char *auth_secret;
+	/* tls:HOST:PORT endpoints: the CA that signs the servers'
+	 * certificates (default: the system's), our certificate and key
+	 * (PEM) if servers ask for one, and the name the server's
+	 * certificate must carry (default: HOST). The certificate and the
+	 * name are always verified. Copied by mux_open; NULL: the default */
+	const char *tls_ca;
+	const char *tls_cert;
+	const char *tls_key;
+	const char *tls_server_name;
 } mux_options;
 
 MUX_API void mux_options_init(mux_options *o);

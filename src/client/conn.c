@@ -709,10 +709,35 @@ mc_conn *
 mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
     void *arg, char *err, size_t errlen)
 {
+	struct stat st;
+	dmx_xport *x;
+
+	if (set_nonblock(rfd) != 0 || set_nonblock(wfd) != 0) {
+		snprintf(err, errlen, "fcntl: %s", strerror(errno));
+		close_fds(rfd, wfd);
+		if (child > 0)
+			reap(child);
+		return NULL;
+	}
+	x = dmx_xport_plain(rfd, wfd, fstat(wfd, &st) == 0 &&
+	    S_ISSOCK(st.st_mode));
+	if (x == NULL) {
+		snprintf(err, errlen, "out of memory");
+		close_fds(rfd, wfd);
+		if (child > 0)
+			reap(child);
+		return NULL;
+	}
+	return mc_open_xport(x, child, max_frame, on_stop, arg, err, errlen);
+}
+
+mc_conn *
+mc_open_xport(dmx_xport *x, pid_t child, size_t max_frame,
+    mc_event_fn on_stop, void *arg, char *err, size_t errlen)
+{
 	pthread_mutexattr_t ma;
 	pthread_attr_t ta;
 	pthread_t th;
-	struct stat st;
 	mc_conn *c;
 	int rc;
 
@@ -721,22 +746,12 @@ mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
-	if (set_nonblock(rfd) != 0 || set_nonblock(wfd) != 0) {
-		snprintf(err, errlen, "fcntl: %s", strerror(errno));
-		goto fail;
-	}
 	c->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (c->wakefd < 0) {
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));
 		goto fail;
 	}
-	c->xp = dmx_xport_plain(rfd, wfd, fstat(wfd, &st) == 0 &&
-	    S_ISSOCK(st.st_mode));
-	if (c->xp == NULL) {
-		snprintf(err, errlen, "out of memory");
-		close(c->wakefd);
-		goto fail;
-	}
+	c->xp = x;
 	c->xp->guard_sigpipe = 1;
 	c->child = child;
 	c->max_frame = max_frame;
@@ -771,7 +786,7 @@ mc_open(int rfd, int wfd, pid_t child, size_t max_frame, mc_event_fn on_stop,
 	return c;
 fail:
 	free(c);
-	close_fds(rfd, wfd);
+	dmx_xport_free(x);
 	if (child > 0)
 		reap(child);
 	return NULL;

@@ -27,6 +27,7 @@
 #include <sys/types.h>
 
 #include "../common/clock.h"
+#include "../common/xport.h"
 #include "demux/mux.h"
 
 typedef struct mc_conn mc_conn;
@@ -66,6 +67,10 @@ typedef void (*mc_event_fn)(void *arg);
  * err; on_stop is then never called.
  */
 mc_conn *mc_open(int rfd, int wfd, pid_t child, size_t max_frame,
+    mc_event_fn on_stop, void *arg, char *err, size_t errlen);
+/* The same over a transport already set up (a TLS session, handshake
+ * done; its descriptors non-blocking), taken also on failure. */
+mc_conn *mc_open_xport(dmx_xport *x, pid_t child, size_t max_frame,
     mc_event_fn on_stop, void *arg, char *err, size_t errlen);
 
 void	 mc_ref(mc_conn *c);

@@ -114,6 +114,8 @@ struct mux {
 
 	_Atomic uint64_t calls, retries, late_retired;
 	char		*auth_name, *auth_secret;	/* copies, or NULL */
+	char		*tls_ca, *tls_cert, *tls_key, *tls_server_name;
+	void		*tls_ctx;	/* SSL_CTX *, if an endpoint is tls: */
 };
 
 /* A cancellation token's value: endpoint + 1 (16 bits), its connection's
@@ -175,11 +177,23 @@ int	 mh_async_send(mux_t *m, mh_async *a, int *no_endpoint);
 void	 mh_deliver(mh_async *a, int rc);
 void	 mh_async_finish(mux_t *m);
 
+/* ---- tls.c ---- */
+
+/* The client context of tls: endpoints; -1 with why in err. */
+int	 mh_tls_init(mux_t *m, char *err, size_t errlen);
+void	 mh_tls_fini(mux_t *m);
+/* TLS over a connected fd (taken) to ep: handshake done, the server's
+ * certificate and name verified; NULL with why in err. */
+dmx_xport *mh_tls_connect(mux_t *m, mh_ep *ep, int fd, char *err,
+	    size_t errlen);
+
 /* ---- supervise.c ---- */
 
 /* A connection for ep over fds it takes, its reader counted in. */
 mc_conn	*mh_conn_start(mux_t *m, mh_ep *ep, int rfd, int wfd, pid_t child,
 	    char *err, size_t errlen);
+mc_conn	*mh_conn_start_x(mux_t *m, mh_ep *ep, dmx_xport *x, char *err,
+	    size_t errlen);
 mc_conn	*mh_ep_connect(mux_t *m, mh_ep *ep, char *err, size_t errlen);
 /* Make c the endpoint's connection (NULL: down); returns the old one. */
 mc_conn	*mh_ep_swap(mux_t *m, mh_ep *ep, mc_conn *c, const char *why);

@@ -259,6 +259,13 @@ handle_new(unsigned n, const mux_options *o, char *err, size_t errlen)
 		m->auth_secret = strdup(m->opt.auth_secret);
 	}
 	m->opt.auth_name = m->opt.auth_secret = NULL;	/* not the caller's */
+#define DUP_OPT(f) if (m->opt.f != NULL) m->f = strdup(m->opt.f); \
+	m->opt.f = NULL
+	DUP_OPT(tls_ca);
+	DUP_OPT(tls_cert);
+	DUP_OPT(tls_key);
+	DUP_OPT(tls_server_name);
+#undef DUP_OPT
 	if (m->opt.backoff_min_ms <= 0)
 		m->opt.backoff_min_ms = 100;
 	if (m->opt.backoff_max_ms < m->opt.backoff_min_ms)
@@ -329,13 +336,9 @@ parse_list(const char *list, const mux_options *o, char *err, size_t errlen)
 		one[l] = '\0';
 		if (dmx_uri_parse(one, &m->ep[i].addr, err, errlen) != 0)
 			goto bad;
-		if (m->ep[i].addr.tls) {
-			mh_set_err(err, errlen, "endpoint '%s': tls: endpoints "
-			    "are not supported by this libmux yet (a TLS "
-			    "terminator such as HAProxy or stunnel can carry "
-			    "tcp: to it)", one);
+		if (m->ep[i].addr.tls && m->tls_ctx == NULL &&
+		    mh_tls_init(m, err, errlen) != 0)
 			goto bad;
-		}
 		m->ep[i].uri = strdup(one);
 		if (m->ep[i].uri == NULL) {
 			mh_set_err(err, errlen, "out of memory");
@@ -635,6 +638,11 @@ mux_free(mux_t *m)
 		free(m->ep[i].uri);
 	free(m->ep);
 	free(m->auth_name);
+	free(m->tls_ca);
+	free(m->tls_cert);
+	free(m->tls_key);
+	free(m->tls_server_name);
+	mh_tls_fini(m);
 	if (m->auth_secret != NULL) {
 		explicit_bzero(m->auth_secret, strlen(m->auth_secret));
 		free(m->auth_secret);

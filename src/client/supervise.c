@@ -118,17 +118,18 @@ authenticate(mux_t *m, mh_ep *ep, mc_conn *c, char *err, size_t errlen)
 	return rc == MUX_OK ? 0 : -1;
 }
 
-mc_conn *
-mh_conn_start(mux_t *m, mh_ep *ep, int rfd, int wfd, pid_t child, char *err,
-    size_t errlen)
+static mc_conn *
+conn_start(mux_t *m, mh_ep *ep, dmx_xport *x, int rfd, int wfd, pid_t child,
+    char *err, size_t errlen)
 {
 	mc_conn *c;
 
 	pthread_mutex_lock(&m->mu);
 	m->readers++;
 	pthread_mutex_unlock(&m->mu);
-	c = mc_open(rfd, wfd, child, atomic_load(&m->max_frame), on_conn_stop,
-	    ep, err, errlen);
+	c = x != NULL ? mc_open_xport(x, 0, atomic_load(&m->max_frame),
+	    on_conn_stop, ep, err, errlen) : mc_open(rfd, wfd, child,
+	    atomic_load(&m->max_frame), on_conn_stop, ep, err, errlen);
 	if (c == NULL) {
 		pthread_mutex_lock(&m->mu);
 		m->readers--;
@@ -141,6 +142,19 @@ mh_conn_start(mux_t *m, mh_ep *ep, int rfd, int wfd, pid_t child, char *err,
 		return NULL;
 	}
 	return c;
+}
+
+mc_conn *
+mh_conn_start(mux_t *m, mh_ep *ep, int rfd, int wfd, pid_t child, char *err,
+    size_t errlen)
+{
+	return conn_start(m, ep, NULL, rfd, wfd, child, err, errlen);
+}
+
+mc_conn *
+mh_conn_start_x(mux_t *m, mh_ep *ep, dmx_xport *x, char *err, size_t errlen)
+{
+	return conn_start(m, ep, x, -1, -1, 0, err, errlen);
 }
 
 /* "serving" and "draining" are 9 bytes: anything much larger is not a
@@ -193,6 +207,11 @@ mh_ep_connect(mux_t *m, mh_ep *ep, char *err, size_t errlen)
 	    errlen);
 	if (fd < 0)
 		return NULL;
+	if (ep->addr.tls) {
+		dmx_xport *x = mh_tls_connect(m, ep, fd, err, errlen);
+
+		return x ? mh_conn_start_x(m, ep, x, err, errlen) : NULL;
+	}
 	return mh_conn_start(m, ep, fd, fd, 0, err, errlen);
 }
 

@@ -216,7 +216,8 @@ dmx_tls_step(dmx_xport *x, uint32_t *events, char *err, size_t errlen)
 	}
 	v = SSL_get_verify_result(t->ssl);
 	if (v != X509_V_OK)
-		snprintf(err, errlen, "client certificate refused: %s",
+		snprintf(err, errlen, "%s certificate refused: %s",
+		    SSL_is_server(t->ssl) ? "client" : "server",
 		    X509_verify_cert_error_string(v));
 	else if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
 		snprintf(err, errlen, "the peer closed the connection during "

@@ -46,6 +46,8 @@ usage(FILE *fp)
 	    "  -p, --pretty       indent the JSON output\n"
 	    "  -t, --timeout MS   per call (default 10000; 0: none)\n"
 	    "      --token NAME:FILE  send $/auth [NAME, first line of FILE] first\n"
+	    "      --tls-ca FILE  tls: endpoints: the CA of the server's certificate\n"
+	    "      --tls-cert FILE, --tls-key FILE  our certificate, if asked\n"
 	    "  -l, --list         list the methods served\n"
 	    "  -s, --stats        show live statistics as a table\n"
 	    "  -b, --batch        read one request per line on stdin:\n"
@@ -481,9 +483,13 @@ main(int argc, char **argv)
 		{ "batch", no_argument, NULL, 'b' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "token", required_argument, NULL, 'T' },
+		{ "tls-ca", required_argument, NULL, 'A' },
+		{ "tls-cert", required_argument, NULL, 'E' },
+		{ "tls-key", required_argument, NULL, 'K' },
 		{ NULL, 0, NULL, 0 },
 	};
 	char *token_name = NULL, secret[4096];
+	const char *tls_ca = NULL, *tls_cert = NULL, *tls_key = NULL;
 	const char *uri = getenv("DEMUX_URI"), *spawn = NULL;
 	int ch, list = 0, stats = 0, batch = 0, threads = 1, rc;
 	long n = 0;
@@ -527,6 +533,9 @@ main(int argc, char **argv)
 			secret[strcspn(secret, "\r\n")] = '\0';
 			break;
 		}
+		case 'A': tls_ca = optarg; break;
+		case 'E': tls_cert = optarg; break;
+		case 'K': tls_key = optarg; break;
 		case 'h': usage(stdout); return EX_OK;
 		default: usage(stderr); return EX_USAGE;
 		}
@@ -546,14 +555,19 @@ main(int argc, char **argv)
 		if (d != NULL && *d != '\0')
 			sargv[0] = (char *)d;
 		m = mux_spawn(sargv, err, sizeof(err));
-	} else if (token_name != NULL) {
+	} else if (token_name != NULL || tls_ca || tls_cert || tls_key) {
 		mux_options o;
 
 		mux_options_init(&o);
 		o.reconnect = 0;
 		o.health_interval_ms = 0;
-		o.auth_name = token_name;
-		o.auth_secret = secret;
+		if (token_name != NULL) {
+			o.auth_name = token_name;
+			o.auth_secret = secret;
+		}
+		o.tls_ca = tls_ca;
+		o.tls_cert = tls_cert;
+		o.tls_key = tls_key;
 		m = mux_open(uri, &o, err, sizeof(err));
 		explicit_bzero(secret, sizeof(secret));
 	} else {
