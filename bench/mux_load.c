@@ -364,16 +364,16 @@ main(int argc, char **argv)
 	    pmax = 0;
 
 	parse(argc, argv);
-	if (O.async) {
+	{
 		mux_options mo;
 
 		mux_options_init(&mo);
 		mo.reconnect = 0;
 		mo.health_interval_ms = 0;
-		mo.completion_fd = 1;
+		mo.completion_fd = O.async;
+		/* tls: endpoints: the CA of the bench's certificates */
+		mo.tls_ca = getenv("MUX_TLS_CA");
 		M = mux_open(O.uri, &mo, err, sizeof(err));
-	} else {
-		M = mux_connect(O.uri, err, sizeof(err));
 	}
 	if (M == NULL) {
 		fprintf(stderr, "mux_load: %s\n", err);

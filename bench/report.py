@@ -168,6 +168,16 @@ def targets(R, out):
         rows.append(("W1-lat p50 µs, isolation: process", fmt(p50, 1),
                      f"thread mode {fmt(t50, 1)}", f"{r:.2f}x thread",
                      "<= 1.5x thread", verdict(r <= 1.5 if r == r else None)))
+    # TLS beside TCP, the same run
+    for wl, key, unit in (("W1", "txps", "tx/s"), ("W2", "MBps", "MB/s")):
+        dt, dp = w("demux,tls," + wl), w("demux,tcp," + wl)
+        if dt and dp:
+            a, b = cell(dt, key), cell(dp, key)
+            r = ratio(a, b)
+            rows.append((f"{wl} {unit} over TLS", fmt(a, 1 if key == "MBps" else 0),
+                         f"tcp {fmt(b, 1 if key == 'MBps' else 0)}", f"{r:.2f}x tcp",
+                         ">= 0.8x tcp" if wl == "W1" else "-",
+                         verdict(r >= 0.8 if r == r else None) if wl == "W1" else "-"))
     out.append("| target | demux | best peer (and ceiling) | ratio | goal | |")
     out.append("|---|---|---|---|---|---|")
     for row in rows:

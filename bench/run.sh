@@ -33,6 +33,22 @@ mkdir -p "$PEERS_OUT"
 CASES=$PEERS_OUT/demux.cases
 SOCK=unix:/tmp/demux-bench.sock
 TCP=tcp:127.0.0.1:47111
+TLS=tls:127.0.0.1:47112
+# a CA and a server certificate for the tls cases (EC P-256, as a
+# deployment would use), made once per run
+export CERTS=$PEERS_OUT/certs MUX_TLS_CA=$PEERS_OUT/certs/ca.crt
+mkdir -p "$CERTS"
+if [ ! -s "$CERTS/server.crt" ]; then
+	( cd "$CERTS" &&
+	  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+	    -nodes -keyout ca.key -out ca.crt -days 30 -subj /CN=bench-ca &&
+	  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+	    -keyout server.key -out server.csr -subj /CN=127.0.0.1 &&
+	  echo "subjectAltName=IP:127.0.0.1" > san.ext &&
+	  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key \
+	    -CAcreateserial -out server.crt -days 30 -extfile san.ext
+	) >/dev/null 2>&1
+fi
 SRV="$ROOT/bench/server.sh"
 LOAD="$B/bench/mux_load"
 PIPE="$B/bench/mux_pipe"
@@ -40,6 +56,9 @@ PIPE="$B/bench/mux_pipe"
 cat > "$CASES" <<X
 add "demux,unix,W1"      4 0 1 "$SRV W1 $SOCK"     "$LOAD -u $SOCK \$W1"
 add "demux,tcp,W1"       4 0 1 "$SRV W1 $TCP"      "$LOAD -u $TCP \$W1"
+add "demux,tls,W1"       4 0 1 "$SRV W1 $TLS"      "$LOAD -u $TLS \$W1"
+add "demux,tcp,W2"       4 0 1 "$SRV W2 $TCP"      "$LOAD -u $TCP \$W2"
+add "demux,tls,W2"       4 0 1 "$SRV W2 $TLS"      "$LOAD -u $TLS \$W2"
 add "demux,unix,W1-async" 4 0 1 "$SRV W1 $SOCK"    "$LOAD -A -u $SOCK \$W1"
 add "demux,unix,W1-lat"  4 0 1 "$SRV W1-lat $SOCK" "$LOAD -u $SOCK \$W1L"
 add "demux,unix,W1-process" 4 0 1 "$SRV W1-process $SOCK" "$LOAD -u $SOCK \$W1"

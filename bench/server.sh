@@ -21,8 +21,16 @@ case $W in
     workers: $workers" ;;
 esac
 conf=${TMPDIR:-/tmp}/demux-bench-$W-$$.yaml
+# tls: listeners use the certificates run.sh made (CERTS)
+tls=""
+case $URI in
+tls:*) tls="tls:
+  cert: $CERTS/server.crt
+  key: $CERTS/server.key" ;;
+esac
 cat > "$conf" <<X
 listen: [ "$URI" ]
+$tls
 workers: $workers
 log_level: info
 plugins:

@@ -27,7 +27,10 @@ typedef struct tls_xport {
 	dmx_xport	 base;		/* first */
 	SSL		*ssl;
 	pthread_mutex_t	 mu;		/* one SSL call at a time */
+	char		 gather[16384];	/* mu: small writes into one record */
 } tls_xport;
+
+#define GATHER	16384
 
 void
 dmx_tls_errors(char *buf, size_t len)
@@ -88,9 +91,8 @@ static ssize_t
 tls_writev(dmx_xport *x, const struct iovec *iov, int cnt)
 {
 	tls_xport *t = (tls_xport *)x;
-	size_t total = 0;
+	size_t total = 0, off;
 	int i, r = 1, e = 0;
-
 	sigset_t pipe_set, old;
 
 	if (x->guard_sigpipe) {
@@ -101,21 +103,65 @@ tls_writev(dmx_xport *x, const struct iovec *iov, int cnt)
 		pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
 	}
 	pthread_mutex_lock(&t->mu);
-	for (i = 0; i < cnt && r > 0; i++) {
-		size_t off = 0;
+	/* small replies are gathered into records of up to GATHER bytes: one
+	 * SSL_write, one record, one syscall for many of them (as writev for
+	 * the plain transport); a retry after EAGAIN passes the same bytes
+	 * first, as OpenSSL requires */
+	for (i = 0, off = 0; i < cnt && r > 0;) {
+		const char *p;
+		size_t n = 0;
 
-		while (off < iov[i].iov_len) {
-			size_t want = iov[i].iov_len - off;
+		if (iov[i].iov_len - off >= GATHER) {
+			p = (const char *)iov[i].iov_base + off;
+			n = iov[i].iov_len - off;
+			if (n > (1u << 30))
+				n = 1u << 30;
+		} else {
+			int k = i;
+			size_t o = off;
 
-			r = SSL_write(t->ssl, (char *)iov[i].iov_base + off,
-			    (int)(want > (1u << 30) ? 1u << 30 : want));
-			if (r <= 0) {
-				e = SSL_get_error(t->ssl, r);
-				break;
+			while (k < cnt && n < GATHER) {
+				size_t take = iov[k].iov_len - o;
+
+				if (take > GATHER - n)
+					take = GATHER - n;
+				memcpy(t->gather + n, (const char *)iov[k].iov_base +
+				    o, take);
+				n += take;
+				o += take;
+				if (o == iov[k].iov_len) {
+					k++;
+					o = 0;
+				}
 			}
-			off += (size_t)r;
-			total += (size_t)r;
+			p = t->gather;
 		}
+		if (n == 0) {
+			i++;
+			off = 0;
+			continue;
+		}
+		r = SSL_write(t->ssl, p, (int)n);
+		if (r <= 0) {
+			e = SSL_get_error(t->ssl, r);
+			break;
+		}
+		total += (size_t)r;
+		/* step over what was written */
+		for (size_t w = (size_t)r; w > 0 && i < cnt;) {
+			size_t left = iov[i].iov_len - off;
+
+			if (w < left) {
+				off += w;
+				w = 0;
+			} else {
+				w -= left;
+				i++;
+				off = 0;
+			}
+		}
+		if ((size_t)r < n)
+			break;		/* a partial write: the socket is full */
 	}
 	pthread_mutex_unlock(&t->mu);
 	if (x->guard_sigpipe) {
