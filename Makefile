@@ -58,11 +58,13 @@ COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c \
 	     src/common/text.c src/common/msg.c src/common/xport.c \
 	     src/common/tls_xport.c
 SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
+	     src/server/config_plugins.c \
 	     src/server/access.c src/server/log.c \
 	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
 	     src/server/job.c src/server/gen.c src/server/timer.c \
 	     src/server/loop.c src/server/budget.c src/server/conn.c src/server/conn_in.c \
-	     src/server/conn_out.c src/server/server.c src/server/proc.c \
+	     src/server/conn_out.c src/server/server.c src/server/listen.c \
+	     src/server/proc.c \
 	     src/server/proc_link.c \
 	     src/server/host.c src/server/tls.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
@@ -251,7 +253,8 @@ $(FUZZ_OUT)/fuzz_wire: t/fuzz/fuzz_wire.c src/common/wire.c
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(MSGPACK_LIBS)
 
 $(FUZZ_OUT)/fuzz_config: t/fuzz/fuzz_config.c src/server/config.c \
-	    src/server/config_access.c src/common/buf.c
+	    src/server/config_access.c src/server/config_plugins.c \
+	    src/common/buf.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS)
 

@@ -6,6 +6,7 @@
 #ifndef DMX_CONFIG_IMPL_H
 #define DMX_CONFIG_IMPL_H
 
+#include <msgpack.h>
 #include <yaml.h>
 
 #include "config.h"
@@ -34,6 +35,13 @@ int	 cfg_uint(cfg_ctx *c, const yaml_node_t *n, const char *key,
 	    int sizes, unsigned long long maxv, unsigned long long *out);
 /* No key twice in a mapping. */
 int	 cfg_check_dup(cfg_ctx *c, yaml_node_t *map);
+
+/* A YAML subtree as msgpack (a plugin's config:). */
+int	 cfg_pack_node(cfg_ctx *c, msgpack_packer *pk, yaml_node_t *n,
+	    int depth);
+
+/* config_plugins.c: the plugins: list. */
+int	 cfg_load_plugins(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v);
 
 /* config_access.c: the top-level access: and auth: sections. */
 int	 cfg_load_access(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v);
