@@ -51,20 +51,47 @@ def make_cert(name, cn, ca, san=None):
        "-days", "2", *ext)
 
 
+def make_expired(name, cn, ca):
+    """A certificate of ca that expired in 2020 (openssl ca can backdate)."""
+    sh("openssl", "req", "-newkey", "ec", "-pkeyopt",
+       "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", name + ".key",
+       "-out", name + ".csr", "-subj", "/CN=" + cn)
+    os.makedirs(os.path.join(D, "db"), exist_ok=True)
+    open(os.path.join(D, "db", "index"), "w").close()
+    with open(os.path.join(D, "db", "serial"), "w") as f:
+        f.write("01\n")
+    with open(os.path.join(D, "ca.cnf"), "w") as f:
+        f.write("[ca]\ndefault_ca=d\n[d]\ndatabase=db/index\n"
+                "serial=db/serial\nnew_certs_dir=db\ndefault_md=sha256\n"
+                "policy=p\n[p]\ncommonName=supplied\n")
+    sh("openssl", "ca", "-batch", "-config", "ca.cnf", "-cert", ca + ".crt",
+       "-keyfile", ca + ".key", "-in", name + ".csr", "-out", name + ".crt",
+       "-startdate", "20200101000000Z", "-enddate", "20200102000000Z")
+
+
 make_ca("ca")
 make_ca("otherca")
 make_cert("server", "demux-server-1", "ca", "IP:127.0.0.1")
 make_cert("server2", "demux-server-2", "ca", "IP:127.0.0.1")
 make_cert("client", "billing-1", "ca")
 make_cert("stranger", "billing-2", "otherca")
+make_expired("expired", "billing-3", "ca")
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port free a moment ago whose next one is free too."""
+    while True:
+        s, t = socket.socket(), socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        try:
+            t.bind(("127.0.0.1", p + 1))
+        except OSError:
+            continue
+        finally:
+            s.close()
+            t.close()
+        return p
 
 
 LOG = []
@@ -73,7 +100,8 @@ LOG = []
 def start(client_auth, port):
     conf = os.path.join(D, "demux-%s.yaml" % client_auth)
     with open(conf, "w") as f:
-        f.write("""listen: [ "unix:%s/d-%s.sock", "tls:127.0.0.1:%d" ]
+        f.write("""listen: [ "unix:%s/d-%s.sock", "tls:127.0.0.1:%d",
+          "tcp:127.0.0.1:%d" ]
 tls:
   cert: %s/server.crt
   key: %s/server.key
@@ -83,7 +111,7 @@ tls:
 plugins:
   - name: crashy
     path: %s/t/plugins/crashy.so
-""" % (D, client_auth, port, D, D, D, client_auth, BUILD))
+""" % (D, client_auth, port, port + 1, D, D, D, client_auth, BUILD))
     p = subprocess.Popen([BUILD + "/demuxd", "-c", conf],
                          stderr=subprocess.PIPE, text=True)
     track(p)
@@ -155,6 +183,8 @@ ok(dict(x[0] for x in peer["subject"]).get("commonName") ==
 ok(refused(port, None), "client_auth require: no client certificate, "
    "refused")
 ok(refused(port, "stranger"), "a certificate from another CA: refused")
+ok(refused(port, "expired"), "an expired certificate: refused")
+ok(wait_log("certificate has expired"), "...logged as expired")
 ok(wait_log("handshake failed"), "...and the refusal is logged with its "
    "reason")
 
@@ -178,6 +208,97 @@ for what, data in (("plaintext MessagePack-RPC",
     g.close()
 r = call(s, "crashy.whoami", msgid=2)
 ok(r[3] == "cert:billing-1", "...and the TLS connection beside it goes on")
+
+# interop: openssl s_client carrying raw MessagePack
+sc = subprocess.Popen(["openssl", "s_client", "-connect",
+                       "127.0.0.1:%d" % port, "-CAfile", D + "/ca.crt",
+                       "-cert", D + "/client.crt", "-key", D + "/client.key",
+                       "-quiet", "-ign_eof"], stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+track(sc)
+sc.stdin.write(msgpack.packb([0, 7, "$/ping", []]))
+sc.stdin.flush()
+want = msgpack.packb([1, 7, None, "pong"])
+got = b""
+t0 = time.time()
+os.set_blocking(sc.stdout.fileno(), False)
+while want not in got and time.time() - t0 < 10:
+    try:
+        got += sc.stdout.read() or b""
+    except BlockingIOError:
+        pass
+    time.sleep(0.01)    # polling a pipe we do not own the other end of
+sc.kill()
+sc.wait()
+ok(want in got, "openssl s_client carrying raw MessagePack gets its "
+   "answer")
+
+# interop: HAProxy terminating TLS in front of demuxd's tcp listener, and
+# re-encrypting to its tls listener with a client certificate
+if os.access("/usr/sbin/haproxy", os.X_OK):
+    for src, dst in (("server", "haproxy-server.pem"),
+                     ("client", "haproxy-client.pem")):
+        with open(os.path.join(D, dst), "w") as f:
+            for ext in (".crt", ".key"):
+                f.write(open(os.path.join(D, src + ext)).read())
+    hp1, hp2 = free_port(), free_port()
+    with open(os.path.join(D, "haproxy.cfg"), "w") as f:
+        f.write("""defaults
+  mode tcp
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend terminate
+  bind 127.0.0.1:%d ssl crt %s/haproxy-server.pem
+  default_backend plain
+backend plain
+  server d 127.0.0.1:%d
+frontend reencrypt
+  bind 127.0.0.1:%d
+  default_backend tls
+backend tls
+  server d 127.0.0.1:%d ssl verify required ca-file %s/ca.crt crt %s/haproxy-client.pem
+""" % (hp1, D, port + 1, hp2, port, D, D))
+    hx = subprocess.Popen(["/usr/sbin/haproxy", "-db", "-q", "-f",
+                           os.path.join(D, "haproxy.cfg")])
+    track(hx)
+    got1 = got2 = None
+    t0 = time.time()
+    while (got1 is None or got2 is None) and time.time() - t0 < 10:
+        try:
+            if got1 is None:
+                c = socket.create_connection(("127.0.0.1", hp1), timeout=5)
+                c = context().wrap_socket(c, server_hostname="127.0.0.1")
+                got1 = call(c, "crashy.whoami")[3]
+                c.close()
+            if got2 is None:
+                c = socket.create_connection(("127.0.0.1", hp2), timeout=5)
+                got2 = call(c, "crashy.whoami")[3]
+                c.close()
+        except (OSError, ssl.SSLError, ConnectionError):
+            time.sleep(0.05)    # haproxy has no readiness signal
+    ok(got1 == "anonymous", "HAProxy terminating TLS in front of demuxd's "
+       "tcp listener: served (%r)" % got1)
+    ok(got2 == "cert:billing-1", "HAProxy re-encrypting to demuxd's tls "
+       "listener (ssl verify required, its client certificate): served as "
+       "%r" % got2)
+    hx.kill()
+    hx.wait()
+
+# 500 TLS connections at once
+conns = []
+try:
+    for i in range(500):
+        conns.append(tls_connect(port, "client"))
+    answered = sum(1 for i, c in enumerate(conns)
+                   if call(c, "$/ping", msgid=i + 1)[3] == "pong")
+except (OSError, ssl.SSLError) as e:
+    answered = -1
+    diag("500 connections: %s" % e)
+ok(answered == 500, "500 concurrent TLS connections, each answered "
+   "(%d)" % answered)
+for c in conns:
+    c.close()
 
 # a stalled handshake
 stall = socket.create_connection(("127.0.0.1", port), timeout=5)
