@@ -14,12 +14,19 @@ python3-msgpack.
         print(e.code, e.message, e.trace)
     m.notify("kv.set", "k", 1)               # no answer
     m.close()                                # waiting threads get ClosedError
+
+Over TLS, with a token (see docs/security.md):
+
+    ctx = ssl.create_default_context(cafile="ca.crt")
+    ctx.load_cert_chain("client.crt", "client.key")   # if the server asks
+    m = Mux("tls:db1.example:7412", ssl_context=ctx, auth=("ci", secret))
 """
 import itertools
 import os
 import random
 import select
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -66,21 +73,36 @@ class Timeout(MuxError):
     """No answer in time; the call may still run on the server."""
 
 
-def _connect(uri):
+def _host_port(hp):
+    if hp.startswith("["):
+        host, _, port = hp[1:].partition("]:")
+    else:
+        host, _, port = hp.rpartition(":")
+    return host, int(port)
+
+
+def _connect(uri, ssl_context=None):
     if uri.startswith("unix:"):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(uri[5:])
         return s
-    if uri.startswith("tcp:"):
-        hp = uri[4:]
-        if hp.startswith("["):
-            host, _, port = hp[1:].partition("]:")
-        else:
-            host, _, port = hp.rpartition(":")
-        s = socket.create_connection((host, int(port)))
+    if uri.startswith("tcp:") or uri.startswith("tls:"):
+        host, port = _host_port(uri[4:])
+        s = socket.create_connection((host, port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return s
-    raise ValueError("address must be unix:PATH or tcp:HOST:PORT: %r" % uri)
+        if uri.startswith("tcp:"):
+            return s
+        # the handshake runs blocking, here; the socket turns non-blocking
+        # after it. The default context verifies the certificate and the
+        # host name against the system's CAs.
+        ctx = ssl_context or ssl.create_default_context()
+        try:
+            return ctx.wrap_socket(s, server_hostname=host)
+        except BaseException:
+            s.close()
+            raise
+    raise ValueError("address must be unix:PATH, tcp:HOST:PORT or "
+                     "tls:HOST:PORT: %r" % uri)
 
 
 class _Pending:
@@ -95,14 +117,24 @@ class _Pending:
 class Mux:
     """One connection shared by any number of threads."""
 
-    def __init__(self, uri=None, _files=None):
+    def __init__(self, uri=None, ssl_context=None, auth=None, _files=None):
+        """Connect to uri: "unix:PATH", "tcp:HOST:PORT" or "tls:HOST:PORT"
+        (ssl_context: an ssl.SSLContext for tls:, by default one that
+        verifies against the system's CAs). auth=(name, secret) sends
+        $/auth before anything else; a refusal raises RemoteError
+        (-32015) and closes the connection."""
         if _files is not None:
             self._rfile, self._wfile, self._proc = _files
             self._sock = None
         else:
-            self._sock = _connect(uri)
+            self._sock = _connect(uri, ssl_context)
             self._rfile = self._wfile = None
             self._proc = None
+        # OpenSSL's SSL object is not safe for a read and a write at once:
+        # the reader and the writers take turns on it (each turn is short,
+        # the socket being non-blocking)
+        self._tls = isinstance(self._sock, ssl.SSLSocket)
+        self._tlock = threading.Lock()
         # writes never block: a server that does not read must not hold a
         # caller past its timeout (the reader waits in select)
         if self._sock is not None:
@@ -119,6 +151,12 @@ class Mux:
         self._closed = None            # the error later calls raise
         self._reader = threading.Thread(target=self._read_loop, daemon=True)
         self._reader.start()
+        if auth is not None:
+            try:
+                self.transaction("$/auth", auth[0], auth[1])
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
     def spawn(cls, argv):
@@ -147,13 +185,21 @@ class Mux:
             view, sent = memoryview(data), 0
             while sent < len(view):
                 try:
-                    if self._sock is not None:
+                    if self._tls:
+                        with self._tlock:
+                            n = self._sock.send(view[sent:])
+                    elif self._sock is not None:
                         n = self._sock.send(view[sent:])
                     else:
                         n = os.write(self._wfd, view[sent:])
                     sent += n
                     continue
-                except (BlockingIOError, InterruptedError):
+                except ssl.SSLWantReadError:
+                    # TLS wants the peer's bytes first (a key update): the
+                    # reader takes them; try again in a moment
+                    select.select([self._wfd], [], [], 0.01)
+                except (BlockingIOError, InterruptedError,
+                        ssl.SSLWantWriteError):
                     pass
                 left = (None if deadline is None else
                         deadline - time.monotonic())
@@ -171,10 +217,12 @@ class Mux:
         finally:
             self._wlock.release()
 
-    def _shutdown(self):
+    def _shutdown(self, how=socket.SHUT_RDWR):
+        # socket.socket.shutdown, not SSLSocket's: that one also drops the
+        # SSL object, and the reader would then read ciphertext as data
         if self._sock is not None:
             try:
-                self._sock.shutdown(socket.SHUT_RDWR)
+                socket.socket.shutdown(self._sock, how)
             except OSError:
                 pass
 
@@ -234,10 +282,16 @@ class Mux:
         why = ConnectionLost("the server closed the connection; the effect "
                              "of calls in flight is unknown")
         try:
+            more = False
             while True:
-                select.select([self._rfd], [], [])
+                if not more:
+                    select.select([self._rfd], [], [])
                 try:
-                    if self._sock is not None:
+                    if self._tls:
+                        data, more = self._tls_recv()
+                        if data is None:
+                            continue
+                    elif self._sock is not None:
                         data = self._sock.recv(1 << 16)
                     else:
                         data = os.read(self._rfd, 1 << 16)
@@ -259,6 +313,28 @@ class Mux:
                                 "connection" % (type(e).__name__, e))
         self._fail_all(why)
         self._shutdown()
+
+    def _tls_recv(self):
+        """(data, more): what TLS has decrypted (b"" at the end, None if
+        nothing yet), and whether OpenSSL may hold more. Reads until it
+        wants bytes from the socket, since a record already taken off the
+        socket would not wake select again, but 16 reads at most a turn, so
+        that writers get theirs."""
+        parts = []
+        with self._tlock:
+            for _ in range(16):
+                try:
+                    data = self._sock.recv(1 << 16)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                except ssl.SSLZeroReturnError:
+                    data = b""
+                if not data:
+                    return (b"".join(parts) if parts else b""), False
+                parts.append(data)
+            else:
+                return b"".join(parts), True
+        return (b"".join(parts) if parts else None), False
 
     def _on_message(self, msg):
         if (not isinstance(msg, list) or not msg or
@@ -299,10 +375,7 @@ class Mux:
         # for requests still on their way, closes at once
         if (isinstance(self._closed, Draining) and not self._pending and
                 self._sock is not None):
-            try:
-                self._sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            self._shutdown(socket.SHUT_WR)
 
     def _fail_all(self, exc):
         with self._lock:
@@ -322,10 +395,7 @@ class Mux:
         with self._lock:
             self._closed = ClosedError("the connection was closed")
         if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._shutdown()
             self._reader.join()
             self._sock.close()
         else:

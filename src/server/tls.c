@@ -29,7 +29,7 @@ dmx_tls_ctx_new(const dmx_config *cfg, char *err, size_t errlen)
 	const dmx_conf_tls *c = &cfg->tls;
 	dmx_tls_ctx *t = calloc(1, sizeof(*t));
 	char why[512];
-	const char *what = "out of memory";
+	const char *what = "out of memory", *file = NULL;
 	int mode;
 
 	if (t == NULL || (t->ctx = SSL_CTX_new(TLS_server_method())) == NULL)
@@ -43,18 +43,22 @@ dmx_tls_ctx_new(const dmx_config *cfg, char *err, size_t errlen)
 	SSL_CTX_set_mode(t->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
 	what = "tls: cert";
+	file = c->cert;
 	if (SSL_CTX_use_certificate_chain_file(t->ctx, c->cert) != 1)
 		goto fail;
 	what = "tls: key";
+	file = c->key;
 	if (SSL_CTX_use_PrivateKey_file(t->ctx, c->key, SSL_FILETYPE_PEM) != 1)
 		goto fail;
 	what = "tls: key does not match cert";
+	file = c->key;
 	if (SSL_CTX_check_private_key(t->ctx) != 1)
 		goto fail;
 	if (c->ca != NULL) {
 		STACK_OF(X509_NAME) *names;
 
 		what = "tls: ca";
+		file = c->ca;
 		if (SSL_CTX_load_verify_locations(t->ctx, c->ca, NULL) != 1)
 			goto fail;
 		if ((names = SSL_load_client_CA_file(c->ca)) != NULL)
@@ -71,8 +75,8 @@ dmx_tls_ctx_new(const dmx_config *cfg, char *err, size_t errlen)
 	return t;
 fail:
 	dmx_tls_errors(why, sizeof(why));
-	snprintf(err, errlen, "%s:%d:%d: %s: %s", cfg->file ? cfg->file : "",
-	    c->line, c->col, what, why);
+	snprintf(err, errlen, "%s:%d:%d: %s%s%s: %s", cfg->file ? cfg->file :
+	    "", c->line, c->col, what, file ? " " : "", file ? file : "", why);
 	dmx_tls_ctx_free(t);
 	return NULL;
 }
