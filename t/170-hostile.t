@@ -3,10 +3,13 @@
 # messages over many connections, plus abrupt disconnects with calls in
 # flight, while a well-behaved client runs on its own connection: the good
 # client sees no error, demuxd's memory stays bounded, nothing crashes.
+# With HOSTILE_TLS=1 (t/171) the same over a tls: listener, where a share of
+# the hostile connections also sends garbage instead of a handshake.
 import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -15,14 +18,26 @@ import threading
 import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tap import BUILD, done_testing, ok, rss_kb  # noqa: E402
+from tap import BUILD, diag, done_testing, ok, rss_kb  # noqa: E402
 from tap import track, watchdog  # noqa: E402
+from certs import basic  # noqa: E402
 
 watchdog(120)
+TLS = os.environ.get("HOSTILE_TLS") == "1"
+ADDR = None         # the unix socket's path, or ("127.0.0.1", port)
+CTX = None
 
 
-
-
+def dial(timeout=10, handshake=True):
+    """A connection to demuxd as the test's clients make them: unix, or
+    TLS (handshake False: a TCP connection to the TLS port, no TLS)."""
+    if not TLS:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        s.connect(ADDR)
+        return s
+    s = socket.create_connection(ADDR, timeout=timeout)
+    return CTX.wrap_socket(s) if handshake else s
 
 def bad_messages(rng):
     """One hostile byte string of a random kind."""
@@ -51,14 +66,14 @@ def bad_messages(rng):
     return os.urandom(rng.randrange(1, 200))                    # noise
 
 
-def hostile(sock_path, seed, count, stats):
+def hostile(seed, count, stats):
     rng = random.Random(seed)
     sent = 0
     while sent < count:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
+        s = None
+        stats["conns"] += 1
         try:
-            s.connect(sock_path)
+            s = dial(handshake=not TLS or rng.random() >= 0.15)
             # a few messages per connection, then read a little or vanish
             for _ in range(rng.randrange(1, 20)):
                 s.sendall(bad_messages(rng))
@@ -75,15 +90,31 @@ def hostile(sock_path, seed, count, stats):
                     pass
         except OSError:
             stats["conn_errors"] += 1
+            sent += 1           # (a garbage handshake ends in an error)
         finally:
-            s.close()
+            if s is not None:
+                s.close()
 
 
 def main():
+    global ADDR, CTX
     d = tempfile.mkdtemp(prefix="demux-t.")
     conf = os.path.join(d, "demux.yaml")
+    if TLS:
+        basic(d)
+        p = socket.socket()
+        p.bind(("127.0.0.1", 0))
+        ADDR = p.getsockname()
+        p.close()
+        CTX = ssl.create_default_context(cafile=os.path.join(d, "ca.crt"))
+        CTX.check_hostname = False
+        listen = ('listen: "tls:127.0.0.1:%d"\ntls:\n  cert: server.crt\n'
+                  "  key: server.key\n" % ADDR[1])
+    else:
+        ADDR = os.path.join(d, "demux.sock")
+        listen = 'listen: "unix:demux.sock"\n'
     with open(conf, "w") as f:
-        f.write('listen: "unix:demux.sock"\nworkers: 4\nmax_frame: 64KiB\n'
+        f.write(listen + "workers: 4\nmax_frame: 64KiB\n"
                 "plugins:\n  - name: echo\n    path: %s/plugins/echo.so\n"
                 "  - name: sleep\n    path: %s/plugins/sleep.so\n"
                 % (BUILD, BUILD))
@@ -93,13 +124,10 @@ def main():
     for line in srv.stderr:             # READY: it accepts connections
         if "READY" in line:
             break
-    sock_path = os.path.join(d, "demux.sock")
     try:
         threading.Thread(target=lambda: [None for _ in srv.stderr],
                          daemon=True).start()
-        good = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        good.connect(sock_path)
-        good.settimeout(30)
+        good = dial(30)
         rss0 = rss_kb(srv.pid)
 
         stop = threading.Event()
@@ -135,17 +163,16 @@ def main():
         gt = threading.Thread(target=good_client)
         gt.start()
 
-        stats = {"conn_errors": 0}
+        stats = {"conn_errors": 0, "conns": 0}
         hs = [threading.Thread(target=hostile,
-                               args=(sock_path, seed, 1250, stats))
+                               args=(seed, 1250, stats))
               for seed in range(8)]
         [h.start() for h in hs]
 
         # abrupt disconnects with thousands of calls in flight
         def abrupt():
             for _ in range(4):
-                a = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                a.connect(sock_path)
+                a = dial()
                 a.sendall(b"".join(msgpack.packb([0, i, "sleep.sleep", [0]])
                                    for i in range(3000)))
                 a.close()
@@ -153,6 +180,8 @@ def main():
         ab.start()
         [h.join() for h in hs]
         ab.join()
+        diag("%d hostile connections, %d ended in an error" %
+             (stats["conns"], stats["conn_errors"]))
         stop.set()
         gt.join()
 

@@ -6,6 +6,8 @@
 #ifndef T_E2E_H
 #define T_E2E_H
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,21 +64,76 @@ check_has_strs(const char *what, const mux_result *r, const char *const *s)
 		    "\"%s\"", what, *s);
 }
 
+/*
+ * With T_TLS set, M is a tls: connection with a client certificate
+ * (client_auth require, the default with a ca) instead of the unix socket:
+ * the same tests then prove the TLS transport. t/certs.py makes the
+ * certificates. Fills yaml (CONF with the tls: listener), o and uri.
+ */
+static char e2e_certs[] = "/tmp/demux-certs.XXXXXX";
+
+static inline void
+e2e_tls_setup(char *yaml, size_t n, mux_options *o, char *uri, size_t un)
+{
+	char *dir = e2e_certs;
+	static char ca[300], crt[300], key[300];
+	char cmd[300];
+	int port = t_free_port();
+
+	if (mkdtemp(dir) == NULL)
+		bail_out("mkdtemp: %s", strerror(errno));
+	snprintf(cmd, sizeof(cmd), "/usr/bin/python3 t/certs.py %s", dir);
+	if (system(cmd) != 0)
+		bail_out("%s failed", cmd);
+	snprintf(yaml, n, "listen: [ \"unix:demux.sock\", "
+	    "\"tls:127.0.0.1:%d\" ]\ntls:\n  cert: %s/server.crt\n"
+	    "  key: %s/server.key\n  ca: %s/ca.crt\n%s", port, dir, dir, dir,
+	    CONF);
+	snprintf(uri, un, "tls:127.0.0.1:%d", port);
+	snprintf(ca, sizeof(ca), "%s/ca.crt", dir);
+	snprintf(crt, sizeof(crt), "%s/client.crt", dir);
+	snprintf(key, sizeof(key), "%s/client.key", dir);
+	mux_options_init(o);
+	o->reconnect = 0;		/* as mux_connect */
+	o->health_interval_ms = 0;
+	o->tls_ca = ca;
+	o->tls_cert = crt;
+	o->tls_key = key;
+}
+
 /* Start demuxd on CONF, connect M, run the tests, stop it. */
 static inline int
 e2e_main(void (*tests)(t_server *s))
 {
+	static char yaml[4096];
+	char uri[64], err[MUX_ERRLEN];
+	mux_options o;
 	t_server s;
-	int st;
+	int st, tls = getenv("T_TLS") != NULL;
 
 	t_watchdog(240);
-	if (t_server_start(&s, CONF, NULL) != 0)
+	if (tls)
+		e2e_tls_setup(yaml, sizeof(yaml), &o, uri, sizeof(uri));
+	if (t_server_start(&s, tls ? yaml : CONF, NULL) != 0)
 		bail_out("cannot start demuxd");
 	setenv("T_URI", s.uri, 1);
-	M = connect_or_bail(s.uri);
+	if (tls) {
+		if ((M = mux_open(uri, &o, err, sizeof(err))) == NULL)
+			bail_out("connect %s: %s", uri, err);
+		diag("M is %s, with a client certificate", uri);
+	} else {
+		M = connect_or_bail(s.uri);
+	}
 	tests(&s);
 	mux_free(M);
 	st = t_server_stop(&s);
+	if (tls) {
+		char cmd[300];
+
+		snprintf(cmd, sizeof(cmd), "rm -rf %s", e2e_certs);
+		if (system(cmd) != 0)
+			diag("%s failed", cmd);
+	}
 	check_int(st, ==, 0, "demuxd stops cleanly on SIGTERM%s",
 	    getenv("DEMUX_VALGRIND") ? " (and valgrind found no leak)" : "");
 	done_testing();
