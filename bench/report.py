@@ -178,6 +178,38 @@ def targets(R, out):
                          f"tcp {fmt(b, 1 if key == 'MBps' else 0)}", f"{r:.2f}x tcp",
                          ">= 0.8x tcp" if wl == "W1" else "-",
                          verdict(r >= 0.8 if r == r else None) if wl == "W1" else "-"))
+    # demux's TLS cost against Redis's, each against its own TCP
+    tls_ratio = {}
+    for wl in ("W1",):
+        dt, dp = w("demux,tls," + wl), w("demux,tcp," + wl)
+        if dt and dp:
+            tls_ratio["demux"] = ratio(cell(dt, "txps"), cell(dp, "txps"))
+    for rl in ("ping-c32", "set-c32-d64"):
+        rt, rp = w("redis,tls," + rl), w("redis,tcp," + rl)
+        if rt and rp:
+            a, b = cell(rt, "txps"), cell(rp, "txps")
+            r = ratio(a, b)
+            d = tls_ratio.get("demux", float("nan"))
+            rows.append((f"Redis {rl} tx/s over TLS", fmt(a), f"tcp {fmt(b)}",
+                         f"{r:.2f}x tcp (demux W1: {d:.2f}x)",
+                         "demux's TLS/TCP better",
+                         verdict(d > r if d == d and r == r else None)))
+    dh, rh = w("demux,tls,handshakes"), w("redis,tls,handshakes")
+    if dh:
+        a, b = cell(dh, "txps"), cell(rh, "txps") if rh else float("nan")
+        rows.append(("full TLS handshakes/s (2 clients)", fmt(a),
+                     f"Redis {fmt(b)}", f"{ratio(a, b):.2f}x Redis; server "
+                     f"{fmt(cell(dh, 'srv_cpu_us_tx'))} µs/handshake (Redis "
+                     f"{fmt(cell(rh, 'srv_cpu_us_tx')) if rh else '-'})",
+                     "(reported)", "-"))
+    # the access check on the fast path: W4 with a 10-rule access: section
+    da, dn = w("demux,unix,W4-k1024-access"), w("demux,unix,W4-k1024")
+    if da and dn:
+        a, b = cell(da, "txps"), cell(dn, "txps")
+        r = ratio(a, b)
+        rows.append(("W4 tx/s with 10 access rules", fmt(a),
+                     f"without {fmt(b)}", f"{r:.2f}x", ">= 0.95x (noise)",
+                     verdict(r >= 0.95 if r == r else None)))
     out.append("| target | demux | best peer (and ceiling) | ratio | goal | |")
     out.append("|---|---|---|---|---|---|")
     for row in rows:

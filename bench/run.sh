@@ -52,13 +52,20 @@ fi
 SRV="$ROOT/bench/server.sh"
 LOAD="$B/bench/mux_load"
 PIPE="$B/bench/mux_pipe"
+HS="$B/bench/tls_handshake"
+RTLS="$ROOT/bench/redis_tls.sh"
 # Sourced by run.sh: $W1 $W1L $W2 $W3 $B(peers) $IPC_ZMQ ... are its own.
 cat > "$CASES" <<X
+HSARGS="-c $MUX_TLS_CA -T 2 -d \$DUR -w \$WARM"
 add "demux,unix,W1"      4 0 1 "$SRV W1 $SOCK"     "$LOAD -u $SOCK \$W1"
 add "demux,tcp,W1"       4 0 1 "$SRV W1 $TCP"      "$LOAD -u $TCP \$W1"
 add "demux,tls,W1"       4 0 1 "$SRV W1 $TLS"      "$LOAD -u $TLS \$W1"
 add "demux,tcp,W2"       4 0 1 "$SRV W2 $TCP"      "$LOAD -u $TCP \$W2"
 add "demux,tls,W2"       4 0 1 "$SRV W2 $TLS"      "$LOAD -u $TLS \$W2"
+add "demux,tls,handshakes" 4 0 1 "$SRV W1 $TLS"    "$HS -u $TLS \$HSARGS"
+add "redis,tls,ping-c32"   1 0 1 "$RTLS server"    "$RTLS client 32 1 0 ping_mbulk ping_mbulk"
+add "redis,tls,set-c32-d64" 1 0 1 "$RTLS server"   "$RTLS client 32 1 64 set set"
+add "redis,tls,handshakes" 1 0 1 "$RTLS server"    "$HS -u tls:127.0.0.1:47107 -F $PEERS_OUT/redis-tls.pid \$HSARGS"
 add "demux,unix,W1-async" 4 0 1 "$SRV W1 $SOCK"    "$LOAD -A -u $SOCK \$W1"
 add "demux,unix,W1-lat"  4 0 1 "$SRV W1-lat $SOCK" "$LOAD -u $SOCK \$W1L"
 add "demux,unix,W1-process" 4 0 1 "$SRV W1-process $SOCK" "$LOAD -u $SOCK \$W1"
@@ -66,6 +73,7 @@ add "demux,unix,W1-lat-process" 4 0 1 "$SRV W1-lat-process $SOCK" "$LOAD -u $SOC
 add "demux,unix,W2"      4 0 1 "$SRV W2 $SOCK"     "$LOAD -u $SOCK \$W2"
 add "demux,unix,W3"    100 10000 2 "$SRV W3 $SOCK" "$LOAD -u $SOCK -S 10000 \$W3"
 add "demux,unix,W4-k1024" 4 0 1 "$SRV W4 $SOCK"    "$PIPE -u $SOCK -k 1024 -b 64 -s 64 -d \$DUR -w \$WARM"
+add "demux,unix,W4-k1024-access" 4 0 1 "$SRV W4-access $SOCK" "$PIPE -u $SOCK -k 1024 -b 64 -s 64 -d \$DUR -w \$WARM"
 X
 if [ "${CURVE:-1}" = 1 ]; then
 	cat >> "$CASES" <<'X'

@@ -4,7 +4,7 @@
 # demuxd, so that the pid run.sh measures is demuxd's own. demuxd logs READY
 # once it accepts connections.
 set -eu
-W=${1:?usage: server.sh W1|W1-lat|W2|W3|W4|W1-process|W1-lat-process [URI]}
+W=${1:?usage: server.sh W1|W1-lat|W2|W3|W4|W4-access|W1-process|W1-lat-process [URI]}
 URI=${2:-unix:/tmp/demux-bench.sock}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
@@ -20,6 +20,22 @@ case $W in
     isolation: process
     workers: $workers" ;;
 esac
+# W4-access: W4 behind a 10-rule access: section whose last rule is the one
+# that matches (the bench client is unix:USER), with a deny list checked
+# before its allow list: what the access check costs at its worst
+access=""
+case $W in
+*-access) access="access:"
+	for t in 1 2 3 4 5 6 7 8 9; do
+		access="$access
+  - identity: \"cert:team-$t-*\"
+    allow: [ \"echo.*\", \"kv.get\" ]"
+	done
+	access="$access
+  - identity: \"unix:*\"
+    deny: [ \"kv.del\", \"sleep.*\" ]
+    allow: [ \"echo.*\", \"\$/*\" ]" ;;
+esac
 conf=${TMPDIR:-/tmp}/demux-bench-$W-$$.yaml
 # tls: listeners use the certificates run.sh made (CERTS)
 tls=""
@@ -31,6 +47,7 @@ esac
 cat > "$conf" <<X
 listen: [ "$URI" ]
 $tls
+$access
 workers: $workers
 log_level: info
 plugins:

@@ -246,6 +246,9 @@ mc_reader_main(void *arg)
 	uint64_t dl;
 	static __thread done_batch batch;
 
+	/* what TLS read ahead with the handshake is not on the socket any
+	 * more: read it before the first poll */
+	readable = dmx_xport_pending(c->xp);
 	for (;;) {
 		if (atomic_load(&c->state) != MC_OPEN)
 			break;
@@ -320,7 +323,8 @@ read:
 			continue;
 		if (n <= 0) {
 			reader_broken(c, "connection lost (%s)", n == 0 ?
-			    "the server closed it" : strerror(errno));
+			    "the server closed it" : dmx_xport_why(c->xp,
+			    errno));
 			break;
 		}
 		rb.len += (size_t)n;

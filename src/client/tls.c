@@ -36,6 +36,9 @@ mh_tls_init(mux_t *m, char *err, size_t errlen)
 	    SSL_OP_NO_COMPRESSION);
 	SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* read what the socket has, not one record's header and then its
+	 * body: two read(2)s per record otherwise */
+	SSL_CTX_set_read_ahead(ctx, 1);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
 	what = "tls_ca";
 	if ((m->tls_ca != NULL ? SSL_CTX_load_verify_locations(ctx, m->tls_ca,

@@ -53,6 +53,21 @@ dmx_tls_errors(char *buf, size_t len)
 
 /* ---- the transport ---- */
 
+/* The reason of a failed read, for the message that reports the connection
+ * lost: an alert the peer sent says more than ECONNRESET. */
+static void
+tls_why(dmx_xport *x)
+{
+	unsigned long e = ERR_peek_error();
+	const char *r = ERR_reason_error_string(e);
+
+	if (ERR_GET_REASON(e) == SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED)
+		snprintf(x->why, sizeof(x->why), "the server requires a "
+		    "client certificate (TLS alert)");
+	else if (r != NULL)
+		snprintf(x->why, sizeof(x->why), "TLS: %s", r);
+}
+
 /* As read(2): everything OpenSSL holds decrypted is taken, so that a
  * short count means the socket has nothing more (epoll will say when). */
 static ssize_t
@@ -82,6 +97,8 @@ tls_read(dmx_xport *x, void *buf, size_t n)
 	}
 	if (e == SSL_ERROR_ZERO_RETURN)
 		return 0;		/* close_notify: end of input */
+	if (e == SSL_ERROR_SSL)
+		tls_why(x);
 	errno = ECONNRESET;
 	ERR_clear_error();
 	return -1;
@@ -207,8 +224,22 @@ tls_free(dmx_xport *x)
 	free(t);
 }
 
+/* Read ahead (SSL_CTX_set_read_ahead) may have taken the peer's first
+ * request off the socket with the handshake's last flight. */
+static int
+tls_pending(dmx_xport *x)
+{
+	tls_xport *t = (tls_xport *)x;
+	int r;
+
+	pthread_mutex_lock(&t->mu);
+	r = SSL_has_pending(t->ssl);
+	pthread_mutex_unlock(&t->mu);
+	return r;
+}
+
 static const dmx_xport_ops tls_ops = {
-	"tls", tls_read, tls_writev, tls_shutdown, tls_free
+	"tls", tls_read, tls_writev, tls_shutdown, tls_free, tls_pending
 };
 
 dmx_xport *

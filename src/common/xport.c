@@ -78,7 +78,7 @@ plain_free(dmx_xport *x)
 }
 
 static const dmx_xport_ops plain_ops = {
-	"plain", plain_read, plain_writev, plain_shutdown, plain_free
+	"plain", plain_read, plain_writev, plain_shutdown, plain_free, NULL
 };
 
 dmx_xport *
@@ -94,4 +94,10 @@ dmx_xport_plain(int rfd, int wfd, int is_sock)
 	x->is_sock = is_sock;
 	x->guard_sigpipe = 0;
 	return x;
+}
+
+const char *
+dmx_xport_why(const dmx_xport *x, int err)
+{
+	return x->why[0] != '\0' ? x->why : strerror(err);
 }

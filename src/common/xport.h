@@ -4,14 +4,16 @@
  *
  * A transport owns a connection's descriptors (rfd and wfd are the same
  * but for a pipe pair) and moves bytes over them; the connection above it
- * frames, multiplexes and waits for readiness. Today's implementation is
- * plain (read(2), and sendmsg(2) with MSG_NOSIGNAL on a socket); TLS is
- * the next, with the same calls over an SSL session.
+ * frames, multiplexes and waits for readiness. Two implement it: plain
+ * (read(2), and sendmsg(2) with MSG_NOSIGNAL on a socket; xport.c) and TLS
+ * (the same calls over an OpenSSL session; tls_xport.c).
  *
  * Contract, the same for every implementation:
  * - read and writev return what read(2) and writev(2) would: a count,
  *   0 for end of input (read), or -1 with errno (EAGAIN when they would
- *   block on a non-blocking descriptor). Short writes are normal.
+ *   block on a non-blocking descriptor). Short writes are normal. A read
+ *   that fails for a reason errno cannot say (a TLS alert) leaves it in
+ *   why, for the message that reports the connection lost.
  * - One thread at a time reads and one at a time writes, but a read and a
  *   write may run at once (the server's I/O thread reads while a worker
  *   writes): an implementation whose session state is shared by both
@@ -33,6 +35,9 @@ typedef struct dmx_xport_ops {
 	ssize_t	  (*writev)(dmx_xport *x, const struct iovec *iov, int n);
 	void	  (*shutdown)(dmx_xport *x, int how);
 	void	  (*free)(dmx_xport *x);
+	/* whether bytes already taken off the descriptor wait to be read
+	 * (TLS reads ahead): poll will not report them. NULL: never */
+	int	  (*pending)(dmx_xport *x);
 } dmx_xport_ops;
 
 struct dmx_xport {
@@ -43,7 +48,12 @@ struct dmx_xport {
 	int		 guard_sigpipe;	/* a library may not ignore SIGPIPE for
 					 * the process: block it around writes to
 					 * a pipe, and consume the one raised */
+	char		 why[96];	/* the reading thread's: the last failed
+					 * read's reason beyond errno, or "" */
 };
+
+/* Why the last read failed: why, or errno's text. */
+const char *dmx_xport_why(const dmx_xport *x, int err);
 
 /* A plain transport over rfd/wfd (taken on success: closed by free),
  * guard_sigpipe off. NULL without memory (the descriptors are left alone). */
@@ -65,6 +75,14 @@ static inline void
 dmx_xport_shutdown(dmx_xport *x, int how)
 {
 	x->ops->shutdown(x, how);
+}
+
+/* Nonzero if a read would return data the descriptor no longer shows: read
+ * before waiting for readiness (after a handshake, say). */
+static inline int
+dmx_xport_pending(dmx_xport *x)
+{
+	return x->ops->pending != NULL && x->ops->pending(x);
 }
 
 /* NULL is a no-op. */

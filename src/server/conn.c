@@ -93,6 +93,7 @@ dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
     const char *peer)
 {
 	dmx_conn *c = calloc(1, sizeof(*c));
+	unsigned id;
 
 	if (c == NULL || conn_set_identity(c, identity) != 0) {
 		free(c);
@@ -130,7 +131,13 @@ dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
 	    memory_order_relaxed);
 	atomic_fetch_add_explicit(&cs->stats->accepted, 1,
 	    memory_order_relaxed);
-	return c->id;
+	id = c->id;
+	/* bytes the transport already holds (TLS read ahead with the
+	 * handshake) would wait for an epoll event that never comes: read
+	 * them now (which may close c) */
+	if (dmx_xport_pending(x))
+		conn_ready(&c->io, EPOLLIN);
+	return id;
 }
 
 void
@@ -219,8 +226,9 @@ conn_attend(dmx_io *io)
 	if (resume && !c->rd_closed && !c->mem_paused) {
 		conn_watch(c, c->io.events | EPOLLIN);
 		/* data waiting in the socket is reported by level-triggered
-		 * epoll; frames already read but not parsed are not */
-		if (c->rbuf_pending)
+		 * epoll; frames already read but not parsed are not, nor
+		 * what the transport read ahead (TLS) */
+		if (c->rbuf_pending || dmx_xport_pending(c->xp))
 			conn_on_readable(c);
 	}
 	if (want_out && !(c->io.events & EPOLLOUT))

@@ -652,7 +652,7 @@ conn_mem_resume(dmx_conn *c)
 	if (paused || c->rd_closed)
 		return;
 	conn_watch(c, c->io.events | EPOLLIN);
-	if (c->rbuf_pending)
+	if (c->rbuf_pending || dmx_xport_pending(c->xp))
 		conn_on_readable(c);
 }
 
@@ -736,7 +736,7 @@ conn_on_readable(dmx_conn *c)
 		if (n <= 0) {
 			if (n < 0)
 				dmx_debug("conn %u: read: %s", c->id,
-				    strerror(errno));
+				    dmx_xport_why(c->xp, errno));
 			/* EOF: answer what was accepted, then close */
 			conn_stop_reading(c);
 			break;

@@ -42,6 +42,9 @@ dmx_tls_ctx_new(const dmx_config *cfg, char *err, size_t errlen)
 	    SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
 	SSL_CTX_set_mode(t->ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 	    SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+	/* read what the socket has, not one record's header and then its
+	 * body: two read(2)s per record otherwise */
+	SSL_CTX_set_read_ahead(t->ctx, 1);
 	what = "tls: cert";
 	file = c->cert;
 	if (SSL_CTX_use_certificate_chain_file(t->ctx, c->cert) != 1)
