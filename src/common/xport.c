@@ -84,7 +84,7 @@ static const dmx_xport_ops plain_ops = {
 dmx_xport *
 dmx_xport_plain(int rfd, int wfd, int is_sock)
 {
-	dmx_xport *x = malloc(sizeof(*x));
+	dmx_xport *x = calloc(1, sizeof(*x));	/* guard_sigpipe off, why "" */
 
 	if (x == NULL)
 		return NULL;
@@ -92,7 +92,6 @@ dmx_xport_plain(int rfd, int wfd, int is_sock)
 	x->rfd = rfd;
 	x->wfd = wfd;
 	x->is_sock = is_sock;
-	x->guard_sigpipe = 0;
 	return x;
 }
 
