@@ -198,8 +198,14 @@ def main():
             os.system("grep -E 'Rss|Size' /proc/%d/smaps_rollup; "
                       "awk '/^[0-9a-f]+-/ {r=$0} /^Rss:/ && $2 > 4096 "
                       "{print r, $2}' /proc/%d/smaps" % (srv.pid, srv.pid))
-        ok(rss1 - rss0 < 64 * 1024, "demuxd's memory stayed bounded "
-           "(RSS %d kB -> %d kB)" % (rss0, rss1))
+        if os.environ.get("SAN_FLAGS"):
+            # a sanitizer's quarantine keeps freed memory (TLS buffers
+            # churn): report only, as the C tests do
+            diag("RSS %d kB -> %d kB (under a sanitizer: not asserted)"
+                 % (rss0, rss1))
+        else:
+            ok(rss1 - rss0 < 64 * 1024, "demuxd's memory stayed bounded "
+               "(RSS %d kB -> %d kB)" % (rss0, rss1))
         # hostile connections close once their answers are out and their
         # last jobs finish: watch $/stats until only ours is left
         u = msgpack.Unpacker(raw=False, strict_map_key=False)

@@ -13,6 +13,8 @@ python3-msgpack.
     except RemoteError as e:
         print(e.code, e.message, e.trace)
     m.notify("kv.set", "k", 1)               # no answer
+    c = m.submit("sleep.sleep", 5000)        # a Call in flight...
+    c.cancel()                               # ...cancelled ($/cancelRequest)
     m.close()                                # waiting threads get ClosedError
 
 Over TLS, with a token (see docs/security.md):
@@ -33,8 +35,9 @@ import time
 
 import msgpack
 
-__all__ = ["Mux", "MuxError", "RemoteError", "ClosedError",
-           "ConnectionLost", "ProtocolError", "Timeout", "Draining"]
+__all__ = ["Mux", "Call", "MuxError", "RemoteError", "ClosedError",
+           "ConnectError", "ConnectionLost", "ProtocolError", "Timeout",
+           "Cancelled", "Draining"]
 
 
 class MuxError(Exception):
@@ -55,6 +58,23 @@ class ClosedError(MuxError):
     """close() was called (the recipe's EOF error)."""
 
 
+class ConnectError(MuxError):
+    """The connection could not be made; names the address and why. The
+    OSError (or ssl.SSLError) behind it is its __cause__ and .error."""
+
+    def __init__(self, uri, error):
+        super().__init__("cannot connect to %s: %s" % (uri, getattr(
+            error, "strerror", None) or getattr(error, "verify_message",
+            None) or error))
+        self.uri = uri
+        self.error = error
+
+
+class Cancelled(MuxError):
+    """Call.cancel() was called: $/cancelRequest went to the server. A call
+    that had not started there never runs; one running may finish anyway."""
+
+
 class ConnectionLost(MuxError):
     """The connection broke; the effect of calls in flight is unknown."""
 
@@ -70,7 +90,8 @@ class Draining(MuxError):
 
 
 class Timeout(MuxError):
-    """No answer in time; the call may still run on the server."""
+    """No answer in time. transaction() then sends $/cancelRequest: a call
+    not yet started on the server never runs; one running may finish."""
 
 
 def _host_port(hp):
@@ -105,13 +126,40 @@ def _connect(uri, ssl_context=None):
                      "tls:HOST:PORT: %r" % uri)
 
 
-class _Pending:
-    __slots__ = ("event", "result", "error")
+class Call:
+    """A call in flight, from Mux.submit(): wait() for its answer, or
+    cancel() it. Any thread may wait; cancel may come from any thread."""
+    __slots__ = ("event", "result", "error", "_mux", "msgid", "method")
 
-    def __init__(self):
+    def __init__(self, mux, msgid, method):
         self.event = threading.Event()
         self.result = None
         self.error = None
+        self._mux = mux
+        self.msgid = msgid
+        self.method = method
+
+    def done(self):
+        """True once answered, failed or cancelled."""
+        return self.event.is_set()
+
+    def wait(self, timeout=None):
+        """The result; raises RemoteError, ConnectionLost, Cancelled, or
+        Timeout after timeout seconds (the call stays in flight: wait
+        again, or cancel it)."""
+        if not self.event.wait(timeout):
+            raise Timeout("no answer to %s within %ss" % (self.method,
+                                                          timeout))
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    def cancel(self):
+        """Stop waiting and tell the server ($/cancelRequest): waiters
+        raise Cancelled. False if the call had already ended."""
+        return self._mux._cancel(self, Cancelled(
+            "%s was cancelled: if it had not started it never runs" %
+            self.method))
 
 
 class Mux:
@@ -127,7 +175,10 @@ class Mux:
             self._rfile, self._wfile, self._proc = _files
             self._sock = None
         else:
-            self._sock = _connect(uri, ssl_context)
+            try:
+                self._sock = _connect(uri, ssl_context)
+            except (OSError, ssl.SSLError) as e:
+                raise ConnectError(uri, e) from e
             self._rfile = self._wfile = None
             self._proc = None
         # OpenSSL's SSL object is not safe for a read and a write at once:
@@ -226,37 +277,67 @@ class Mux:
             except OSError:
                 pass
 
-    def transaction(self, method, *params, timeout=None):
-        """Call method with params and return its result. Raises
-        RemoteError, Timeout, ConnectionLost or ClosedError."""
-        p = _Pending()
+    def submit(self, method, *params, timeout=None):
+        """Send a call and return its Call at once, to wait() for or
+        cancel(). timeout bounds the sending only (Timeout: not sent)."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        return self._start(method, params, deadline)
+
+    def _start(self, method, params, deadline):
         with self._lock:
             if self._closed is not None:
                 raise self._closed
-            msgid = self._next_id()
-            self._pending[msgid] = p
+            c = Call(self, self._next_id(), method)
+            self._pending[c.msgid] = c
         try:
-            self._send(msgpack.packb([0, msgid, method, list(params)],
+            self._send(msgpack.packb([0, c.msgid, method, list(params)],
                                      use_bin_type=True), deadline)
         except Timeout:
             with self._lock:
-                self._pending.pop(msgid, None)
+                self._pending.pop(c.msgid, None)
             raise
         except OSError as e:
             self._fail_all(ConnectionLost("send: %s; the effect of calls in "
                                           "flight is unknown" % e))
-        if not p.event.wait(None if deadline is None else
+        return c
+
+    def transaction(self, method, *params, timeout=None):
+        """Call method with params and return its result. Raises
+        RemoteError, Timeout (after sending $/cancelRequest),
+        ConnectionLost or ClosedError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        c = self._start(method, params, deadline)
+        if not c.event.wait(None if deadline is None else
                             max(0.0, deadline - time.monotonic())):
-            with self._lock:
-                if self._pending.pop(msgid, None) is p:
-                    self._drain_done()
-                    raise Timeout("no answer to %s within %ss; the call may "
-                                  "still run" % (method, timeout))
-            p.event.wait()                # answered meanwhile
-        if p.error is not None:
-            raise p.error
-        return p.result
+            if self._cancel(c, None):
+                raise Timeout("no answer to %s within %ss; $/cancelRequest "
+                              "sent: it never runs if it had not started, "
+                              "a running handler may still finish" %
+                              (method, timeout))
+            c.event.wait()                # answered meanwhile
+        if c.error is not None:
+            raise c.error
+        return c.result
+
+    def _cancel(self, c, error):
+        """End c with error (None: leave it to the caller) and send
+        $/cancelRequest; False if it had ended already."""
+        with self._lock:
+            if self._pending.pop(c.msgid, None) is not c:
+                return False
+            self._drain_done()
+            closed = self._closed is not None
+        if not closed:
+            try:
+                self._send(msgpack.packb([2, "$/cancelRequest", [c.msgid]],
+                                         use_bin_type=True),
+                           time.monotonic() + 1.0)
+            except (OSError, MuxError):
+                pass        # the connection is going: nothing runs on
+        if error is not None:
+            c.error = error
+            c.event.set()
+        return True
 
     call = transaction
 
@@ -358,7 +439,7 @@ class Mux:
                 p = self._pending.pop(msg[1], None)
                 self._drain_done()
             if p is None:
-                return                    # its caller timed out
+                return                    # timed out or cancelled
             err = msg[2]
             if err is None:
                 p.result = msg[3]
