@@ -213,7 +213,7 @@ test:
 
 run:
 	@$(SUBMAKE) deps
-	@$(SUBMAKE) $(DEMUXD) $(PLUGIN_SO)
+	@$(SUBMAKE) $(DEMUXD) $(MUXCALL) $(PLUGIN_SO)
 	$(DEMUXD) -c conf/demux.yaml
 
 asan:

@@ -48,6 +48,17 @@ run "$MUXCALL" -c "unix:$TMP/nothing.sock" echo.echo 1
 is "$rc" 3 "no server exits 3"
 like "$out" "connect: No such file" "...with the reason"
 
+# no -c and no DEMUX_URI: the default address, and a hint when it fails
+run env -u DEMUX_URI "$MUXCALL" echo.echo 1
+if [ "$rc" = 3 ]; then
+	like "$out" "no -c, and DEMUX_URI is not set" "a refused default \
+address says no -c was given and DEMUX_URI is unset"
+else
+	ok 0 "# SKIP something answers on tcp:127.0.0.1:7411 here"
+fi
+run env DEMUX_URI="unix:$TMP/nothing.sock" "$MUXCALL" echo.echo 1
+like "$out" "from DEMUX_URI" "an address from DEMUX_URI is named as such"
+
 run "$MUXCALL" -c "$U" -t 100 sleep.sleep 2000
 is "$rc" 4 "a timeout exits 4"
 
@@ -84,6 +95,26 @@ like "$out" 'latency us: p50 [0-9.]+ +p90 [0-9.]+ +p99' "...and latency percenti
 
 DEMUXD=$DEMUXD run env DEMUXD="$DEMUXD" "$MUXCALL" --spawn "$TMP/demux.yaml" echo.echo '"spawned"'
 is "$out" '["spawned"]' "--spawn starts demuxd --stdio itself"
+
+# the README runs muxcall right after `make run`: make run builds it
+run make -s -n run BUILD="$TMP/fresh"
+like "$out" "$TMP/fresh/muxcall" "make run builds muxcall too"
+
+# a server that closes under a call without $/drain (killed, crashed): a
+# stand-in that takes the request and closes says what that means
+mkfifo "$TMP/fake"
+/usr/bin/python3 -c '
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1]); s.listen()
+print("READY", flush=True)
+c, _ = s.accept(); c.recv(100); c.close()' "$TMP/fake.sock" > "$TMP/fake" &
+fpid=$!
+read -r _ < "$TMP/fake"
+run "$MUXCALL" -c "unix:$TMP/fake.sock" echo.echo 1
+wait $fpid
+like "$out" "closed it without a drain notice: killed or crashed" "a server \
+gone under a call: the message says it stopped unannounced"
 
 kill -TERM $pid
 wait $pid

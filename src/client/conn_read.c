@@ -322,9 +322,12 @@ read:
 		if (n < 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n <= 0) {
+			/* an end of input without $/drain is a server that
+			 * stopped unannounced: killed, crashed, or a proxy */
 			reader_broken(c, "connection lost (%s)", n == 0 ?
-			    "the server closed it" : dmx_xport_why(c->xp,
-			    errno));
+			    "the server closed it without a drain notice: "
+			    "killed or crashed? its log will say" :
+			    dmx_xport_why(c->xp, errno));
 			break;
 		}
 		rb.len += (size_t)n;

@@ -491,17 +491,20 @@ main(int argc, char **argv)
 	char *token_name = NULL, secret[4096];
 	const char *tls_ca = NULL, *tls_cert = NULL, *tls_key = NULL;
 	const char *uri = getenv("DEMUX_URI"), *spawn = NULL;
+	const char *from = "from DEMUX_URI";	/* where uri came from */
 	int ch, list = 0, stats = 0, batch = 0, threads = 1, rc;
 	long n = 0;
 	char err[MUX_ERRLEN];
 	mux_t *m;
 
-	if (uri == NULL || *uri == '\0')
+	if (uri == NULL || *uri == '\0') {
 		uri = "tcp:127.0.0.1:7411";
+		from = "the default: no -c, and DEMUX_URI is not set";
+	}
 	while ((ch = getopt_long(argc, argv, "+c:pt:lsbn:P:h", opts, NULL)) !=
 	    -1) {
 		switch (ch) {
-		case 'c': uri = optarg; break;
+		case 'c': uri = optarg; from = NULL; break;
 		case 'S': spawn = optarg; break;
 		case 'p': pretty = 1; break;
 		case 't': timeout_ms = atoi(optarg); break;
@@ -574,7 +577,13 @@ main(int argc, char **argv)
 		m = mux_connect(uri, err, sizeof(err));
 	}
 	if (m == NULL) {
-		fprintf(stderr, "muxcall: %s\n", err);
+		/* a refused default address is most often a missing -c */
+		if (spawn == NULL && from != NULL)
+			fprintf(stderr, "muxcall: %s\nmuxcall: (%s is %s; "
+			    "name the server with -c URI, e.g. -c "
+			    "unix:/run/demux/demux.sock)\n", err, uri, from);
+		else
+			fprintf(stderr, "muxcall: %s\n", err);
 		return EX_CONN;
 	}
 	if (list) {
