@@ -312,8 +312,14 @@ MUX_API int mux_callf(mux_t *m, const char *method, mux_result *res, int timeout
  *   s/S const char **, size_t * (points into data, NOT NUL-terminated)
  *   B const void **, size_t *
  *   * skip one value     [ ... ] an array with exactly those elements
+ *   { sX sY ... } a map read by key: each s takes the key's name (const
+ *     char *, an argument before the value's pointers) and X is its value's
+ *     format; s?X lets the key be absent (X's pointers are then left
+ *     alone). Keys not named are ignored.
  * Integers convert where the value fits; d accepts integers too. Returns
- * MUX_OK or MUX_EINVAL when the data does not match fmt.
+ * MUX_OK or MUX_EINVAL when the data does not match fmt. E.g. for
+ * {"name": "kv", "calls": 12}:
+ *	mux_unpack(d, n, "{sSsi}", "name", &s, &slen, "calls", &calls)
  */
 MUX_API int mux_unpack(const void *data, size_t len, const char *fmt, ...);
 

@@ -198,6 +198,114 @@ static int
 get_values(const msgpack_object *o, uint32_t n, const char **fmt, char stop,
     const char *base, va_list *ap);
 
+/* Consume the arguments of one value's format, storing nothing: an
+ * optional map key that is absent. */
+static int
+skip_args(const char **fmt, va_list *ap)
+{
+	char c = *(*fmt)++;
+
+	switch (c) {
+	case 'n':
+	case '*':
+		return 0;
+	case 'b':
+		(void)va_arg(*ap, int *);
+		return 0;
+	case 'i':
+		(void)va_arg(*ap, int64_t *);
+		return 0;
+	case 'u':
+		(void)va_arg(*ap, uint64_t *);
+		return 0;
+	case 'd':
+		(void)va_arg(*ap, double *);
+		return 0;
+	case 's':
+	case 'S':
+		(void)va_arg(*ap, const char **);
+		(void)va_arg(*ap, size_t *);
+		return 0;
+	case 'B':
+		(void)va_arg(*ap, const void **);
+		(void)va_arg(*ap, size_t *);
+		return 0;
+	case '[':
+		while (**fmt != ']')
+			if (**fmt == '\0' || skip_args(fmt, ap) != 0)
+				return -1;
+		(*fmt)++;
+		return 0;
+	case '{':
+		while (**fmt != '}') {
+			if (*(*fmt)++ != 's')
+				return -1;
+			(void)va_arg(*ap, const char *);
+			if (**fmt == '?')
+				(*fmt)++;
+			if (skip_args(fmt, ap) != 0)
+				return -1;
+		}
+		(*fmt)++;
+		return 0;
+	default:
+		return -1;
+	}
+}
+
+/* The value of key in map o, or NULL. */
+static const msgpack_object *
+map_get(const msgpack_object *o, const char *key)
+{
+	size_t kl = strlen(key);
+	uint32_t i;
+
+	for (i = 0; i < o->via.map.size; i++) {
+		const msgpack_object *k = &o->via.map.ptr[i].key;
+
+		if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == kl &&
+		    memcmp(k->via.str.ptr, key, kl) == 0)
+			return &o->via.map.ptr[i].val;
+	}
+	return NULL;
+}
+
+static int get_one(const msgpack_object *o, const char **fmt,
+    const char *base, va_list *ap);
+
+/* { s<value> s?<value> ... }: each s names a key (a const char *
+ * argument); its value must match what follows, and be there unless ?
+ * says it may be absent. Keys not named are ignored. */
+static int
+get_map(const msgpack_object *o, const char **fmt, const char *base,
+    va_list *ap)
+{
+	const msgpack_object *v;
+	const char *key;
+	int optional;
+
+	if (o->type != MSGPACK_OBJECT_MAP)
+		return -1;
+	while (**fmt != '}') {
+		if (*(*fmt)++ != 's')
+			return -1;	/* keys are named by string */
+		key = va_arg(*ap, const char *);
+		optional = **fmt == '?';
+		if (optional)
+			(*fmt)++;
+		if (key == NULL)
+			return -1;
+		if ((v = map_get(o, key)) != NULL) {
+			if (get_one(v, fmt, base, ap) != 0)
+				return -1;
+		} else if (!optional || skip_args(fmt, ap) != 0) {
+			return -1;
+		}
+	}
+	(*fmt)++;
+	return 0;
+}
+
 static int
 get_one(const msgpack_object *o, const char **fmt, const char *base,
     va_list *ap)
@@ -263,6 +371,8 @@ get_one(const msgpack_object *o, const char **fmt, const char *base,
 			return -1;
 		(*fmt)++;
 		return 0;
+	case '{':
+		return get_map(o, fmt, base, ap);
 	default:
 		return -1;
 	}
