@@ -17,7 +17,7 @@ TP=$BUILD/t/plugins
 
 load badabi "$TP/badabi.so"
 is "$rc" 2 "a plugin built for another ABI major is refused (exit 2)"
-like "$out" "$TMP/badabi.yaml:2:5: plugin 'badabi' $TP/badabi.so: built for plugin ABI 2\.3, this demuxd provides ABI 1\.2" \
+like "$out" "$TMP/badabi.yaml:2:5: plugin 'badabi' $TP/badabi.so: built for plugin ABI 2\.3, this demuxd provides ABI 1\.3" \
     "...naming the file, the version found and the version expected"
 
 load nosym "$TP/nosym.so"

@@ -315,7 +315,7 @@ test_hang(void)
 	int rc;
 
 	t0 = t_now_ms();
-	rc = mux_call(M, "hangy.hang", NULL, 0, &r, 20000);
+	rc = mux_call(M, "hangy.stuck", NULL, 0, &r, 20000);
 	check_int(rc, ==, MUX_EREMOTE, "a hung call is answered");
 	check_int(r.code, ==, -32011, "...-32011 at its deadline");
 	mux_result_free(&r);

@@ -32,6 +32,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <msgpack.h>
 
@@ -43,8 +44,9 @@ extern "C" {
 
 #define DEMUX_PLUGIN_MAGIC	0x444d5850u	/* "DMXP" */
 #define DEMUX_ABI_MAJOR		1
-#define DEMUX_ABI_MINOR		2	/* 1.1: demux_host.cancelled
-					 * 1.2: demux_request.identity */
+#define DEMUX_ABI_MINOR		3	/* 1.1: demux_host.cancelled
+					 * 1.2: demux_request.identity
+					 * 1.3: demux_host.deadline */
 
 #define DEMUX_PLUGIN_ENTRY	demux_plugin_entry
 #define DEMUX_PLUGIN_ENTRY_NAME	"demux_plugin_entry"
@@ -141,11 +143,18 @@ typedef struct demux_host {
 
 	/* ---- ABI 1.1 ---- */
 
-	/* Nonzero once the client cancelled this call ($/cancelRequest). A
-	 * long handler may check it and give up with
-	 * demux_error(call, DEMUX_E_CANCELLED, ...); a result it returns
-	 * anyway is delivered (it won the race). */
+	/* Nonzero once the answer is no longer wanted: the client cancelled
+	 * this call ($/cancelRequest), or its deadline (timeout_ms) passed
+	 * and the client was answered -32011. A long handler may check it
+	 * and give up with demux_error(call, DEMUX_E_CANCELLED, ...); a
+	 * result it returns anyway is delivered if it won the race. */
 	int (*cancelled)(demux_call *c);
+
+	/* ---- ABI 1.3 ---- */
+
+	/* When this call's deadline passes: CLOCK_MONOTONIC in nanoseconds,
+	 * or 0 if it has none (no timeout_ms). See demux_time_left_ms(). */
+	uint64_t (*deadline)(demux_call *c);
 } demux_host;
 
 /* True if the host provides function `fn` (a field of demux_host). */
@@ -234,6 +243,31 @@ demux_cancelled(demux_call *c)
 	const demux_host *h = ((struct demux_call_head *)c)->host;
 
 	return DEMUX_HOST_HAS(h, cancelled) ? h->cancelled(c) : 0;
+}
+
+/* demux_host.deadline: CLOCK_MONOTONIC ns, or 0 for none (also on a host
+ * older than ABI 1.3). */
+static inline uint64_t
+demux_deadline(demux_call *c)
+{
+	const demux_host *h = ((struct demux_call_head *)c)->host;
+
+	return DEMUX_HOST_HAS(h, deadline) ? h->deadline(c) : 0;
+}
+
+/* Milliseconds until the deadline (0 once it passed), or -1 without one:
+ * what a handler waiting on something else may pass on as its timeout. */
+static inline int64_t
+demux_time_left_ms(demux_call *c)
+{
+	uint64_t at = demux_deadline(c), now;
+	struct timespec ts;
+
+	if (at == 0)
+		return -1;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	return at > now ? (int64_t)((at - now) / 1000000u) : 0;
 }
 
 static inline void DEMUX_PRINTF(3, 4)

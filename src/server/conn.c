@@ -295,6 +295,7 @@ dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms)
 {
 	dmx_conn *c = j->conn;
 	const dmx_route *rt = NULL;
+	dmx_exec *run_exec = NULL;
 	uint32_t msgid = 0;
 	int st = -1, answer = 0, notify = 0, last;
 
@@ -308,9 +309,17 @@ dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms)
 			rt = j->route;
 			msgid = j->msgid;
 			notify = j->notify;
+			if (st == DMX_JOB_RUNNING) {
+				/* the answer is gone: demux_cancelled() tells
+				 * a cooperative handler to stop */
+				atomic_store(&j->cancel, 1);
+				run_exec = rt->plugin->exec;
+			}
 		}
 	}
 	pthread_mutex_unlock(&c->mu);
+	if (run_exec != NULL)
+		dmx_exec_cancel(run_exec, j, seq);
 	if (answer) {
 		dmx_method_stats *ms = &rt->stats->m;
 
@@ -324,9 +333,14 @@ dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms)
 			    timeout_ms, timeout_ms);
 		dmx_access_log(c->id, msgid, notify, rt->name, rt->len, 1,
 		    DMX_E_TIMED_OUT, (uint64_t)timeout_ms * 1000000u);
-		if (!notify && !c->released)
+		if (!notify && !c->released && st == DMX_JOB_QUEUED)
 			conn_reply_error(c, msgid, DMX_E_TIMED_OUT, "timed "
-			    "out: %s took longer than %u ms; its result will be "
+			    "out: %s waited %u ms for a worker and was not "
+			    "started; safe to retry", rt->name, timeout_ms);
+		else if (!notify && !c->released)
+			conn_reply_error(c, msgid, DMX_E_TIMED_OUT, "timed "
+			    "out: %s took longer than %u ms; it was told to "
+			    "stop (demux_cancelled) and its result will be "
 			    "dropped", rt->name, timeout_ms);
 	}
 	pthread_mutex_lock(&c->mu);

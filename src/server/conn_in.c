@@ -265,6 +265,18 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		}
 		return;
 	}
+	if (notify && ml == 10 && memcmp(m, "$/deadline", 10) == 0 &&
+	    c->cs->trusted) {
+		/* plugin-host mode: the next request's deadline, for
+		 * demux_deadline() (demuxd answers -32011 and cancels) */
+		uint64_t at;
+		dmx_rd pr = r;
+
+		if (dmx_rd_array(&pr, &n) == 0 && n == 1 &&
+		    dmx_rd_uint(&pr, &at) == 0)
+			c->next_deadline = at;
+		return;
+	}
 	if (ml == 6 && memcmp(m, "$/auth", 6) == 0) {
 		if (!notify)
 			auth(c, bt->gen->cfg, (uint32_t)msgid, &r);
@@ -362,8 +374,13 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	/* its timer claim, bytes and msgid entry reach the connection in
 	 * commit(), for the whole read pass under one lock (the job is not
 	 * visible to any other thread before then) */
+	/* in plugin-host mode demuxd keeps the deadline and says what it
+	 * is ($/deadline); the child only reports it to the plugin */
+	j->deadline = rt->timeout_ms > 0 ? j->t_dispatch +
+	    (uint64_t)rt->timeout_ms * 1000000u : c->next_deadline;
+	c->next_deadline = 0;
 	if (rt->timeout_ms > 0 && dmx_loop_deadline_add(c->cs->loop, j,
-	    j->t_dispatch + (uint64_t)rt->timeout_ms * 1000000u))
+	    j->deadline))
 		bt->claims++;
 	j->id_next = bt->pending;
 	bt->pending = j;

@@ -72,6 +72,12 @@ host_cancelled(demux_call *c)
 	    memory_order_relaxed);
 }
 
+static uint64_t
+host_deadline(demux_call *c)
+{
+	return ((dmx_job *)c)->deadline;
+}
+
 static void
 set_plugin_error(dmx_job *j, int64_t code, const char *trace,
     const char *fmt, va_list ap)
@@ -136,6 +142,7 @@ dmx_host_fill(demux_host *h)
 	h->error = host_error;
 	h->error_bt = host_error_bt;
 	h->cancelled = host_cancelled;
+	h->deadline = host_deadline;
 }
 
 /* ---- running a job ---- */

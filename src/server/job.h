@@ -57,6 +57,8 @@ typedef struct dmx_job {
 	uint8_t		 errored;	/* an error response is in `out` */
 	int64_t		 err_code;	/* its code */
 	uint64_t	 t_dispatch;	/* when the I/O thread routed it (ns) */
+	uint64_t	 deadline;	/* ns (clock.h) it must be answered by,
+					 * or 0: what demux_deadline() says */
 	uint32_t	 params_off;	/* params within `in` */
 	uint32_t	 params_len;
 	size_t		 in_bytes;	/* request bytes counted against the

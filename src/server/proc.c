@@ -274,6 +274,14 @@ send_locked(dmx_procs *ps, proc_child *ch, dmx_job *j, dmx_job **done)
 		msgpack_pack_array(&pk, 1);
 		dmx_pack_cstr(&pk, ch->as);
 	}
+	if (j->deadline != 0) {
+		/* [2, "$/deadline", [ns]]: what demux_deadline() says there;
+		 * the deadline itself is kept here (CLOCK_MONOTONIC is the
+		 * same clock in both processes) */
+		dmx_msg_notify_head(&pk, "$/deadline", 10);
+		msgpack_pack_array(&pk, 1);
+		msgpack_pack_uint64(&pk, j->deadline);
+	}
 	if (j->notify)
 		dmx_msg_notify_head(&pk, j->route->name, j->route->len);
 	else

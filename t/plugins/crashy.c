@@ -6,13 +6,16 @@
  *   crashy.segv          dereferences NULL           (SIGSEGV)
  *   crashy.abort         abort()                     (SIGABRT)
  *   crashy.exit [n]      exit(n)                     (exit status n)
- *   crashy.hang          loops until cancelled, or forever
+ *   crashy.hang          loops until cancelled (or its deadline passes)
+ *   crashy.stuck         loops forever, deaf to cancellation (process
+ *                        mode only: nothing can stop a thread)
  *   crashy.leak [mb]     keeps mb MiB (default 10), touched, and answers
  *   crashy.pid           getpid(), getuid() and the calls this process ran
  *   crashy.sometimes [n] SIGSEGV on every n-th call of this process,
  *                        otherwise returns the call's number
  *   crashy.whoami        the caller's identity (demux_request.identity)
  *   crashy.fail          an error with the worker's backtrace as trace
+ *   crashy.left          [has a deadline, ms left] (demux_deadline)
  */
 #include <signal.h>
 #include <stdatomic.h>
@@ -23,9 +26,10 @@
 #include <demux/plugin.h>
 
 enum { C_ECHO, C_SEGV, C_ABORT, C_EXIT, C_HANG, C_LEAK, C_PID, C_SOMETIMES,
-	C_WHOAMI, C_FAIL };
+	C_WHOAMI, C_FAIL, C_LEFT, C_STUCK };
 static const char *const methods[] = { "echo", "segv", "abort", "exit",
-	"hang", "leak", "pid", "sometimes", "whoami", "fail", NULL };
+	"hang", "leak", "pid", "sometimes", "whoami", "fail", "left", "stuck",
+	NULL };
 
 static atomic_ulong calls;
 
@@ -100,6 +104,18 @@ crashy_process(void *state, const demux_request *req, demux_call *call)
 	}
 	case C_FAIL:
 		demux_error_bt(call, 5, "failing on purpose");
+		break;
+	case C_STUCK:
+		for (;;)
+			pause();	/* until a signal ends the process */
+	case C_LEFT:
+		pk = demux_result(call);
+		msgpack_pack_array(pk, 2);
+		if (demux_deadline(call) != 0)
+			msgpack_pack_true(pk);
+		else
+			msgpack_pack_false(pk);
+		msgpack_pack_int64(pk, demux_time_left_ms(call));
 		break;
 	case C_SOMETIMES:
 		if (n % (unsigned long)arg(req, 30) == 0)
