@@ -5,10 +5,11 @@
  * and -32016, $/methods filtered, refusals counted, revocation by SIGHUP
  * on a live connection, tokens (right, wrong, unknown, max_failures), the
  * identity a plugin sees in both isolation modes, send_traces: false,
- * unix_mode.
+ * unix_mode and unix_group.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <grp.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -48,6 +49,7 @@ write_conf(const char *rules, int port)
 	f = fopen(path, "w");
 	fprintf(f, "listen: [ \"unix:demux.sock\", \"tcp:127.0.0.1:%d\" ]\n"
 	    "unix_mode: \"0666\"\n"
+	    "unix_group: daemon\n"
 	    "send_traces: false\n"
 	    "auth:\n  tokens:\n    - name: ci\n      secret_file: ci.token\n"
 	    "  max_failures: 2\n"
@@ -189,6 +191,12 @@ main(void)
 
 	check_int(stat(S.uri + 5, &st), ==, 0, "the unix socket exists");
 	check_int(st.st_mode & 0777, ==, 0666, "...with unix_mode 0666");
+	{
+		const struct group *gr = getgrnam("daemon");
+
+		ok(gr != NULL && st.st_gid == gr->gr_gid, "...and unix_group "
+		    "daemon (gid %ld)", (long)st.st_gid);
+	}
 
 	u = mux_connect(S.uri, err, sizeof(err));
 	t = mux_connect(tcp_uri, err, sizeof(err));

@@ -79,14 +79,15 @@ static void submit(dmx_conn *c, batch *bt);
 /* ---- who may call what ---- */
 
 /* Is c's caller allowed rt? Cached per route for the generation and the
- * identity it was decided for. */
+ * identity it was decided for (a new identity forgets acl_gen): after the
+ * first call of a method, one load and a compare. */
 static int
 route_allowed(dmx_conn *c, const dmx_gen *g, const dmx_route *rt)
 {
-	size_t i = (size_t)(rt - dmx_router_at(g->router, 0)),
-	    n = dmx_router_count(g->router);
+	size_t i = rt->pos;
 
-	if (c->acl_gen != g || c->nacl != n) {
+	if (c->acl_gen != g) {
+		size_t n = dmx_router_count(g->router);
 		uint8_t *t = realloc(c->acl, n ? n : 1);
 
 		if (t == NULL)

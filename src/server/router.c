@@ -97,6 +97,7 @@ dmx_router_new(dmx_plugin *const *plugins, size_t n, const dmx_router *prev,
 		const dmx_route *old = prev ? dmx_router_find(prev, rt->name,
 		    rt->len) : NULL;
 
+		rt->pos = (unsigned)k;
 		if (old != NULL) {
 			rt->stats = old->stats;
 		} else if ((rt->stats = calloc(1, sizeof(*rt->stats))) != NULL) {

@@ -33,6 +33,7 @@ typedef struct dmx_route {
 	dmx_plugin	*plugin;
 	int		 index;		/* into plugin->desc->methods */
 	unsigned	 timeout_ms;	/* deadline; 0: none */
+	unsigned	 pos;		/* its place: dmx_router_at(r, pos) */
 	dmx_route_stats	*stats;		/* owned by the router, mutable */
 } dmx_route;
 
