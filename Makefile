@@ -280,11 +280,12 @@ DESTDIR	?=
 VERSION	= $(LIBMUX_VERSION)
 D	= $(DESTDIR)$(PREFIX)
 
-$(BUILD)/%.pc: conf/%.pc.in
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+# Everything that names the prefix is written at install time, from its
+# template, for the PREFIX of this install: a file cached in $(BUILD) would
+# keep the prefix of an earlier one.
+SUBST	= sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g'
 
-install: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) \
-	  $(BUILD)/libmux.pc $(BUILD)/demux-plugin.pc
+install: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO)
 	install -d $(D)/bin $(D)/lib/pkgconfig $(D)/include/demux \
 	  $(D)/lib/demux/plugins $(D)/share/man/man1 $(D)/share/man/man3 \
 	  $(D)/share/man/man5 $(D)/share/man/man8 $(D)/share/demux
@@ -295,14 +296,18 @@ install: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) \
 	install -m 644 $(LIBMUX_A) $(D)/lib/
 	install -m 644 include/demux/plugin.h include/demux/mux.h \
 	  include/demux/protocol.h $(D)/include/demux/
-	install -m 644 $(BUILD)/libmux.pc $(BUILD)/demux-plugin.pc $(D)/lib/pkgconfig/
+	$(SUBST) conf/libmux.pc.in > $(D)/lib/pkgconfig/libmux.pc
+	$(SUBST) conf/demux-plugin.pc.in > $(D)/lib/pkgconfig/demux-plugin.pc
 	install -m 755 $(PLUGIN_SO) $(D)/lib/demux/plugins/
 	install -m 644 docs/man/muxcall.1 $(D)/share/man/man1/
 	install -m 644 docs/man/libmux.3 $(D)/share/man/man3/
 	install -m 644 docs/man/demux.yaml.5 $(D)/share/man/man5/
 	install -m 644 docs/man/demuxd.8 $(D)/share/man/man8/
-	install -m 644 conf/systemd/demuxd.service "conf/systemd/demuxd@.service" \
-	  conf/demux.yaml $(D)/share/demux/
+	$(SUBST) conf/systemd/demuxd.service > $(D)/share/demux/demuxd.service
+	$(SUBST) "conf/systemd/demuxd@.service" > "$(D)/share/demux/demuxd@.service"
+	sed -e 's|\.\./build/plugins/|$(PREFIX)/lib/demux/plugins/|' \
+	  -e 's|^# Relative paths.*|# Installed copy: plugins from $(PREFIX)/lib/demux/plugins/; relative paths are relative to this file.|' \
+	  conf/demux.yaml > $(D)/share/demux/demux.yaml
 
 uninstall:
 	rm -f $(D)/bin/demuxd $(D)/bin/muxcall $(D)/lib/libmux.* \

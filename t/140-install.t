@@ -55,4 +55,56 @@ is "$out" '"hello, installed"' "the installed muxcall calls it too"
 kill -TERM $pid
 wait $pid
 is "$?" 0 "demuxd stops cleanly"
+
+# a second install to another prefix, after the first: everything that
+# names a prefix names the new one
+Q=/opt/demux-t
+DEST2=$TMP/root2
+run make -s -C "$ROOT" install BUILD="$BUILD" PREFIX=$Q DESTDIR="$DEST2"
+is "$rc" 0 "make install PREFIX=$Q after an install to $P"
+like "$(cat "$DEST2$Q/lib/pkgconfig/libmux.pc" "$DEST2$Q/lib/pkgconfig/demux-plugin.pc")" \
+    "^prefix=$Q\$" "...its .pc files name $Q"
+! grep -q "$P" "$DEST2$Q/lib/pkgconfig/libmux.pc" "$DEST2$Q/lib/pkgconfig/demux-plugin.pc"
+ok $? "...and never $P"
+like "$(grep ExecStart "$DEST2$Q/share/demux/demuxd.service" "$DEST2$Q/share/demux/demuxd@.service")" \
+    "ExecStart=$Q/bin/demuxd" "...its systemd units run $Q/bin/demuxd"
+! grep -q "@PREFIX@\|/usr/local" "$DEST2$Q/share/demux/demuxd.service" "$DEST2$Q/share/demux/demuxd@.service"
+ok $? "...with no other prefix left in them"
+like "$(grep 'path:' "$DEST2$Q/share/demux/demux.yaml")" "path: $Q/lib/demux/plugins/echo.so" \
+    "...its example configuration loads the installed plugins"
+! grep -q "build/" "$DEST2$Q/share/demux/demux.yaml"
+ok $? "...and nothing from the build tree"
+
+# libmux.so under a prefix the dynamic linker does not search: the rpath
+# pkg-config gives, and LD_LIBRARY_PATH, both work; without either it fails
+export PKG_CONFIG_PATH="$DEST2$Q/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$DEST2"
+cat > "$TMP/both.c" <<'X'
+#include <msgpack.h>
+#include <demux/mux.h>
+int main(void) {
+	msgpack_sbuffer b;
+	msgpack_sbuffer_init(&b);	/* msgpack-c itself, beside libmux */
+	msgpack_sbuffer_destroy(&b);
+	return mux_strerror(MUX_OK) == 0;
+}
+X
+run cc ${SAN_FLAGS:-} -o "$TMP/both" "$TMP/both.c" $(pkg-config --cflags --libs libmux)
+is "$rc" 0 "a client using msgpack-c itself links with pkg-config --libs libmux alone"
+[ "$rc" = 0 ] || echo "$out" | sed 's/^/#   /'
+run cc ${SAN_FLAGS:-} -o "$TMP/rp" "$TMP/both.c" $(pkg-config --cflags --libs libmux) \
+    -Wl,-rpath,"$DEST2$Q/lib"
+is "$rc" 0 "...and with the run path (here the staged $DEST2$Q/lib; installed, pkg-config --variable=rpath libmux)"
+like "$(pkg-config --variable=rpath libmux)" "^-Wl,-rpath,.*$Q/lib\$" \
+    "pkg-config --variable=rpath libmux names the library's folder"
+run "$TMP/rp"
+is "$rc" 0 "...a client linked with it runs without LD_LIBRARY_PATH"
+if ldconfig -p 2>/dev/null | grep -q 'libmux\.so\.0 '; then
+	ok 0 "# SKIP a libmux.so.0 is installed system-wide here"
+else
+	run "$TMP/both"
+	[ "$rc" != 0 ]
+	ok $? "...without it, and without LD_LIBRARY_PATH, it cannot start (libmux.so.0 not found)"
+fi
+LD_LIBRARY_PATH="$DEST2$Q/lib" run "$TMP/both"
+is "$rc" 0 "...with LD_LIBRARY_PATH it runs"
 done_testing
