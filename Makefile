@@ -66,7 +66,7 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/conn_out.c src/server/server.c src/server/listen.c \
 	     src/server/proc.c \
 	     src/server/proc_link.c \
-	     src/server/host.c src/server/tls.c \
+	     src/server/host.c src/server/tls.c src/server/fatal.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 	     src/client/tls.c \

@@ -17,7 +17,6 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <execinfo.h>
 #include <grp.h>
 #include <poll.h>
 #include <pwd.h>
@@ -33,48 +32,12 @@
 #include "../common/text.h"
 #include "../common/wire.h"
 #include "config.h"
+#include "fatal.h"
 #include "log.h"
 #include "proc.h"
 #include "server.h"
 
 #define HELLO_MAX	(256u << 20)	/* the host message, config included */
-
-static void
-on_fatal(int sig)
-{
-	static const char head[] = "plugin host: fatal signal ";
-	void *frames[64];
-	const char *ab = sigabbrev_np(sig);
-	int n;
-
-	/* async-signal-safe enough: write(2), and backtrace (preloaded) */
-	(void)!write(2, head, sizeof(head) - 1);
-	(void)!write(2, "SIG", 3);
-	if (ab != NULL)
-		(void)!write(2, ab, strlen(ab));
-	(void)!write(2, "; backtrace:\n", 13);
-	n = backtrace(frames, 64);
-	backtrace_symbols_fd(frames, n, 2);
-	signal(sig, SIG_DFL);
-	raise(sig);		/* delivered with the default action on return */
-}
-
-static void
-catch_fatal(void)
-{
-	static const int sigs[] = { SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT,
-	    SIGSYS };
-	struct sigaction sa;
-	void *warm[1];
-	size_t i;
-
-	backtrace(warm, 1);	/* loads libgcc now, not in the handler */
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_fatal;
-	sigemptyset(&sa.sa_mask);
-	for (i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
-		sigaction(sigs[i], &sa, NULL);
-}
 
 /* Read exactly one frame from fd (blocking), leaving what follows it in
  * the socket for the server: peek, measure, then take that much. */
@@ -260,7 +223,8 @@ dmx_plugin_host_main(int fd)
 	dmx_config *cfg;
 	int level = DEMUX_LOG_INFO, rc = 0;
 
-	catch_fatal();
+	dmx_fatal_install("demuxd: plugin host", "; this child ends, demuxd "
+	    "answers its calls -32014 and starts another");
 	/* demuxd gone (even killed): so are we */
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() == 1)

@@ -23,6 +23,7 @@
 
 #include "../common/msg.h"
 #include "../common/wire.h"
+#include "fatal.h"
 #include "gen.h"
 #include "job.h"
 #include "log.h"
@@ -216,7 +217,9 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 	req.identity = j->identity ? j->identity : "anonymous";
 
 	t0 = *now;
+	dmx_fatal_running(pl->name, rt->name);
 	pl->desc->process_transaction(pl->state, &req, (demux_call *)j);
+	dmx_fatal_running(NULL, NULL);
 	t1 = *now = now_ns();
 	note_run_time(rt, t1 - t0);
 

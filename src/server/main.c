@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "fatal.h"
 #include "log.h"
 #include "metrics.h"
 #include "proc.h"
@@ -120,6 +121,8 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (host)
 		return dmx_plugin_host_main(3);
+	dmx_fatal_install("demuxd", "; a plugin's fault in thread mode ends "
+	    "demuxd (isolation: process contains it)");
 
 	loaded = calloc(1, sizeof(*loaded));
 	if (loaded == NULL) {

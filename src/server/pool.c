@@ -32,6 +32,7 @@
 
 #include "job.h"
 #include "log.h"
+#include "fatal.h"
 #include "pool.h"
 
 /* What a fixed worker is running, for $/stats and /metrics. Readers on
@@ -116,6 +117,7 @@ worker_main(void *arg)
 	uint64_t now;
 	int n, me = atomic_fetch_add(&p->next_index, 1);
 
+	dmx_fatal_thread_begin();
 	msgpack_zone_init(&zone, 4096);
 	pthread_mutex_lock(&p->mu);
 	for (;;) {
@@ -173,6 +175,7 @@ worker_main(void *arg)
 	}
 	pthread_mutex_unlock(&p->mu);
 	msgpack_zone_destroy(&zone);
+	dmx_fatal_thread_end();
 	return NULL;
 }
 
@@ -189,6 +192,7 @@ ondemand_thread(void *arg)
 	uint64_t now = dmx_now_ns();
 
 	free(arg);
+	dmx_fatal_thread_begin();
 	a.job->next = NULL;
 	if (a.pool->admit == NULL || a.pool->admit(a.job)) {
 		msgpack_zone_init(&zone, 4096);
@@ -196,6 +200,7 @@ ondemand_thread(void *arg)
 		msgpack_zone_destroy(&zone);
 		a.pool->done(a.job, a.pool->done_arg);
 	}
+	dmx_fatal_thread_end();
 	/* dmx_pool_free waits for nthreads to reach 0, so a.pool is alive */
 	pthread_mutex_lock(&a.pool->mu);
 	if (--a.pool->nthreads == 0)

@@ -16,6 +16,7 @@
  *   crashy.whoami        the caller's identity (demux_request.identity)
  *   crashy.fail          an error with the worker's backtrace as trace
  *   crashy.left          [has a deadline, ms left] (demux_deadline)
+ *   crashy.recurse       recurses until the stack overflows (SIGSEGV)
  */
 #include <signal.h>
 #include <stdatomic.h>
@@ -26,12 +27,26 @@
 #include <demux/plugin.h>
 
 enum { C_ECHO, C_SEGV, C_ABORT, C_EXIT, C_HANG, C_LEAK, C_PID, C_SOMETIMES,
-	C_WHOAMI, C_FAIL, C_LEFT, C_STUCK };
+	C_WHOAMI, C_FAIL, C_LEFT, C_STUCK, C_RECURSE };
 static const char *const methods[] = { "echo", "segv", "abort", "exit",
 	"hang", "leak", "pid", "sometimes", "whoami", "fail", "left", "stuck",
-	NULL };
+	"recurse", NULL };
 
 static atomic_ulong calls;
+
+/* Each frame keeps a page the compiler cannot drop, until the guard page
+ * (the depth bound is never reached: it only tells the compiler the
+ * recursion ends). */
+static unsigned long
+recurse(volatile char *prev, unsigned long depth)
+{
+	volatile char page[4096];
+
+	page[0] = prev != NULL ? prev[0] : 1;
+	if (depth == 0)
+		return page[0];
+	return recurse(page, depth - 1) + page[0];
+}
 
 static int64_t
 arg(const demux_request *req, int64_t dflt)
@@ -108,6 +123,9 @@ crashy_process(void *state, const demux_request *req, demux_call *call)
 	case C_STUCK:
 		for (;;)
 			pause();	/* until a signal ends the process */
+	case C_RECURSE:
+		msgpack_pack_uint64(demux_result(call), recurse(NULL, ~0ul));
+		break;
 	case C_LEFT:
 		pk = demux_result(call);
 		msgpack_pack_array(pk, 2);
