@@ -15,6 +15,13 @@ plugins:
     path: $BUILD/plugins/sleep.so
   - name: kv
     path: $BUILD/plugins/kv.so
+  - name: crashy
+    path: $BUILD/t/plugins/crashy.so
+    workers: 1
+    timeout_ms: 100
+  - name: pcrashy
+    path: $BUILD/t/plugins/crashy.so
+    isolation: process
 X
 mkfifo "$TMP/log"
 "$DEMUXD" -c "$TMP/demux.yaml" 2> "$TMP/log" &
@@ -77,6 +84,17 @@ is "$rc" 0 "--stats exits 0"
 like "$out" '^server +serving' "--stats shows the server line"
 like "$out" 'echo.echo +[0-9]+ ' "...and a row per method"
 like "$out" 'sleep.sleep +[0-9]+ +[1-9]' "...with errors counted"
+like "$out" '^server .*RSS [0-9]+\.[0-9] MB' "...demuxd's resident memory"
+like "$out" 'pcrashy +process +[a-z]+ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+\.[0-9]' \
+    "...and a process-mode plugin's children's"
+
+# a worker past its call's timeout_ms is stuck, in the plugin's own pool:
+# the call is answered -32011 at 100 ms, the handler naps on to 1.5 s
+run "$MUXCALL" -c "$U" -t 3000 crashy.nap 1500
+is "$rc" 1 "a call past its timeout_ms is answered (-32011)"
+run "$MUXCALL" -c "$U" --stats
+like "$out" 'crashy +thread +own +1 +0 +0 +1 +-' "--stats shows the \
+plugin's stuck worker, in its own pool (not the shared pool's 0)"
 
 printf '%s\n' '["echo.echo", 1]' '{"method": "echo.echo", "params": [2]}' \
     'not json' '["sleep.sleep", -1]' | "$MUXCALL" -c "$U" --batch > "$TMP/batch.out" 2>&1

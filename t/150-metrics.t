@@ -45,6 +45,7 @@ like "$out" '"echo.echo": \{"calls": 5, "errors_total": 0' '$/stats counts the 5
 like "$out" '"sleep.sleep": \{"calls": 1, "errors_total": 1, "errors": \{"1": 1\}' '...and the sleep error by code'
 like "$out" '"latency_us": \{"p50": [0-9]+, "p90": [0-9]+, "p99": [0-9]+, "max": [0-9]+\}' '...with latency percentiles'
 like "$out" '"connections_total": [0-9]+' '...and server figures'
+like "$out" '"rss_kb": [1-9][0-9]*' "...demuxd's resident memory among them"
 like "$out" '"pool": \{"mode": "fixed", "workers": 4' '...and the pool'
 
 run curl -sS "http://127.0.0.1:$port/metrics"
@@ -54,6 +55,7 @@ like "$out" '^demux_method_calls_total\{method="echo.echo"\} 5$' "metrics: calls
 like "$out" '^demux_method_errors_total\{method="sleep.sleep",code="1"\} 1$' "metrics: errors per method and code"
 like "$out" '^demux_method_latency_seconds_count\{method="echo.echo"\} 5$' "metrics: latency summary"
 like "$out" '^# TYPE demux_method_latency_seconds summary$' "metrics: TYPE lines"
+like "$out" '^process_resident_memory_bytes [1-9][0-9]+$' "metrics: demuxd's resident memory"
 run curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/nope"
 is "$out" 404 "other paths are 404"
 if command -v promtool >/dev/null 2>&1; then

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <msgpack.h>
 
@@ -77,14 +78,18 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 	    1000);
 }
 
-/* What a process-mode plugin's children went through (6 keys). */
+/* What a process-mode plugin's children went through (7 keys). */
 static void
 pack_procs(msgpack_packer *pk, const dmx_exec_procs *p)
 {
 	unsigned k, nsig = 0;
+	uint64_t rss = 0;
 	char name[32];
 
+	for (k = 0; k < p->nchildren; k++)
+		rss += p->child[k].rss_kb;
 	pk_kv_u64(pk, "children_up", p->up);
+	pk_kv_u64(pk, "rss_kb", rss);	/* its children's, together */
 	pk_kv_u64(pk, "crashes", p->crashes);
 	for (k = 0; k < 65; k++)
 		nsig += p->crash_sig[k] > 0;
@@ -216,7 +221,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	pack_access(&pk, st);
 
 	dmx_pack_cstr(&pk, "server");
-	msgpack_pack_map(&pk, 9);
+	msgpack_pack_map(&pk, 10);
 	dmx_pack_cstr(&pk, "state");
 	dmx_pack_cstr(&pk, draining(st) ? "draining" : "serving");
 	pk_kv_u64(&pk, "uptime_s", (dmx_now_ns() - st->started_ns) /
@@ -228,6 +233,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	pk_kv_u64(&pk, "bytes_out", ld(&st->bytes_out));
 	pk_kv_u64(&pk, "reloads", ld(&st->reloads));
 	pk_kv_u64(&pk, "reload_failures", ld(&st->reload_failures));
+	pk_kv_u64(&pk, "rss_kb", dmx_rss_kb(getpid()));
 
 	dmx_pack_cstr(&pk, "pool");
 	msgpack_pack_map(&pk, 7);
@@ -272,7 +278,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 		dmx_exec_info_get(pool, STUCK_MS, &own);
 		dmx_pack_cstr(&pk, seen[j]->name);
 		procs = dmx_exec_procs_get(pool, &pi_p);
-		msgpack_pack_map(&pk, 8 + (procs ? 6 : 0));
+		msgpack_pack_map(&pk, 8 + (procs ? 7 : 0));
 		dmx_pack_cstr(&pk, "isolation");
 		dmx_pack_cstr(&pk, procs ? "process" : "thread");
 		if (procs)

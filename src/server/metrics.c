@@ -82,13 +82,15 @@ render_procs(const dmx_gen *g, dmx_buf *b)
 		"Children replaced gracefully, by reason.",
 		"demux_plugin_respawns_total", "counter",
 		"Children started to replace one that died.",
+		"demux_plugin_resident_memory_bytes", "gauge",
+		"Resident memory of the plugin's children, together.",
 	};
 	dmx_exec_procs pp;
 	size_t i, f;
 	unsigned k;
 	char sig[24];
 
-	for (f = 0; f < 5; f++) {
+	for (f = 0; f < sizeof(fam) / sizeof(fam[0]) / 3; f++) {
 		int any = 0;
 
 		for (i = 0; i < g->nplugins; i++) {
@@ -140,6 +142,15 @@ render_procs(const dmx_gen *g, dmx_buf *b)
 				out(b, "%s{plugin=\"%s\"} %llu\n", fam[12],
 				    p->name, (unsigned long long)pp.respawns);
 				break;
+			case 5: {
+				uint64_t rss = 0;
+
+				for (k = 0; k < pp.nchildren; k++)
+					rss += pp.child[k].rss_kb;
+				out(b, "%s{plugin=\"%s\"} %llu\n", fam[15],
+				    p->name, (unsigned long long)rss * 1024);
+				break;
+			}
 			}
 		}
 	}
@@ -189,6 +200,12 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 	    "# TYPE demux_reload_failures_total counter\n"
 	    "demux_reload_failures_total %llu\n",
 	    (unsigned long long)ld(&st->reload_failures));
+	/* the name every Prometheus client library uses for it */
+	out(b, "# HELP process_resident_memory_bytes Resident memory of "
+	    "demuxd (its plugin children apart).\n"
+	    "# TYPE process_resident_memory_bytes gauge\n"
+	    "process_resident_memory_bytes %llu\n",
+	    (unsigned long long)dmx_rss_kb(getpid()) * 1024);
 	out(b, "# HELP demux_workers Worker threads by state.\n"
 	    "# TYPE demux_workers gauge\ndemux_workers{state=\"busy\"} %d\n"
 	    "demux_workers{state=\"idle\"} %d\n", pi.busy, pi.idle);

@@ -604,23 +604,6 @@ child_gone(dmx_procs *ps, proc_child *ch, dmx_job **done)
 
 /* ---- housekeeping (the link thread, every TICK_MS) ---- */
 
-static uint64_t
-rss_kb(pid_t pid)
-{
-	char path[64];
-	unsigned long size, res;
-	FILE *f;
-	int ok;
-
-	snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
-	if ((f = fopen(path, "r")) == NULL)
-		return 0;
-	ok = fscanf(f, "%lu %lu", &size, &res) == 2;
-	fclose(f);
-	return ok ? (uint64_t)res * (uint64_t)(sysconf(_SC_PAGESIZE) / 1024) :
-	    0;
-}
-
 static void
 tick(dmx_procs *ps, uint64_t now)
 {
@@ -630,7 +613,7 @@ tick(dmx_procs *ps, uint64_t now)
 		proc_child *ch = &ps->child[i];
 
 		if (ch->state != CH_FREE && ch->pid > 0)
-			atomic_store(&ch->rss_kb, rss_kb(ch->pid));
+			atomic_store(&ch->rss_kb, dmx_rss_kb(ch->pid));
 	}
 	pthread_mutex_lock(&ps->mu);
 	for (i = 0; i < ps->nchild; i++) {

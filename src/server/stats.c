@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/bug.h"
 #include "stats.h"
@@ -181,4 +182,21 @@ dmx_refusals_get(dmx_refusals *r, dmx_refusals *out)
 	memcpy(out->slot, r->slot, sizeof(out->slot));
 	out->other = r->other;
 	pthread_mutex_unlock(&r->mu);
+}
+
+uint64_t
+dmx_rss_kb(pid_t pid)
+{
+	char path[64];
+	unsigned long size, res;
+	FILE *f;
+	int ok;
+
+	snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return 0;
+	ok = fscanf(f, "%lu %lu", &size, &res) == 2;
+	fclose(f);
+	return ok ? (uint64_t)res * (uint64_t)(sysconf(_SC_PAGESIZE) / 1024) :
+	    0;
 }

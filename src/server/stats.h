@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "../common/clock.h"
 
@@ -90,6 +91,10 @@ typedef struct dmx_refusals {
 void dmx_refusal_count(dmx_refusals *r, const char *identity);
 /* A copy for $/stats and /metrics. */
 void dmx_refusals_get(dmx_refusals *r, dmx_refusals *out);
+
+/* Resident memory of process pid (getpid(): demuxd's own) in KiB, from
+ * /proc; 0 if unknown. */
+uint64_t dmx_rss_kb(pid_t pid);
 
 /* Per server. */
 typedef struct dmx_server_stats {

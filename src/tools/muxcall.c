@@ -190,7 +190,8 @@ do_stats(mux_t *m)
 	srv = json_object_get(st, "server");
 	pool = json_object_get(st, "pool");
 	printf("server  %s, up %llus, %llu connection(s) (%llu total), "
-	    "%llu requests, %llu bytes in, %llu bytes out, %llu reload(s)\n",
+	    "%llu requests, %llu bytes in, %llu bytes out, %llu reload(s), "
+	    "RSS %.1f MB\n",
 	    json_string_value(json_object_get(srv, "state")),
 	    (unsigned long long)jget(srv, "uptime_s"),
 	    (unsigned long long)jget(srv, "connections"),
@@ -198,8 +199,9 @@ do_stats(mux_t *m)
 	    (unsigned long long)jget(srv, "requests"),
 	    (unsigned long long)jget(srv, "bytes_in"),
 	    (unsigned long long)jget(srv, "bytes_out"),
-	    (unsigned long long)jget(srv, "reloads"));
-	printf("pool    %s, %llu workers: %llu busy, %llu idle, %llu queued, "
+	    (unsigned long long)jget(srv, "reloads"),
+	    (double)jget(srv, "rss_kb") / 1024);
+	printf("pool    %s (shared), %llu workers: %llu busy, %llu idle, %llu queued, "
 	    "%llu stuck\n", json_string_value(json_object_get(pool, "mode")),
 	    (unsigned long long)jget(pool, "workers"),
 	    (unsigned long long)jget(pool, "busy"),
@@ -226,7 +228,9 @@ do_stats(mux_t *m)
 	return EX_OK;
 }
 
-/* Plugins that run in child processes: their children and troubles. */
+/* Every plugin's pool (its own, or its share of the shared one: stuck
+ * workers are counted where they are), then what process-mode plugins'
+ * children went through. */
 static void
 print_plugins(json_t *plugins)
 {
@@ -234,6 +238,25 @@ print_plugins(json_t *plugins)
 	const char *name, *sig;
 	int head = 0;
 
+	printf("\n%-24s %-9s %-6s %6s %6s %7s %6s %9s\n", "PLUGIN",
+	    "ISOLATION", "POOL", "BUSY", "IDLE", "QUEUED", "STUCK", "RSS MB");
+	json_object_foreach(plugins, name, pv) {
+		const char *iso = json_string_value(json_object_get(pv,
+		    "isolation"));
+		int procs = iso != NULL && strcmp(iso, "process") == 0;
+		char rss[32] = "-";	/* a thread-mode plugin's is demuxd's */
+
+		if (procs)
+			snprintf(rss, sizeof(rss), "%.1f",
+			    (double)jget(pv, "rss_kb") / 1024);
+		printf("%-24s %-9s %-6s %6llu %6llu %7llu %6llu %9s\n", name,
+		    iso ? iso : "?", json_string_value(json_object_get(pv,
+		    "pool")) ? json_string_value(json_object_get(pv, "pool")) :
+		    "?", (unsigned long long)jget(pv, "workers_busy"),
+		    (unsigned long long)jget(pv, "workers_idle"),
+		    (unsigned long long)jget(pv, "queued"),
+		    (unsigned long long)jget(pv, "workers_stuck"), rss);
+	}
 	json_object_foreach(plugins, name, pv) {
 		const char *iso = json_string_value(json_object_get(pv,
 		    "isolation"));

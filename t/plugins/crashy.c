@@ -17,6 +17,7 @@
  *   crashy.fail          an error with the worker's backtrace as trace
  *   crashy.left          [has a deadline, ms left] (demux_deadline)
  *   crashy.recurse       recurses until the stack overflows (SIGSEGV)
+ *   crashy.nap [ms]      sleeps ms (default 1000), deaf to cancellation
  */
 #include <signal.h>
 #include <stdatomic.h>
@@ -27,10 +28,10 @@
 #include <demux/plugin.h>
 
 enum { C_ECHO, C_SEGV, C_ABORT, C_EXIT, C_HANG, C_LEAK, C_PID, C_SOMETIMES,
-	C_WHOAMI, C_FAIL, C_LEFT, C_STUCK, C_RECURSE };
+	C_WHOAMI, C_FAIL, C_LEFT, C_STUCK, C_RECURSE, C_NAP };
 static const char *const methods[] = { "echo", "segv", "abort", "exit",
 	"hang", "leak", "pid", "sometimes", "whoami", "fail", "left", "stuck",
-	"recurse", NULL };
+	"recurse", "nap", NULL };
 
 static atomic_ulong calls;
 
@@ -123,6 +124,10 @@ crashy_process(void *state, const demux_request *req, demux_call *call)
 	case C_STUCK:
 		for (;;)
 			pause();	/* until a signal ends the process */
+	case C_NAP:
+		usleep((useconds_t)arg(req, 1000) * 1000u);
+		msgpack_pack_true(demux_result(call));
+		break;
 	case C_RECURSE:
 		msgpack_pack_uint64(demux_result(call), recurse(NULL, ~0ul));
 		break;
