@@ -60,7 +60,8 @@ COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c \
 SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/config_plugins.c \
 	     src/server/access.c src/server/log.c \
-	     src/server/plugin_host.c src/server/router.c src/server/pool.c \
+	     src/server/plugin_host.c src/server/plugin_deps.c \
+	     src/server/router.c src/server/pool.c \
 	     src/server/job.c src/server/gen.c src/server/timer.c \
 	     src/server/loop.c src/server/budget.c src/server/conn.c src/server/conn_in.c \
 	     src/server/conn_out.c src/server/server.c src/server/listen.c \

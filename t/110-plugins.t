@@ -20,6 +20,19 @@ is "$rc" 2 "a plugin built for another ABI major is refused (exit 2)"
 like "$out" "$TMP/badabi.yaml:2:5: plugin 'badabi' $TP/badabi.so: built for plugin ABI 2\.3, this demuxd provides ABI 1\.3" \
     "...naming the file, the version found and the version expected"
 
+# a plugin that uses msgpack-c (kv calls msgpack_pack_object) without linking it: it would load on
+# demuxd's own libmsgpackc, which plugins must never lean on
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+run cc ${SAN_FLAGS:-} -shared -fPIC -I"$ROOT/include" -o "$TMP/nolink.so" "$ROOT/plugins/kv/kv.c"
+[ "$rc" = 0 ] || echo "$out" | sed 's/^/#   /'
+load nolink "$TMP/nolink.so"
+is "$rc" 2 "a plugin that does not link a library it uses is refused"
+like "$out" "plugin 'nolink' $TMP/nolink.so: uses msgpack_[a-z_]+ (\(and [0-9]+ more\) )?without linking the library that provides it: .*libmsgpackc\.so[.0-9]*; link the plugin with -lmsgpackc" \
+    "...naming a symbol, where it resolves today, and the flag to add"
+run cc ${SAN_FLAGS:-} -shared -fPIC -I"$ROOT/include" -o "$TMP/linked.so" "$ROOT/plugins/kv/kv.c" -lmsgpackc
+load linked "$TMP/linked.so"
+is "$rc" 0 "...the same plugin linked with -lmsgpackc loads"
+
 load nosym "$TP/nosym.so"
 is "$rc" 2 "a shared object without the entry symbol is refused"
 like "$out" "plugin 'nosym' $TP/nosym.so: does not export demux_plugin_entry\(\): .*undefined symbol" \

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "plugin_deps.h"
 #include "plugin_host.h"
 
 #define MAX_METHODS 4096
@@ -271,6 +272,11 @@ plugin_load(const dmx_conf_plugin *cp, const char *file, const char *open_path,
 		e = dlerror();
 		load_fail(err, errlen, file, cp, "cannot load: %s",
 		    e ? e : "unknown dlopen error");
+		goto fail;
+	}
+	if (dmx_plugin_deps_check(p->handle, open_path, ierr,
+	    sizeof(ierr)) != 0) {
+		load_fail(err, errlen, file, cp, "%s", ierr);
 		goto fail;
 	}
 	dlerror();
