@@ -1,7 +1,9 @@
 /*
  * 190-deadlines.c - timeout_ms per plugin and per method: past it the caller
  * gets -32011 at once, the late result is never sent, the stuck worker is
- * counted; a call within its deadline is untouched.
+ * counted; a call within its deadline is untouched. The overrunning handler
+ * is crashy.nap, deaf to demux_cancelled() (sleep.sleep would give up at
+ * the deadline: t/196).
  */
 #define _GNU_SOURCE
 #include <string.h>
@@ -29,6 +31,8 @@ main(void)
 	    "  - name: sleep\n    path: @B@/plugins/sleep.so\n"
 	    "    timeout_ms: 5000\n"
 	    "    methods:\n      sleep: { timeout_ms: 150 }\n"
+	    "  - name: crashy\n    path: @B@/t/plugins/crashy.so\n"
+	    "    timeout_ms: 150\n"
 	    "  - name: echo\n    path: @B@/plugins/echo.so\n", NULL) != 0)
 		bail_out("cannot start demuxd");
 	m = mux_connect(s.uri, err, sizeof(err));
@@ -41,7 +45,7 @@ main(void)
 	mux_result_free(&r);
 
 	t0 = t_now_ms();
-	rc = mux_callf(m, "sleep.sleep", &r, 5000, "i", (int64_t)600);
+	rc = mux_callf(m, "crashy.nap", &r, 5000, "i", (int64_t)600);
 	dt = t_now_ms() - t0;
 	ok(rc == MUX_EREMOTE && r.code == -32011 && r.message &&
 	    strstr(r.message, "150 ms"), "past the method's timeout_ms the "
@@ -63,7 +67,7 @@ main(void)
 	check_int(mux_late_responses(m), ==, 0, "the late result was dropped "
 	    "by demuxd, never sent");
 
-	check_int(t_stat_path(s.uri, "methods/sleep.sleep/errors/-32011"), ==,
+	check_int(t_stat_path(s.uri, "methods/crashy.nap/errors/-32011"), ==,
 	    1, "$/stats counts the -32011 by code");
 	mux_free(m);
 	check_int(t_server_stop(&s), ==, 0, "demuxd stops cleanly");
