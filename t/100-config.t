@@ -156,6 +156,28 @@ run "$DEMUXD" -c "$f"
 like "$out" "$f:1:11: listen: 'http://0.0.0.0:80': address must start with unix:, tcp: or tls:" \
     "a listen address of an unknown kind"
 
+f=$(conf badfmt <<'X'
+listen: [ { address: "unix:demux.sock", error_format: json } ]
+X
+)
+run "$DEMUXD" -c "$f"
+like "$out" "$f:1:55: listen: error_format: expected array or string, got 'json'" \
+    "a listen entry's error_format other than array or string"
+f=$(conf badlistenkey <<'X'
+listen: [ { address: "unix:demux.sock", format: string } ]
+X
+)
+run "$DEMUXD" -c "$f"
+like "$out" "$f:1:41: listen: unknown key 'format' \(expected address, error_format\)" \
+    "...an unknown key in a listen entry"
+f=$(conf noaddr <<'X'
+listen: [ { error_format: string } ]
+X
+)
+run "$DEMUXD" -c "$f"
+like "$out" "$f:1:11: listen: an entry written as a map needs an address" \
+    "...and a listen entry without an address"
+
 f=$(conf notmap <<'X'
 - workers
 X

@@ -65,6 +65,23 @@ dmx_msg_error(msgpack_packer *pk, uint32_t msgid, int64_t code,
 }
 
 void
+dmx_msg_error_string(msgpack_packer *pk, uint32_t msgid, int64_t code,
+    const char *message)
+{
+	char head[24];
+	int n = snprintf(head, sizeof(head), "%lld: ", (long long)code);
+	size_t ml = strlen(message);
+
+	msgpack_pack_array(pk, 4);
+	msgpack_pack_uint8(pk, DMX_MSG_RESPONSE);
+	msgpack_pack_uint32(pk, msgid);
+	msgpack_pack_str(pk, (size_t)n + ml);
+	msgpack_pack_str_body(pk, head, (size_t)n);
+	msgpack_pack_str_body(pk, message, ml);
+	msgpack_pack_nil(pk);
+}
+
+void
 dmx_msg_error_notice(msgpack_packer *pk, int64_t code, const char *message)
 {
 	dmx_msg_notify_head(pk, "$/error", 7);

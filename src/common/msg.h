@@ -32,6 +32,10 @@ void dmx_msg_result_head(msgpack_packer *pk, uint32_t msgid);
 /* [1, msgid, [code, message(, trace)], nil]; trace may be NULL */
 void dmx_msg_error(msgpack_packer *pk, uint32_t msgid, int64_t code,
     const char *message, const char *trace);
+/* The same as one string, "CODE: message", the trace dropped: for clients
+ * that can read an error only as a string (listen error_format: string). */
+void dmx_msg_error_string(msgpack_packer *pk, uint32_t msgid, int64_t code,
+    const char *message);
 /* [2, "$/error", [code, message]]: an error with no msgid to answer */
 void dmx_msg_error_notice(msgpack_packer *pk, int64_t code,
     const char *message);

@@ -255,6 +255,50 @@ cfg_check_dup(cfg_ctx *c, yaml_node_t *map)
 	return 0;
 }
 
+/* One listen entry written as a map: { address: URI, error_format:
+ * array | string }. *addr is the address node's text. */
+static int
+listen_entry(cfg_ctx *c, yaml_node_t *v, dmx_conf_listen *l,
+    const char **addr)
+{
+	yaml_node_pair_t *pr;
+
+	if (cfg_check_dup(c, v) != 0)
+		return -1;
+	*addr = NULL;
+	for (pr = v->data.mapping.pairs.start; pr < v->data.mapping.pairs.top;
+	    pr++) {
+		yaml_node_t *k = yaml_document_get_node(&c->doc, pr->key);
+		yaml_node_t *val = yaml_document_get_node(&c->doc, pr->value);
+		const char *key = cfg_scalar(k), *s = cfg_scalar(val);
+
+		if (key != NULL && strcmp(key, "address") == 0) {
+			if (s == NULL)
+				return cfg_fail(c, val, "listen: address: "
+				    "expected an address, got %s",
+				    cfg_kind(val));
+			*addr = s;
+		} else if (key != NULL && strcmp(key, "error_format") == 0) {
+			if (s != NULL && strcmp(s, "array") == 0)
+				l->error_string = 0;
+			else if (s != NULL && strcmp(s, "string") == 0)
+				l->error_string = 1;
+			else
+				return cfg_fail(c, val, "listen: error_format: "
+				    "expected array or string, got '%s'",
+				    s ? s : cfg_kind(val));
+		} else {
+			return cfg_fail(c, k, "listen: unknown key '%s' "
+			    "(expected address, error_format)",
+			    key ? key : "?");
+		}
+	}
+	if (*addr == NULL)
+		return cfg_fail(c, v, "listen: an entry written as a map "
+		    "needs an address");
+	return 0;
+}
+
 static int
 load_listen(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
 {
@@ -289,9 +333,13 @@ load_listen(cfg_ctx *c, dmx_config *cfg, yaml_node_t *v)
 
 		l->line = (int)items[i]->start_mark.line + 1;
 		l->col = (int)items[i]->start_mark.column + 1;
+		if (items[i]->type == YAML_MAPPING_NODE &&
+		    listen_entry(c, items[i], l, &s) != 0)
+			goto fail;
 		if (s == NULL) {
-			cfg_fail(c, items[i], "listen: expected an address, got "
-			    "%s", cfg_kind(items[i]));
+			cfg_fail(c, items[i], "listen: expected an address, or "
+			    "{ address, error_format }, got %s",
+			    cfg_kind(items[i]));
 			goto fail;
 		}
 		if (strncmp(s, "unix:", 5) == 0 && s[5] != '\0' && s[5] != '/') {

@@ -17,6 +17,7 @@
 
 typedef struct dmx_conf_listen {
 	char   *uri;		/* "unix:PATH" (resolved) or "tcp:HOST:PORT" */
+	int	error_string;	/* error_format: string ("CODE: message") */
 	int	line, col;
 } dmx_conf_listen;
 

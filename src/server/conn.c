@@ -90,7 +90,7 @@ conn_set_identity(dmx_conn *c, const char *identity)
 
 unsigned
 dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
-    const char *peer)
+    const char *peer, unsigned flags)
 {
 	dmx_conn *c = calloc(1, sizeof(*c));
 	unsigned id;
@@ -109,6 +109,7 @@ dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
 	c->xp = x;
 	c->id = ++cs->next_id;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
+	c->err_string = (flags & DMX_CONN_ERR_STRING) != 0;
 	c->last_active = dmx_now_ns();
 	c->out_limit = dmx_gen_current(cs->gens)->cfg->max_output;
 	pthread_mutex_init(&c->mu, NULL);

@@ -54,10 +54,12 @@ void	 dmx_conns_free(dmx_conns *cs);
 
 /* Serve a connection over transport x (taken: freed with the connection,
  * or here on failure), whose caller is `identity` (access.h) and whose
- * peer, for the log, is `peer`. Returns its id, or 0 with errno. (I/O
- * thread) */
+ * peer, for the log, is `peer`; flags: DMX_CONN_ERR_STRING sends its
+ * errors as "CODE: message" strings. Returns its id, or 0 with errno.
+ * (I/O thread) */
+#define DMX_CONN_ERR_STRING	1u
 unsigned dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
-    const char *peer);
+    const char *peer, unsigned flags);
 /* The set's one peer is demuxd (plugin-host mode): it may name the caller
  * of what it sends next with [2, "$/as", [identity]]. */
 void	 dmx_conns_trust(dmx_conns *cs);

@@ -83,6 +83,8 @@ struct dmx_conn {
 	struct conn_ident *idents;	/* every identity it had: a job may
 					 * still point to one; freed with c */
 	char		 peer[96];	/* its address, for the log */
+	uint8_t		 err_string;	/* set once: errors as "CODE: message"
+					 * (its listener's error_format) */
 	uint64_t	 next_deadline;	/* I/O thread: plugin-host mode, the
 					 * next request's ($/deadline) */
 	unsigned	 auth_failures;	/* $/auth refused */

@@ -58,6 +58,7 @@ conn_job(dmx_conn *c)
 	j->gen = NULL;
 	j->route = NULL;
 	j->conn_id = c->id;
+	j->err_string = c->err_string;
 	j->identity = c->identity;
 	j->notify = 0;
 	j->errored = 0;

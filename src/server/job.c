@@ -45,8 +45,12 @@ dmx_job_set_error(dmx_job *j, int64_t code, const char *msg, const char *trace)
 	j->errored = 1;
 	j->err_code = code;
 	msgpack_packer_init(&pk, &j->out, dmx_buf_pack_write);
-	dmx_msg_error(&pk, j->msgid, code, msg ? msg : dmx_wire_strerror(code),
-	    trace);
+	if (j->err_string)
+		dmx_msg_error_string(&pk, j->msgid, code, msg ? msg :
+		    dmx_wire_strerror(code));
+	else
+		dmx_msg_error(&pk, j->msgid, code, msg ? msg :
+		    dmx_wire_strerror(code), trace);
 	/* a plugin still holding the packer must not append to the error */
 	j->pk.callback = discard_write;
 }

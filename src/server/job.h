@@ -55,6 +55,8 @@ typedef struct dmx_job {
 	uint8_t		 notify;	/* a notification: nothing to send */
 	uint8_t		 hashed;	/* in its conn's idtab (conn mu) */
 	uint8_t		 errored;	/* an error response is in `out` */
+	uint8_t		 err_string;	/* its connection takes errors as one
+					 * string (error_format: string) */
 	int64_t		 err_code;	/* its code */
 	uint64_t	 t_dispatch;	/* when the I/O thread routed it (ns) */
 	uint64_t	 deadline;	/* ns (clock.h) it must be answered by,

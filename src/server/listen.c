@@ -134,6 +134,8 @@ dmx_server_listen(dmx_server *s, char *err, size_t errlen)
 			    cfg->listen[i].line, cfg->listen[i].col, e);
 			return -1;
 		}
+		l->conn_flags = cfg->listen[i].error_string ?
+		    DMX_CONN_ERR_STRING : 0;
 		*tail = l;
 		tail = &l->next;
 	}
@@ -155,7 +157,7 @@ dmx_server_add_stdio(dmx_server *s, char *err, size_t errlen)
 
 	/* the process that started us, and owns our pipes */
 	dmx_access_unix_identity(geteuid(), id, sizeof(id));
-	if (x == NULL || dmx_conns_add(s->conns, x, id, "stdio") == 0) {
+	if (x == NULL || dmx_conns_add(s->conns, x, id, "stdio", 0) == 0) {
 		snprintf(err, errlen, "stdio: cannot poll stdin/stdout (%s); "
 		    "they must be pipes or sockets", strerror(errno));
 		return -1;
@@ -175,7 +177,7 @@ dmx_server_add_fd(dmx_server *s, int fd, char *err, size_t errlen)
 	x = dmx_xport_plain(fd, fd, 1);
 	dmx_access_unix_identity(geteuid(), id, sizeof(id));
 	dmx_conns_trust(s->conns);
-	if (x == NULL || dmx_conns_add(s->conns, x, id, "demuxd") == 0) {
+	if (x == NULL || dmx_conns_add(s->conns, x, id, "demuxd", 0) == 0) {
 		snprintf(err, errlen, "cannot serve descriptor %d: %s", fd,
 		    strerror(errno));
 		return -1;
@@ -303,6 +305,7 @@ typedef struct dmx_handshake {
 	dmx_server	*srv;
 	dmx_xport	*x;
 	uint64_t	 deadline;	/* ns: handshake_timeout_ms */
+	unsigned	 conn_flags;	/* its listener's */
 	char		 peer[96];
 	struct dmx_handshake *prev, *next;
 } dmx_handshake;
@@ -322,7 +325,8 @@ handshake_end(dmx_server *s, dmx_handshake *h, int done)
 	s->nhandshakes--;
 	if (done) {
 		dmx_tls_identity(h->x, ident, sizeof(ident));
-		if (dmx_conns_add(s->conns, h->x, ident, h->peer) == 0)
+		if (dmx_conns_add(s->conns, h->x, ident, h->peer,
+		    h->conn_flags) == 0)
 			dmx_warn("tls %s: cannot register: %s", h->peer,
 			    strerror(errno));
 		else
@@ -353,7 +357,7 @@ handshake_ready(dmx_io *io, uint32_t events)
 }
 
 static void
-handshake_start(dmx_server *s, int fd, const char *peer)
+handshake_start(dmx_server *s, int fd, const char *peer, unsigned flags)
 {
 	dmx_handshake *h = calloc(1, sizeof(*h));
 
@@ -365,6 +369,7 @@ handshake_start(dmx_server *s, int fd, const char *peer)
 		return;
 	}
 	h->srv = s;
+	h->conn_flags = flags;
 	h->io.on_ready = handshake_ready;
 	h->io.rfd = h->io.wfd = fd;
 	h->deadline = dmx_now_ns() +
@@ -459,7 +464,7 @@ on_accept(dmx_server *s, dmx_listener *l)
 		peer_of(fd, l, ident, sizeof(ident), peer, sizeof(peer));
 		if (l->uri.tls) {
 			/* a connection once its handshake is done */
-			handshake_start(s, fd, peer);
+			handshake_start(s, fd, peer, l->conn_flags);
 			continue;
 		}
 		if ((x = dmx_xport_plain(fd, fd, 1)) == NULL) {
@@ -467,7 +472,8 @@ on_accept(dmx_server *s, dmx_listener *l)
 			close(fd);
 			continue;
 		}
-		if ((id = dmx_conns_add(s->conns, x, ident, peer)) == 0) {
+		if ((id = dmx_conns_add(s->conns, x, ident, peer,
+		    l->conn_flags)) == 0) {
 			dmx_warn("accept on %s: cannot register: %s", l->text,
 			    strerror(errno));
 			continue;
@@ -518,6 +524,9 @@ srv_relisten(dmx_server *s, const dmx_config *cfg)
 			    cfg->listen[i].line, cfg->listen[i].col, err);
 			continue;
 		}
+		/* new connections get the new error_format */
+		l->conn_flags = cfg->listen[i].error_string ?
+		    DMX_CONN_ERR_STRING : 0;
 		l->next = NULL;
 		*ktail = l;
 		ktail = &l->next;

@@ -354,13 +354,26 @@ on_frame(dmx_procs *ps, proc_child *ch, const uint8_t *p, size_t len,
 	er = r;
 	j->errored = 0;
 	if (!dmx_rd_is_nil(&er)) {
-		uint32_t en;
+		const char *ms = NULL;
+		uint32_t en, ml = 0;
 		int64_t code;
 
 		if (dmx_rd_array(&er, &en) == 0 && en >= 1 &&
 		    dmx_rd_int(&er, &code) == 0) {
 			j->errored = 1;
 			j->err_code = code;
+			if (j->err_string) {
+				/* the child packs [code, message, trace]: this
+				 * client reads errors as one string */
+				char *m = en >= 2 && dmx_rd_str(&er, &ms,
+				    &ml) == 0 ? dmx_strndup(ms, ml) : NULL;
+
+				dmx_job_set_error(j, code, m, NULL);
+				free(m);
+				proc_job_done(j);
+				proc_push(done, j);
+				return;
+			}
 		}
 	}
 	j->out.len = 0;

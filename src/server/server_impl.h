@@ -24,6 +24,7 @@ typedef struct dmx_listener {
 	dmx_server     *srv;
 	dmx_uri		uri;
 	char	       *text;		/* as configured (owned) */
+	unsigned	conn_flags;	/* for its connections: error_format */
 	struct dmx_listener *next;
 } dmx_listener;
 
