@@ -144,6 +144,8 @@ forward_log(void *arg)
 
 static int launch(t_server *s, char **extra);
 
+int t_start_may_fail;
+
 int
 t_server_start(t_server *s, const char *yaml, ...)
 {
@@ -255,7 +257,9 @@ launch(t_server *s, char **extra)
 				ready = 1;
 			else if (!strstr(line, " info: ") &&
 			    !strstr(line, " debug: "))
-				fprintf(stderr, "# demuxd: %s\n", line);
+				fprintf(stderr, "# demuxd%s: %s\n",
+				    t_start_may_fail ? " (expected to fail)" :
+				    "", line);
 			memmove(line, nl + 1, have - (size_t)(nl + 1 - line) + 1);
 			have -= (size_t)(nl + 1 - line);
 		}
@@ -263,7 +267,12 @@ launch(t_server *s, char **extra)
 			have = 0;
 	}
 	if (!ready) {
-		fprintf(stderr, "# demuxd did not become ready: %s\n", line);
+		if (t_start_may_fail)
+			fprintf(stderr, "# demuxd refused to start, as this "
+			    "test expects%s%s\n", line[0] ? ": " : "", line);
+		else
+			fprintf(stderr, "# demuxd did not become ready: %s\n",
+			    line);
 		t_server_kill(s);
 		close(pfd[0]);
 		return -1;

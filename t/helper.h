@@ -34,6 +34,9 @@ const char *t_build(const char *rel);
  * (NULL-terminated). Returns 0, or -1 after printing why.
  */
 int  t_server_start(t_server *s, const char *yaml, ...);
+/* Set while a start is meant to fail: its log lines say so, rather than
+ * looking like a failure of the test. */
+extern int t_start_may_fail;
 /* SIGTERM, wait, clean up. Returns the exit status (or 128+signal); under
  * valgrind, 99 means it found leaks or errors. */
 int  t_server_stop(t_server *s);
