@@ -54,13 +54,14 @@ PLUGIN_LDFLAGS = -shared -Wl,--no-undefined -Wl,-z,defs
 LIBMUX_SOVERSION = 0
 LIBMUX_VERSION = 0.1.0
 
-COMMON_SRC = src/common/buf.c src/common/wire.c src/common/uri.c \
+COMMON_SRC = src/common/units.c src/common/buf.c src/common/wire.c src/common/uri.c \
 	     src/common/text.c src/common/msg.c src/common/xport.c \
 	     src/common/tls_xport.c
 SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/config_plugins.c \
 	     src/server/access.c src/server/log.c \
 	     src/server/plugin_host.c src/server/plugin_deps.c \
+	     src/server/plugin_util.c \
 	     src/server/router.c src/server/pool.c \
 	     src/server/job.c src/server/gen.c src/server/timer.c \
 	     src/server/loop.c src/server/budget.c src/server/conn.c src/server/conn_in.c \

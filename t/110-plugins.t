@@ -17,7 +17,7 @@ TP=$BUILD/t/plugins
 
 load badabi "$TP/badabi.so"
 is "$rc" 2 "a plugin built for another ABI major is refused (exit 2)"
-like "$out" "$TMP/badabi.yaml:2:5: plugin 'badabi' $TP/badabi.so: built for plugin ABI 2\.3, this demuxd provides ABI 1\.3" \
+like "$out" "$TMP/badabi.yaml:2:5: plugin 'badabi' $TP/badabi.so: built for plugin ABI 2\.3, this demuxd provides ABI 1\.4" \
     "...naming the file, the version found and the version expected"
 
 # a plugin that uses msgpack-c (kv calls msgpack_pack_object) without linking it: it would load on
@@ -54,10 +54,14 @@ like "$out" "text.so: cannot load: .*(invalid ELF header|file too short)" "...wi
 
 load kv "$BUILD/plugins/kv.so" "{ capacity: lots }"
 is "$rc" 2 "kv refuses a bad capacity in its config"
-like "$out" "kv.so: init failed: capacity must be an integer" "...through init's error message"
+like "$out" "kv.so: init failed: config: capacity: expected a non-negative integer, got 'lots'" \
+    "...through init's error message (demux_config_uint's, naming the key and the value)"
+load kv3 "$BUILD/plugins/kv.so" "{ capacity: 0 }"
+like "$out" "kv.so: init failed: capacity must be an integer from 1 to" "...and one out of its range"
 
 load kv2 "$BUILD/plugins/kv.so" "{ capacity: 5, colour: blue }"
-like "$out" "init failed: unknown config key" "kv refuses unknown config keys"
+like "$out" "init failed: config: unknown key 'colour' \(expected one of: capacity\)" \
+    "kv refuses unknown config keys (demux_config_keys)"
 
 # plugins export exactly one symbol: the entry point
 for p in echo sleep kv; do

@@ -49,8 +49,9 @@ done_testing() {
 	exit $?
 }
 
-# readme_block FILE: the README's ```c block whose first line is /* FILE ...
+# readme_block FILE [DOC]: the ```c block of DOC (default README.md) whose
+# first line is /* FILE ...
 readme_block() {
 	awk -v want="/* $1" '/^```c$/ {on=1; first=1; next} /^```$/ {on=0; keep=0}
-	    on && first {keep = index($0, want) == 1; first=0} on && keep' README.md
+	    on && first {keep = index($0, want) == 1; first=0} on && keep' "${2:-README.md}"
 }

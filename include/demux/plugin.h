@@ -32,6 +32,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 #include <msgpack.h>
@@ -44,9 +46,10 @@ extern "C" {
 
 #define DEMUX_PLUGIN_MAGIC	0x444d5850u	/* "DMXP" */
 #define DEMUX_ABI_MAJOR		1
-#define DEMUX_ABI_MINOR		3	/* 1.1: demux_host.cancelled
+#define DEMUX_ABI_MINOR		4	/* 1.1: demux_host.cancelled
 					 * 1.2: demux_request.identity
-					 * 1.3: demux_host.deadline */
+					 * 1.3: demux_host.deadline
+					 * 1.4: params, config_get */
 
 #define DEMUX_PLUGIN_ENTRY	demux_plugin_entry
 #define DEMUX_PLUGIN_ENTRY_NAME	"demux_plugin_entry"
@@ -155,6 +158,13 @@ typedef struct demux_host {
 	/* When this call's deadline passes: CLOCK_MONOTONIC in nanoseconds,
 	 * or 0 if it has none (no timeout_ms). See demux_time_left_ms(). */
 	uint64_t (*deadline)(demux_call *c);
+
+	/* ---- ABI 1.4: reading params and config (use the wrappers below:
+	 * demux_params, demux_config_*) ---- */
+
+	int (*params)(demux_call *c, const char *fmt, va_list ap);
+	int (*config_get)(const struct demux_host *h, const char *key,
+	    char kind, void *out, char *err, size_t errlen);
 } demux_host;
 
 /* True if the host provides function `fn` (a field of demux_host). */
@@ -268,6 +278,197 @@ demux_time_left_ms(demux_call *c)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 	return at > now ? (int64_t)((at - now) / 1000000u) : 0;
+}
+
+/*
+ * demux_params(call, fmt, ...): read the call's params by a format, or
+ * answer -32602 naming the parameter. Returns 0, or -1 once the error is
+ * set (return from process_transaction then). fmt is space-separated
+ * NAME:TYPE items, one per parameter, in order:
+ *
+ *   b  int *                    i  int64_t *      u  uint64_t *
+ *   d  double * (ints too)      s  const char **, size_t * (a string)
+ *   B  const void **, size_t * (binary, or a string)
+ *   a  const msgpack_object ** (an array)   m  ... (a map)   o  ... (any)
+ *
+ * i and u may carry a range, i(1..100); a ? after the type makes that
+ * parameter optional (it and every one after it may be absent; an absent
+ * one's pointers are left alone). More params than items is an error.
+ * Strings and objects point into the request: valid during the call.
+ *
+ *	int64_t ms;
+ *	if (demux_params(call, "ms:i(0..60000)", &ms) != 0)
+ *		return;		// answered: "sleep.sleep: parameter 1 (ms)
+ *				// must be from 0 to 60000, got -5"
+ */
+static inline int
+demux_params(demux_call *c, const char *fmt, ...)
+{
+	const demux_host *h = ((struct demux_call_head *)c)->host;
+	va_list ap;
+	int rc;
+
+	if (!DEMUX_HOST_HAS(h, params)) {
+		demux_error(c, DEMUX_E_INTERNAL, "this demuxd is older than "
+		    "plugin ABI 1.4: no demux_params");
+		return -1;
+	}
+	va_start(ap, fmt);
+	rc = h->params(c, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+/*
+ * Config getters, for init: a top-level key of the plugin's `config:` map.
+ * Each returns 0 with *out set (to dflt when the key is absent), or -1 with
+ * a reason in err naming the key and what was expected — init may return
+ * it as it is. Sizes take 65536 or "64KiB" (K, M, G: powers of 1024) and
+ * durations 500 or "500ms", "2s", "5m", "1h", as demuxd's own keys do.
+ * demux_config_str's string is NUL-terminated and lives until fini.
+ * demux_config_keys(h, "capacity max_input", ...) refuses a key that is
+ * not in the list (a typo would otherwise be ignored).
+ */
+static inline int
+demux_config__get(const demux_host *h, const char *key, char kind,
+    void *out, char *err, size_t errlen)
+{
+	if (!DEMUX_HOST_HAS(h, config_get)) {
+		snprintf(err, errlen, "this demuxd is older than plugin ABI "
+		    "1.4: no demux_config_*");
+		return -1;
+	}
+	/* the host says 1 (found) or 0 (absent: *out keeps dflt) */
+	return h->config_get(h, key, kind, out, err, errlen) < 0 ? -1 : 0;
+}
+
+static inline int
+demux_config_int(const demux_host *h, const char *key, int64_t dflt,
+    int64_t *out, char *err, size_t errlen)
+{
+	*out = dflt;
+	return demux_config__get(h, key, 'i', out, err, errlen);
+}
+
+static inline int
+demux_config_uint(const demux_host *h, const char *key, uint64_t dflt,
+    uint64_t *out, char *err, size_t errlen)
+{
+	*out = dflt;
+	return demux_config__get(h, key, 'u', out, err, errlen);
+}
+
+static inline int
+demux_config_size(const demux_host *h, const char *key, uint64_t dflt,
+    uint64_t *out, char *err, size_t errlen)
+{
+	*out = dflt;
+	return demux_config__get(h, key, 'z', out, err, errlen);
+}
+
+static inline int
+demux_config_ms(const demux_host *h, const char *key, uint64_t dflt,
+    uint64_t *out, char *err, size_t errlen)
+{
+	*out = dflt;
+	return demux_config__get(h, key, 't', out, err, errlen);
+}
+
+static inline int
+demux_config_bool(const demux_host *h, const char *key, int dflt, int *out,
+    char *err, size_t errlen)
+{
+	*out = dflt;
+	return demux_config__get(h, key, 'b', out, err, errlen);
+}
+
+static inline int
+demux_config_double(const demux_host *h, const char *key, double dflt,
+    double *out, char *err, size_t errlen)
+{
+	*out = dflt;
+	return demux_config__get(h, key, 'd', out, err, errlen);
+}
+
+static inline int
+demux_config_str(const demux_host *h, const char *key, const char *dflt,
+    const char **out, char *err, size_t errlen)
+{
+	*out = dflt;
+	return demux_config__get(h, key, 's', (void *)out, err, errlen);
+}
+
+static inline int
+demux_config_keys(const demux_host *h, const char *allowed, char *err,
+    size_t errlen)
+{
+	return demux_config__get(h, allowed, 'k', NULL, err, errlen);
+}
+
+/* One-line answers: the result is one value. */
+static inline void
+demux_reply_nil(demux_call *c)
+{
+	msgpack_pack_nil(demux_result(c));
+}
+
+static inline void
+demux_reply_bool(demux_call *c, int v)
+{
+	if (v)
+		msgpack_pack_true(demux_result(c));
+	else
+		msgpack_pack_false(demux_result(c));
+}
+
+static inline void
+demux_reply_int(demux_call *c, int64_t v)
+{
+	msgpack_pack_int64(demux_result(c), v);
+}
+
+static inline void
+demux_reply_uint(demux_call *c, uint64_t v)
+{
+	msgpack_pack_uint64(demux_result(c), v);
+}
+
+static inline void
+demux_reply_double(demux_call *c, double v)
+{
+	msgpack_pack_double(demux_result(c), v);
+}
+
+/* s[0..len) as a string; demux_reply_cstr for a NUL-terminated one. */
+static inline void
+demux_reply_str(demux_call *c, const char *s, size_t len)
+{
+	msgpack_packer *pk = demux_result(c);
+
+	msgpack_pack_str(pk, len);
+	msgpack_pack_str_body(pk, s, len);
+}
+
+static inline void
+demux_reply_cstr(demux_call *c, const char *s)
+{
+	demux_reply_str(c, s, strlen(s));
+}
+
+static inline void
+demux_reply_bin(demux_call *c, const void *p, size_t len)
+{
+	msgpack_packer *pk = demux_result(c);
+
+	msgpack_pack_bin(pk, len);
+	msgpack_pack_bin_body(pk, p, len);
+}
+
+/* A msgpack object as it is (a param, say). */
+static inline void
+demux_reply_object(demux_call *c, const msgpack_object *o)
+{
+	msgpack_pack_object(demux_result(c), *o);
 }
 
 static inline void DEMUX_PRINTF(3, 4)

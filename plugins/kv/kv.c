@@ -51,38 +51,22 @@ kv_hash(const char *s, size_t n)
 	return h;
 }
 
-/* Read `capacity` from the plugin's config map, if there is one. */
+/* `capacity` from the plugin's config: map (the only key it knows). */
 static int
 kv_config(const demux_host *host, size_t *cap, char *err, size_t errlen)
 {
-	const msgpack_object *c = host->config;
-	uint32_t i;
+	uint64_t v;
 
-	*cap = KV_DEFAULT_CAP;
-	if (c == NULL)
-		return 0;
-	if (c->type != MSGPACK_OBJECT_MAP) {
-		snprintf(err, errlen, "config must be a mapping");
+	if (demux_config_keys(host, "capacity", err, errlen) != 0 ||
+	    demux_config_uint(host, "capacity", KV_DEFAULT_CAP, &v, err,
+	    errlen) != 0)
+		return -1;
+	if (v == 0 || v > (1u << 30)) {
+		snprintf(err, errlen, "capacity must be an integer from 1 to "
+		    "%u", 1u << 30);
 		return -1;
 	}
-	for (i = 0; i < c->via.map.size; i++) {
-		const msgpack_object_kv *kv = &c->via.map.ptr[i];
-
-		if (kv->key.type != MSGPACK_OBJECT_STR ||
-		    kv->key.via.str.size != 8 ||
-		    memcmp(kv->key.via.str.ptr, "capacity", 8) != 0) {
-			snprintf(err, errlen, "unknown config key (expected "
-			    "capacity)");
-			return -1;
-		}
-		if (kv->val.type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
-		    kv->val.via.u64 == 0 || kv->val.via.u64 > (1u << 30)) {
-			snprintf(err, errlen, "capacity must be an integer "
-			    "from 1 to %u", 1u << 30);
-			return -1;
-		}
-		*cap = (size_t)kv->val.via.u64;
-	}
+	*cap = (size_t)v;
 	return 0;
 }
 
@@ -172,7 +156,7 @@ kv_set(kv_table *t, const char *k, size_t kl, const msgpack_object *v,
 		(*pp)->vlen = sb.size;
 		(*pp)->val = msgpack_sbuffer_release(&sb);
 		pthread_rwlock_unlock(&t->lock);
-		msgpack_pack_true(demux_result(call));
+		demux_reply_bool(call, 1);
 		return;
 	}
 	if (t->count >= t->capacity) {
@@ -198,31 +182,27 @@ kv_set(kv_table *t, const char *k, size_t kl, const msgpack_object *v,
 	*pp = e;
 	t->count++;
 	pthread_rwlock_unlock(&t->lock);
-	msgpack_pack_true(demux_result(call));
+	demux_reply_bool(call, 1);
 }
 
 static void
 kv_process(void *state, const demux_request *req, demux_call *call)
 {
 	kv_table *t = state;
-	const msgpack_object_array *a = &req->params->via.array;
+	const msgpack_object *v;
 	msgpack_packer *pk;
 	kv_entry **pp, *e;
 	const char *k;
 	size_t kl;
-	uint32_t want = req->method_index == KV_SET ? 2 : 1;
 
-	if (a->size != want || a->ptr[0].type != MSGPACK_OBJECT_STR) {
-		demux_error(call, DEMUX_E_INVALID_PARAMS, "%s expects [key%s] "
-		    "with key a string", req->method,
-		    want == 2 ? ", value" : "");
+	/* -32602 naming the parameter when they do not match */
+	if (req->method_index == KV_SET ?
+	    demux_params(call, "key:s value:o", &k, &kl, &v) != 0 :
+	    demux_params(call, "key:s", &k, &kl) != 0)
 		return;
-	}
-	k = a->ptr[0].via.str.ptr;
-	kl = a->ptr[0].via.str.size;
 	switch (req->method_index) {
 	case KV_SET:
-		kv_set(t, k, kl, &a->ptr[1], call);
+		kv_set(t, k, kl, v, call);
 		return;
 	case KV_GET:
 		pk = demux_result(call);
@@ -246,10 +226,8 @@ kv_process(void *state, const demux_request *req, demux_call *call)
 		if (e != NULL) {
 			free(e->val);
 			free(e);
-			msgpack_pack_true(demux_result(call));
-		} else {
-			msgpack_pack_false(demux_result(call));
 		}
+		demux_reply_bool(call, e != NULL);
 		return;
 	}
 }

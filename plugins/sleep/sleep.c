@@ -16,31 +16,20 @@ static const char *const methods[] = { "sleep", NULL };
 static void
 sleep_process(void *state, const demux_request *req, demux_call *call)
 {
-	const msgpack_object *p = req->params;
 	struct timespec ts;
 	int64_t ms, slept, slice;
 
 	(void)state;
-	if (p->via.array.size != 1 ||
-	    (p->via.array.ptr[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
-	     p->via.array.ptr[0].type != MSGPACK_OBJECT_NEGATIVE_INTEGER)) {
-		demux_error(call, DEMUX_E_INVALID_PARAMS,
-		    "sleep.sleep expects [ms] with ms an integer");
+	(void)req;
+	/* one integer, at most a day (-32602 naming it otherwise) */
+	if (demux_params(call, "ms:i(-9223372036854775807..86400000)",
+	    &ms) != 0)
 		return;
-	}
-	if (p->via.array.ptr[0].type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
-		ms = p->via.array.ptr[0].via.i64;
+	if (ms < 0) {
 		demux_error_bt(call, SLEEP_E_NEGATIVE,
 		    "sleep.sleep: negative duration %lld ms", (long long)ms);
 		return;
 	}
-	if (p->via.array.ptr[0].via.u64 > 86400000u) {
-		demux_error(call, DEMUX_E_INVALID_PARAMS,
-		    "sleep.sleep: %llu ms is more than a day",
-		    (unsigned long long)p->via.array.ptr[0].via.u64);
-		return;
-	}
-	ms = (int64_t)p->via.array.ptr[0].via.u64;
 	/* sleep in slices so that a cancelled call gives up early */
 	for (slept = 0; slept < ms; slept += slice) {
 		slice = ms - slept < SLICE_MS ? ms - slept : SLICE_MS;
@@ -55,7 +44,7 @@ sleep_process(void *state, const demux_request *req, demux_call *call)
 		while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
 			;
 	}
-	msgpack_pack_int64(demux_result(call), ms);
+	demux_reply_int(call, ms);
 }
 
 static const demux_plugin sleep_plugin = {

@@ -21,6 +21,7 @@
 #include <yaml.h>
 
 #include "../common/buf.h"
+#include "../common/units.h"
 #include "config_impl.h"
 #include "demux/plugin.h"
 
@@ -87,36 +88,21 @@ cfg_uint(cfg_ctx *c, const yaml_node_t *n, const char *key, int sizes,
     unsigned long long maxv, unsigned long long *out)
 {
 	const char *s = cfg_scalar(n);
-	unsigned long long v, mul = 1;
-	char *end;
+	uint64_t v;
+	int rc;
 
-	if (s == NULL || *s == '\0' || *s == '-' || *s == '+')
-		goto bad;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno != 0 || end == s)
-		goto bad;
-	if (*end != '\0') {
-		if (!sizes)
-			goto bad;
-		if (strcasecmp(end, "k") == 0 || strcasecmp(end, "kib") == 0 ||
-		    strcasecmp(end, "kb") == 0)
-			mul = 1ull << 10;
-		else if (strcasecmp(end, "m") == 0 ||
-		    strcasecmp(end, "mib") == 0 || strcasecmp(end, "mb") == 0)
-			mul = 1ull << 20;
-		else if (strcasecmp(end, "g") == 0 ||
-		    strcasecmp(end, "gib") == 0 || strcasecmp(end, "gb") == 0)
-			mul = 1ull << 30;
-		else
-			goto bad;
-	}
-	if (v > maxv / mul)
+	/* without sizes, plain digits only: a size's grammar with none of
+	 * its suffixes */
+	rc = sizes ? dmx_parse_size(s, maxv, &v) : dmx_parse_ms(s, maxv, &v);
+	if (rc == 0 && !sizes && s[strspn(s, "0123456789")] != '\0')
+		rc = -1;
+	if (rc == -2)
 		return cfg_fail(c, n, "%s: %s is too large (at most %llu)",
 		    key, s, maxv);
-	*out = v * mul;
-	return 0;
-bad:
+	if (rc == 0) {
+		*out = v;
+		return 0;
+	}
 	return cfg_fail(c, n, "%s: expected %s, got %s%s%s", key,
 	    sizes ? "a size in bytes (e.g. 65536 or 64MiB)" :
 	    "a non-negative integer", s ? "'" : "", s ? s : cfg_kind(n),

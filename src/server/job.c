@@ -27,6 +27,7 @@
 #include "gen.h"
 #include "job.h"
 #include "log.h"
+#include "plugin_util.h"
 
 /* A packer sink that drops everything: used once an error is set. */
 static int
@@ -148,6 +149,8 @@ dmx_host_fill(demux_host *h)
 	h->error_bt = host_error_bt;
 	h->cancelled = host_cancelled;
 	h->deadline = host_deadline;
+	h->params = dmx_host_params;
+	h->config_get = dmx_host_config_get;
 }
 
 /* ---- running a job ---- */
@@ -221,9 +224,11 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 	req.identity = j->identity ? j->identity : "anonymous";
 
 	t0 = *now;
+	j->params = &params;
 	dmx_fatal_running(pl->name, rt->name);
 	pl->desc->process_transaction(pl->state, &req, (demux_call *)j);
 	dmx_fatal_running(NULL, NULL);
+	j->params = NULL;
 	t1 = *now = now_ns();
 	note_run_time(rt, t1 - t0);
 

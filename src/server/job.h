@@ -59,6 +59,8 @@ typedef struct dmx_job {
 					 * string (error_format: string) */
 	int64_t		 err_code;	/* its code */
 	uint64_t	 t_dispatch;	/* when the I/O thread routed it (ns) */
+	const msgpack_object *params;	/* decoded, during process_transaction
+					 * (demux_params) */
 	uint64_t	 deadline;	/* ns (clock.h) it must be answered by,
 					 * or 0: what demux_deadline() says */
 	uint32_t	 params_off;	/* params within `in` */
