@@ -66,4 +66,24 @@ like "$out" "error -32602: greet.hello: expects \[name, times\?\], got 3 paramet
 kill -TERM $pid
 wait $pid
 is "$?" 0 "demuxd stops cleanly"
+
+# the client of docs/client.md's helpers, against the example kv plugin
+readme_block helpers.c "$ROOT/docs/client.md" > "$TMP/helpers.c"
+run cc ${SAN_FLAGS:-} -Wall -Wextra -Werror -I"$ROOT/include" -o "$TMP/helpers" \
+    "$TMP/helpers.c" "$BUILD/libmux.a" -lmsgpackc -lssl -lcrypto -pthread
+is "$rc" 0 "docs/client.md's helpers.c builds against libmux.a"
+[ "$rc" = 0 ] || echo "$out" | sed 's/^/#   /'
+printf 'listen: "unix:kv.sock"\nplugins:\n  - name: kv\n    path: %s\n' \
+    "$BUILD/plugins/kv.so" > "$TMP/kv.yaml"
+"$DEMUXD" -c "$TMP/kv.yaml" 2> "$TMP/log" &
+pid=$!
+while IFS= read -r line <&3; do case $line in *READY*) break ;; esac; done
+run "$TMP/helpers" "unix:$TMP/kv.sock"
+is "$rc" 0 "...and runs"
+like "$out" "^pair = \[1, 2\]$" "...mux_callf and mux_unpack of an array"
+like "$out" "^server serving, [1-9][0-9]* requests$" "...a map read by key, nested"
+like "$out" "^no_such_key: none$" "...and an optional key absent"
+kill -TERM $pid
+wait $pid
+is "$?" 0 "demuxd stops cleanly"
 done_testing
