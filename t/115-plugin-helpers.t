@@ -75,9 +75,11 @@ is "$rc" 0 "docs/client.md's helpers.c builds against libmux.a"
 [ "$rc" = 0 ] || echo "$out" | sed 's/^/#   /'
 printf 'listen: "unix:kv.sock"\nplugins:\n  - name: kv\n    path: %s\n' \
     "$BUILD/plugins/kv.so" > "$TMP/kv.yaml"
-"$DEMUXD" -c "$TMP/kv.yaml" 2> "$TMP/log" &
+mkfifo "$TMP/log2"	# (the first fifo is at its end: its writer left)
+"$DEMUXD" -c "$TMP/kv.yaml" 2> "$TMP/log2" &
 pid=$!
-while IFS= read -r line <&3; do case $line in *READY*) break ;; esac; done
+exec 4< "$TMP/log2"
+while IFS= read -r line <&4; do case $line in *READY*) break ;; esac; done
 run "$TMP/helpers" "unix:$TMP/kv.sock"
 is "$rc" 0 "...and runs"
 like "$out" "^pair = \[1, 2\]$" "...mux_callf and mux_unpack of an array"

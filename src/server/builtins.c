@@ -78,6 +78,33 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 	    1000);
 }
 
+/* A pool that had to write off more than max_abandoned workers could not
+ * replace the last: its plugins may be dead until demuxd restarts. */
+static int
+pool_full(dmx_exec *e)
+{
+	dmx_exec_info in;
+
+	dmx_exec_info_get(e, STUCK_MS, &in);
+	return in.unreplaced > 0;
+}
+
+/* What $/health says: draining first, then unhealthy, else serving. */
+static const char *
+health_of(const dmx_gen *g, dmx_server_stats *st)
+{
+	size_t i;
+
+	if (draining(st))
+		return "draining";
+	if (pool_full(g->hooks.shared))
+		return "unhealthy";
+	for (i = 0; i < g->nplugins; i++)
+		if (g->plugins[i]->own_pool && pool_full(g->plugins[i]->exec))
+			return "unhealthy";
+	return "serving";
+}
+
 /* What a process-mode plugin's children went through (7 keys). */
 static void
 pack_procs(msgpack_packer *pk, const dmx_exec_procs *p)
@@ -223,7 +250,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	dmx_pack_cstr(&pk, "server");
 	msgpack_pack_map(&pk, 10);
 	dmx_pack_cstr(&pk, "state");
-	dmx_pack_cstr(&pk, draining(st) ? "draining" : "serving");
+	dmx_pack_cstr(&pk, health_of(g, st));
 	pk_kv_u64(&pk, "uptime_s", (dmx_now_ns() - st->started_ns) /
 	    1000000000u);
 	pk_kv_u64(&pk, "connections", ld(&st->connections));
@@ -236,7 +263,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	pk_kv_u64(&pk, "rss_kb", dmx_rss_kb(getpid()));
 
 	dmx_pack_cstr(&pk, "pool");
-	msgpack_pack_map(&pk, 7);
+	msgpack_pack_map(&pk, 9);
 	dmx_pack_cstr(&pk, "mode");
 	dmx_pack_cstr(&pk, pi.on_demand ? "on-demand" : "fixed");
 	pk_kv_u64(&pk, "workers", (uint64_t)(pi.on_demand ? pi.max_threads :
@@ -246,6 +273,8 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	pk_kv_u64(&pk, "queued", pi.queued);
 	pk_kv_u64(&pk, "stuck", pi.stuck);
 	pk_kv_u64(&pk, "longest_running_ms", pi.longest_ms);
+	pk_kv_u64(&pk, "abandoned", pi.abandoned);
+	pk_kv_u64(&pk, "max_abandoned", pi.max_abandoned);
 
 	/* plugins, in route order, each once */
 	for (i = 0; i < n; i++) {
@@ -278,7 +307,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 		dmx_exec_info_get(pool, STUCK_MS, &own);
 		dmx_pack_cstr(&pk, seen[j]->name);
 		procs = dmx_exec_procs_get(pool, &pi_p);
-		msgpack_pack_map(&pk, 8 + (procs ? 7 : 0));
+		msgpack_pack_map(&pk, 9 + (procs ? 7 : 0));
 		dmx_pack_cstr(&pk, "isolation");
 		dmx_pack_cstr(&pk, procs ? "process" : "thread");
 		if (procs)
@@ -291,6 +320,8 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 		pk_kv_u64(&pk, "workers_idle", (uint64_t)own.idle);
 		pk_kv_u64(&pk, "queued", own.queued);
 		pk_kv_u64(&pk, "in_flight", inflight);
+		pk_kv_u64(&pk, "workers_abandoned",
+		    dmx_exec_abandoned_in(pool, seen[j]));
 		pk_kv_u64(&pk, "workers_stuck", dmx_exec_stuck_in(pool, STUCK_MS,
 		    seen[j]));
 	}
@@ -313,7 +344,7 @@ dmx_builtin(const dmx_gen *g, dmx_server_stats *st, const char *identity,
 	if (ml == 6 && memcmp(m, "$/ping", 6) == 0) {
 		dmx_pack_cstr(&pk, "pong");
 	} else if (ml == 8 && memcmp(m, "$/health", 8) == 0) {
-		dmx_pack_cstr(&pk, draining(st) ? "draining" : "serving");
+		dmx_pack_cstr(&pk, health_of(g, st));
 	} else if (ml == 9 && memcmp(m, "$/methods", 9) == 0) {
 		if (g->cfg->has_access) {
 			pack_methods_for(g, identity, &pk);

@@ -403,6 +403,10 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 				return cfg_fail(c, v, "max_threads: must be at "
 				    "least 1");
 			cfg->max_threads = (int)u;
+		} else if (strcmp(key, "max_abandoned") == 0) {
+			if (cfg_uint(c, v, key, 0, 4096, &u) != 0)
+				return -1;
+			cfg->max_abandoned = (unsigned)u;
 		} else if (strcmp(key, "queue") == 0) {
 			if (cfg_uint(c, v, key, 0, 1u << 24, &u) != 0)
 				return -1;
@@ -539,7 +543,8 @@ load_root(cfg_ctx *c, dmx_config *cfg)
 			cfg->unix_group = strdup(s);
 		} else {
 			return cfg_fail(c, k, "unknown key '%s' (expected listen, "
-			    "workers, max_threads, queue, max_frame, max_inflight, "
+			    "workers, max_threads, max_abandoned, queue, max_frame, "
+			    "max_inflight, "
 			    "max_connections, max_output, max_elements, "
 			    "max_inflight_bytes, max_memory, frame_timeout_ms, "
 			    "tcp_keepalive_ms, idle_timeout_ms, "
@@ -565,6 +570,7 @@ dmx_config_defaults(dmx_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 	cfg->workers = ncpu > 0 ? (int)ncpu : 1;
 	cfg->max_threads = DMX_DEFAULT_MAX_THREADS;
+	cfg->max_abandoned = DMX_DEFAULT_MAX_ABANDONED;
 	cfg->max_frame = DMX_DEFAULT_MAX_FRAME;
 	cfg->max_inflight = DMX_DEFAULT_MAX_INFLIGHT;
 	cfg->max_connections = DMX_DEFAULT_MAX_CONNECTIONS;

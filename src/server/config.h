@@ -42,7 +42,9 @@ typedef struct dmx_conf_plugin {
 	/* isolation: process (see docs/configuration.md) */
 	int	process;	/* 0: thread (in demuxd), 1: process */
 	unsigned processes;	/* children; default 1 */
-	unsigned kill_after_ms;	/* past deadline + this: kill the child */
+	unsigned kill_after_ms;	/* past deadline + this: kill the child, or
+				 * (thread mode) write the worker off */
+	unsigned max_abandoned;	/* its own pool's; default DMX_DEFAULT_... */
 	uint64_t max_requests;	/* recycle a child after this many; 0 never */
 	uint64_t max_rss_mb;	/* recycle a child past this RSS; 0 never */
 	unsigned respawn_min_ms, respawn_max_ms; /* respawn backoff */
@@ -89,6 +91,7 @@ typedef struct dmx_config {
 	int		 workers;	/* pool size; 0 = on-demand */
 	int		 max_threads;	/* on-demand cap */
 	unsigned	 queue;		/* bound on the shared pool's queue; 0: none */
+	unsigned	 max_abandoned;	/* the shared pool's written-off cap */
 	size_t		 max_frame;	/* largest message accepted, bytes */
 	unsigned	 max_inflight;	/* per connection */
 	unsigned	 max_connections;
@@ -128,6 +131,7 @@ typedef struct dmx_config {
 #define DMX_DEFAULT_MAX_INFLIGHT	4096u
 #define DMX_DEFAULT_MAX_CONNECTIONS	10000u
 #define DMX_DEFAULT_MAX_THREADS		1024
+#define DMX_DEFAULT_MAX_ABANDONED	16u
 #define DMX_DEFAULT_DRAIN_TIMEOUT_MS	30000u
 #define DMX_DEFAULT_MAX_OUTPUT		(16u << 20)
 #define DMX_DEFAULT_MAX_ELEMENTS	(1u << 20)

@@ -70,6 +70,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 	dmx_conf_plugin *p = &cfg->plugins[cfg->nplugins];
 	yaml_node_pair_t *pr;
 	yaml_node_t *pathnode = NULL, *isolation = NULL, *process_key = NULL;
+	yaml_node_t *abandoned_key = NULL;
 	struct stat st;
 	size_t i;
 
@@ -77,6 +78,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 	p->col = (int)e->start_mark.column + 1;
 	p->processes = 1;
 	p->kill_after_ms = DMX_DEFAULT_KILL_AFTER_MS;
+	p->max_abandoned = DMX_DEFAULT_MAX_ABANDONED;
 	p->respawn_min_ms = DMX_DEFAULT_RESPAWN_MIN_MS;
 	p->respawn_max_ms = DMX_DEFAULT_RESPAWN_MAX_MS;
 	if (e->type != YAML_MAPPING_NODE)
@@ -141,8 +143,22 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 				    "or process, got %s%s%s", s ? "'" : "",
 				    s ? s : cfg_kind(v), s ? "'" : "");
 			isolation = v;
+		} else if (strcmp(key, "max_abandoned") == 0) {
+			unsigned long long u;
+
+			if (cfg_uint(c, v, key, 0, 4096, &u) != 0)
+				return -1;
+			p->max_abandoned = (unsigned)u;
+			abandoned_key = k;
+		} else if (strcmp(key, "kill_after_ms") == 0) {
+			/* both modes: the child is killed, or the worker
+			 * written off */
+			unsigned long long u;
+
+			if (cfg_uint(c, v, key, 0, 86400000u, &u) != 0)
+				return -1;
+			p->kill_after_ms = (unsigned)u;
 		} else if (strcmp(key, "processes") == 0 ||
-		    strcmp(key, "kill_after_ms") == 0 ||
 		    strcmp(key, "max_requests") == 0 ||
 		    strcmp(key, "max_rss_mb") == 0 ||
 		    strcmp(key, "respawn_min_ms") == 0 ||
@@ -158,8 +174,6 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 					return cfg_fail(c, v, "processes: must be "
 					    "at least 1");
 				p->processes = (unsigned)u;
-			} else if (strcmp(key, "kill_after_ms") == 0) {
-				p->kill_after_ms = (unsigned)u;
 			} else if (strcmp(key, "max_requests") == 0) {
 				p->max_requests = u;
 			} else if (strcmp(key, "max_rss_mb") == 0) {
@@ -195,10 +209,16 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 			return cfg_fail(c, k, "plugins: unknown key '%s' (expected "
 			    "name, path, workers, queue, timeout_ms, methods, "
 			    "config, isolation, processes, kill_after_ms, "
+			    "max_abandoned, "
 			    "max_requests, max_rss_mb, respawn_min_ms, "
 			    "respawn_max_ms, user or group)", key);
 		}
 	}
+	if (abandoned_key != NULL && (p->process || p->workers == 0))
+		return cfg_fail(c, abandoned_key, "plugins: max_abandoned "
+		    "applies to a thread-mode plugin with its own pool "
+		    "(workers:); the shared pool's is the top-level "
+		    "max_abandoned");
 	if (process_key != NULL && !p->process)
 		return cfg_fail(c, process_key, "plugins: %s applies to "
 		    "isolation: process only", cfg_scalar(process_key));

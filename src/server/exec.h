@@ -50,6 +50,10 @@ typedef struct dmx_exec_info {
 	unsigned	 queued;
 	unsigned	 stuck;
 	uint64_t	 longest_ms;
+	unsigned	 abandoned;	/* written off, still running */
+	unsigned	 max_abandoned;	/* 0 for executors that do not */
+	unsigned	 unreplaced;	/* written off with no slot left to
+					 * replace them: "unhealthy" */
 } dmx_exec_info;
 
 /* An executor that runs jobs in child processes says more (proc.c). */
@@ -92,6 +96,10 @@ typedef struct dmx_exec_ops {
 	void	  (*cancel)(dmx_exec *e, struct dmx_job *j, uint64_t seq);
 	/* 1 and *out filled if it runs jobs in child processes, else 0 */
 	int	  (*procs)(dmx_exec *e, dmx_exec_procs *out);
+	/* housekeeping on the I/O thread: ms until it is due again, or -1 */
+	int	  (*tick)(dmx_exec *e, uint64_t now);
+	/* workers written off while running plugin pl's jobs */
+	unsigned  (*abandoned_in)(dmx_exec *e, const void *pl);
 } dmx_exec_ops;
 
 /* Embedded first in every implementation's struct. */
@@ -128,6 +136,18 @@ static inline unsigned
 dmx_exec_stuck_in(dmx_exec *e, uint64_t stuck_ms, const void *pl)
 {
 	return e->ops->stuck_in(e, stuck_ms, pl);
+}
+
+static inline int
+dmx_exec_tick(dmx_exec *e, uint64_t now)
+{
+	return e->ops->tick != NULL ? e->ops->tick(e, now) : -1;
+}
+
+static inline unsigned
+dmx_exec_abandoned_in(dmx_exec *e, const void *pl)
+{
+	return e->ops->abandoned_in != NULL ? e->ops->abandoned_in(e, pl) : 0;
 }
 
 static inline void

@@ -137,8 +137,8 @@ dmx_gen_new(dmx_config *cfg, const dmx_gen *prev, const dmx_gen_hooks *hooks,
 			p->exec = hooks->shared;
 			continue;
 		}
-		p->exec = dmx_pool_new(p->workers, 0, p->queue, &hooks->exec,
-		    err, errlen);
+		p->exec = dmx_pool_new(p->workers, 0, p->queue,
+		    p->max_abandoned, &hooks->exec, err, errlen);
 		if (p->exec == NULL) {
 			char why[256];
 

@@ -212,6 +212,30 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 	out(b, "# HELP demux_workers_stuck Workers on one job for over 10 s.\n"
 	    "# TYPE demux_workers_stuck gauge\ndemux_workers_stuck %u\n",
 	    pi.stuck);
+	{
+		int healthy = pi.unreplaced == 0;
+
+		out(b, "# HELP demux_workers_abandoned Workers written off "
+		    "(stuck past timeout_ms + kill_after_ms), by plugin.\n"
+		    "# TYPE demux_workers_abandoned gauge\n");
+		for (i = 0; i < g->nplugins; i++) {
+			dmx_plugin *p = g->plugins[i];
+			dmx_exec_info own;
+
+			if (p->exec == NULL)
+				continue;
+			out(b, "demux_workers_abandoned{plugin=\"%s\"} %u\n",
+			    p->name, dmx_exec_abandoned_in(p->exec, p));
+			if (p->own_pool) {
+				dmx_exec_info_get(p->exec, 10000, &own);
+				if (own.unreplaced > 0)
+					healthy = 0;
+			}
+		}
+		out(b, "# HELP demux_healthy 0 once a pool has written off "
+		    "max_abandoned workers ($/health: unhealthy).\n"
+		    "# TYPE demux_healthy gauge\ndemux_healthy %d\n", healthy);
+	}
 	out(b, "# HELP demux_queue_length Jobs waiting for a worker.\n"
 	    "# TYPE demux_queue_length gauge\ndemux_queue_length %u\n",
 	    pi.queued);

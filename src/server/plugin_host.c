@@ -124,6 +124,8 @@ plugin_common(dmx_plugin *p, const dmx_conf_plugin *cp, const char *file,
 	p->workers = cp->workers;
 	p->queue = cp->queue;
 	p->process = cp->process;
+	p->kill_after_ms = cp->kill_after_ms;
+	p->max_abandoned = cp->max_abandoned;
 	p->name = strdup(cp->name ? cp->name : name);
 	p->version = strdup(version ? version : "");
 	if (p->name == NULL || p->version == NULL)
@@ -178,13 +180,14 @@ dmx_plugin_signature(const dmx_conf_plugin *cp, char *buf, size_t len)
 		h = (h ^ cp->methods[i].timeout_ms) * 1099511628211ull;
 	}
 	n = snprintf(buf, len, "%s|%s|%llu:%llu:%lld:%lld.%09ld|w%d q%u t%u "
-	    "h%016llx|i%d n%u k%u r%llu m%llu b%u-%u u%s g%s",
+	    "h%016llx|i%d n%u k%u a%u r%llu m%llu b%u-%u u%s g%s",
 	    cp->name ? cp->name : "", cp->path,
 	    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
 	    (long long)st.st_size, (long long)st.st_mtim.tv_sec,
 	    st.st_mtim.tv_nsec, cp->workers, cp->queue, cp->timeout_ms,
 	    (unsigned long long)h, cp->process, cp->processes,
-	    cp->kill_after_ms, (unsigned long long)cp->max_requests,
+	    cp->kill_after_ms, cp->max_abandoned,
+	    (unsigned long long)cp->max_requests,
 	    (unsigned long long)cp->max_rss_mb, cp->respawn_min_ms,
 	    cp->respawn_max_ms, cp->user ? cp->user : "",
 	    cp->group ? cp->group : "");

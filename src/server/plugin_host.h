@@ -32,6 +32,9 @@ typedef struct dmx_plugin {
 	int		    workers;	/* own pool size from the YAML, or 0 */
 	unsigned	    queue;	/* its queue bound, or 0 */
 	unsigned	   *timeout_ms;	/* per method (nmethods), 0: none */
+	unsigned	    kill_after_ms; /* past a deadline + this: a worker
+					 * is written off (thread mode) */
+	unsigned	    max_abandoned; /* its own pool's (workers:) */
 	/* set by the generation that loads it (gen.c, I/O thread only) */
 	struct dmx_exec	   *exec;	/* runs its jobs: its own or the shared */
 	int		    own_pool;	/* exec belongs to this plugin */

@@ -23,6 +23,17 @@
  *
  * Every thread keeps its own msgpack zone for decoding params, cleared after
  * each job, so decoding does not allocate in the steady state.
+ *
+ * Written-off workers (fixed mode): a thread cannot be killed, so a handler
+ * that never returns would hold its worker for good, and once every worker
+ * is held the pool is dead. A worker still on one job past its method's
+ * timeout_ms + kill_after_ms is written off instead: its thread is
+ * detached and a new one takes its place, up to max_abandoned written off
+ * at once. Past that, a write-off goes unreplaced (the pool says so, and
+ * $/health answers "unhealthy") until a written-off handler returns: its
+ * thread sees the mark and leaves, and the replacement owed starts in its
+ * slot. Checked by the I/O thread (dmx_exec_tick, at the next due time)
+ * and whenever the figures are read.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -43,6 +54,10 @@ struct dmx_busy {
 	const void *_Atomic stats;	/* its route's counters */
 	const void *_Atomic plugin;
 	_Atomic unsigned limit_ms;	/* its method's timeout_ms, or 0 */
+	_Atomic unsigned writeoff_ms;	/* timeout_ms + kill_after_ms; 0:
+					 * never written off */
+	_Atomic int abandoned;		/* written off: its thread leaves when
+					 * the handler returns (set under mu) */
 };
 
 typedef struct dmx_pool {
@@ -56,12 +71,23 @@ typedef struct dmx_pool {
 	int		 idle;		/* protected by mu */
 	int		 wakes;		/* protected by mu: signals in flight */
 	int		 stop;		/* protected by mu */
-	int		 nthreads;	/* fixed: started; on-demand: running */
+	int		 nthreads;	/* mu: threads alive (fixed: written-off
+					 * ones too); on-demand: running */
 	int		 max_threads;
 	int		 on_demand;
-	pthread_t	*threads;
-	struct dmx_busy	*busy;		/* per fixed worker */
-	_Atomic int	 next_index;	/* hands each worker its slot */
+	/* fixed mode: nslots = workers + max_abandoned slots, each a thread
+	 * handle and what it runs; the free ones wait for a replacement */
+	int		 nslots;
+	pthread_t	*threads;	/* mu */
+	uint8_t		*joinable;	/* mu: threads[i] is to be joined */
+	struct dmx_busy	*busy;		/* per slot */
+	int		*free_slots;	/* mu */
+	int		 nfree;		/* mu */
+	unsigned	 max_abandoned;
+	unsigned	 abandoned;	/* mu: written off, still running */
+	unsigned	 owed;		/* mu: write-offs no slot was free to
+					 * replace yet (then: unhealthy) */
+	int		 warned_full;	/* mu: said max_abandoned is reached */
 	size_t		 stack_size;
 	dmx_exec_admit_fn admit;
 	dmx_exec_done_fn done;
@@ -80,6 +106,38 @@ job_is_fast(const dmx_job *j)
 	    memory_order_relaxed) < DMX_FAST_NS;
 }
 
+typedef struct worker_arg {
+	dmx_pool	*pool;
+	int		 slot;
+} worker_arg;
+
+static void *worker_main(void *arg);
+
+/* Start a fixed worker in slot (mu held, or before any thread runs). */
+static int
+start_worker(dmx_pool *p, int slot)
+{
+	pthread_attr_t attr;
+	worker_arg *a = malloc(sizeof(*a));
+	int rc;
+
+	if (a == NULL)
+		return ENOMEM;
+	a->pool = p;
+	a->slot = slot;
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, p->stack_size);
+	rc = pthread_create(&p->threads[slot], &attr, worker_main, a);
+	pthread_attr_destroy(&attr);
+	if (rc != 0) {
+		free(a);
+		return rc;
+	}
+	p->joinable[slot] = 1;
+	p->nthreads++;
+	return 0;
+}
+
 static void
 busy_set(struct dmx_busy *b, const dmx_route *rt)
 {
@@ -89,6 +147,68 @@ busy_set(struct dmx_busy *b, const dmx_route *rt)
 	    memory_order_relaxed);
 	atomic_store_explicit(&b->limit_ms, rt ? rt->timeout_ms : 0,
 	    memory_order_relaxed);
+	atomic_store_explicit(&b->writeoff_ms, rt && rt->timeout_ms > 0 ?
+	    rt->timeout_ms + rt->plugin->kill_after_ms : 0,
+	    memory_order_relaxed);
+}
+
+/* Write off the workers past their limit (mu held); ms until the next one
+ * is due, or -1 if none is. */
+static int
+writeoff_locked(dmx_pool *p, uint64_t now)
+{
+	int i, next = -1, ms, rc;
+
+	for (i = 0; !p->on_demand && i < p->nslots; i++) {
+		struct dmx_busy *b = &p->busy[i];
+		uint64_t since = atomic_load_explicit(&b->since,
+		    memory_order_relaxed), due;
+		unsigned w = atomic_load_explicit(&b->writeoff_ms,
+		    memory_order_relaxed);
+
+		if (since == 0 || w == 0 || atomic_load_explicit(&b->abandoned,
+		    memory_order_relaxed))
+			continue;
+		due = since + (uint64_t)w * 1000000u;
+		if (now < due) {
+			ms = (int)((due - now) / 1000000u) + 1;
+			next = next < 0 || ms < next ? ms : next;
+			continue;
+		}
+		/* (if it returned just now, it sees the mark under mu and
+		 * leaves anyway: one replacement too many, never one short) */
+		atomic_store_explicit(&b->abandoned, 1, memory_order_relaxed);
+		p->abandoned++;
+		pthread_detach(p->threads[i]);
+		p->joinable[i] = 0;
+		if (p->nfree > 0 && !p->stop) {
+			int slot = p->free_slots[--p->nfree];
+
+			if ((rc = start_worker(p, slot)) != 0) {
+				p->free_slots[p->nfree++] = slot;
+				dmx_warn("pool: cannot start a worker to replace "
+				    "a written-off one: %s", strerror(rc));
+			}
+			dmx_warn("pool: a worker on one job for %llu ms (past "
+			    "its method's timeout_ms + kill_after_ms) is "
+			    "written off, and a new one takes its place (%u "
+			    "written off, max_abandoned %u)",
+			    (unsigned long long)((now - since) / 1000000u),
+			    p->abandoned, p->max_abandoned);
+		} else {
+			/* replaced when a written-off thread leaves */
+			p->owed++;
+			if (!p->warned_full) {
+				p->warned_full = 1;
+				dmx_warn("pool: %u workers written off "
+				    "(max_abandoned %u): no more are replaced; "
+				    "$/health says unhealthy until one returns "
+				    "or demuxd restarts", p->abandoned,
+				    p->max_abandoned);
+			}
+		}
+	}
+	return next;
 }
 
 /* The jobs of list that admit lets run now, in order. */
@@ -111,12 +231,14 @@ admitted(dmx_pool *p, dmx_job *list)
 static void *
 worker_main(void *arg)
 {
-	dmx_pool *p = arg;
+	worker_arg a = *(worker_arg *)arg;
+	dmx_pool *p = a.pool;
 	msgpack_zone zone;
 	dmx_job *j, *last, *next;
 	uint64_t now;
-	int n, me = atomic_fetch_add(&p->next_index, 1);
+	int n, me = a.slot;
 
+	free(arg);
 	dmx_fatal_thread_begin();
 	msgpack_zone_init(&zone, 4096);
 	pthread_mutex_lock(&p->mu);
@@ -172,6 +294,27 @@ worker_main(void *arg)
 		if (j != NULL)
 			p->done(j, p->done_arg);
 		pthread_mutex_lock(&p->mu);
+		if (atomic_load_explicit(&p->busy[me].abandoned,
+		    memory_order_relaxed)) {
+			/* written off while its handler ran: its replacement
+			 * serves; this thread (detached) leaves, and its slot
+			 * waits for the next replacement */
+			atomic_store_explicit(&p->busy[me].abandoned, 0,
+			    memory_order_relaxed);
+			p->abandoned--;
+			p->nthreads--;
+			if (p->owed > 0 && !p->stop &&
+			    start_worker(p, me) == 0) {
+				/* a write-off that found no free slot gets
+				 * its replacement in this one */
+				p->owed--;
+			} else {
+				p->free_slots[p->nfree++] = me;
+			}
+			if (p->owed == 0)
+				p->warned_full = 0;
+			break;
+		}
 	}
 	pthread_mutex_unlock(&p->mu);
 	msgpack_zone_destroy(&zone);
@@ -214,9 +357,9 @@ static const dmx_exec_ops pool_ops;
 
 dmx_exec *
 dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
-    const dmx_exec_hooks *hooks, char *err, size_t errlen)
+    unsigned max_abandoned, const dmx_exec_hooks *hooks, char *err,
+    size_t errlen)
 {
-	pthread_attr_t attr;
 	dmx_pool *p;
 	int i, rc;
 
@@ -239,27 +382,31 @@ dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
 		p->max_threads = max_threads;
 		return &p->base;
 	}
-	p->threads = calloc((size_t)nworkers, sizeof(*p->threads));
-	p->busy = calloc((size_t)nworkers, sizeof(*p->busy));
-	if (p->threads == NULL || p->busy == NULL) {
+	p->max_abandoned = max_abandoned;
+	p->nslots = nworkers + (int)max_abandoned;
+	p->threads = calloc((size_t)p->nslots, sizeof(*p->threads));
+	p->joinable = calloc((size_t)p->nslots, sizeof(*p->joinable));
+	p->busy = calloc((size_t)p->nslots, sizeof(*p->busy));
+	p->free_slots = calloc((size_t)p->nslots, sizeof(*p->free_slots));
+	if (p->threads == NULL || p->joinable == NULL || p->busy == NULL ||
+	    p->free_slots == NULL) {
 		snprintf(err, errlen, "out of memory");
 		pool_free(p);
 		return NULL;
 	}
-	pthread_attr_init(&attr);
-	pthread_attr_setstacksize(&attr, p->stack_size);
+	for (i = p->nslots - 1; i >= nworkers; i--)
+		p->free_slots[p->nfree++] = i;
+	pthread_mutex_lock(&p->mu);
 	for (i = 0; i < nworkers; i++) {
-		rc = pthread_create(&p->threads[i], &attr, worker_main, p);
-		if (rc != 0) {
+		if ((rc = start_worker(p, i)) != 0) {
+			pthread_mutex_unlock(&p->mu);
 			snprintf(err, errlen, "cannot start worker %d of %d: %s",
 			    i + 1, nworkers, strerror(rc));
-			pthread_attr_destroy(&attr);
 			pool_free(p);
 			return NULL;
 		}
-		p->nthreads++;
 	}
-	pthread_attr_destroy(&attr);
+	pthread_mutex_unlock(&p->mu);
 	return &p->base;
 }
 
@@ -402,10 +549,19 @@ pool_free(dmx_pool *p)
 		while (p->nthreads > 0)
 			pthread_cond_wait(&p->done_cv, &p->mu);
 	pthread_mutex_unlock(&p->mu);
-	if (!p->on_demand)
-		for (i = 0; i < p->nthreads; i++)
+	for (i = 0; !p->on_demand && i < p->nslots; i++)
+		if (p->joinable[i])
 			pthread_join(p->threads[i], NULL);
+	if (p->abandoned > 0) {
+		/* a written-off thread may still return into the pool: it is
+		 * left to the process's end, never freed under it */
+		dmx_info("pool: %u written-off worker(s) still running at "
+		    "exit", p->abandoned);
+		return;
+	}
 	free(p->threads);
+	free(p->joinable);
+	free(p->free_slots);
 	free(p->busy);
 	pthread_cond_destroy(&p->cv);
 	pthread_cond_destroy(&p->done_cv);
@@ -431,6 +587,10 @@ pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_exec_info *out)
 
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&p->mu);
+	(void)writeoff_locked(p, now);	/* the figures as of now */
+	out->abandoned = p->abandoned;
+	out->max_abandoned = p->max_abandoned;
+	out->unreplaced = p->owed;
 	out->on_demand = p->on_demand;
 	out->max_threads = p->max_threads;
 	out->workers = p->nthreads;
@@ -438,7 +598,7 @@ pool_info_get(dmx_pool *p, uint64_t stuck_ms, dmx_exec_info *out)
 	out->queued = p->qlen;
 	pthread_mutex_unlock(&p->mu);
 	out->busy = p->on_demand ? out->workers : out->workers - out->idle;
-	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
+	for (i = 0; !p->on_demand && i < p->nslots; i++) {
 		since = atomic_load_explicit(&p->busy[i].since,
 		    memory_order_relaxed);
 		if (since == 0 || since > now)
@@ -458,7 +618,7 @@ pool_stuck_in(dmx_pool *p, uint64_t stuck_ms, const void *pl)
 	unsigned n = 0;
 	int i;
 
-	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
+	for (i = 0; !p->on_demand && i < p->nslots; i++) {
 		since = atomic_load_explicit(&p->busy[i].since,
 		    memory_order_relaxed);
 		if (since != 0 && since <= now && atomic_load_explicit(
@@ -476,7 +636,7 @@ pool_running(dmx_pool *p, const void *stats, const void *pl)
 	unsigned n = 0;
 	int i;
 
-	for (i = 0; !p->on_demand && i < p->nthreads; i++) {
+	for (i = 0; !p->on_demand && i < p->nslots; i++) {
 		if (atomic_load_explicit(&p->busy[i].since,
 		    memory_order_relaxed) == 0)
 			continue;
@@ -527,7 +687,37 @@ op_free(dmx_exec *e)
 	pool_free((dmx_pool *)e);
 }
 
+static int
+op_tick(dmx_exec *e, uint64_t now)
+{
+	dmx_pool *p = (dmx_pool *)e;
+	int ms;
+
+	if (p->on_demand)
+		return -1;
+	pthread_mutex_lock(&p->mu);
+	ms = writeoff_locked(p, now);
+	pthread_mutex_unlock(&p->mu);
+	return ms;
+}
+
+/* Written-off workers of plugin pl, still running. */
+static unsigned
+op_abandoned_in(dmx_exec *e, const void *pl)
+{
+	dmx_pool *p = (dmx_pool *)e;
+	unsigned n = 0;
+	int i;
+
+	for (i = 0; !p->on_demand && i < p->nslots; i++)
+		if (atomic_load_explicit(&p->busy[i].abandoned,
+		    memory_order_relaxed) && atomic_load_explicit(
+		    &p->busy[i].plugin, memory_order_relaxed) == pl)
+			n++;
+	return n;
+}
+
 static const dmx_exec_ops pool_ops = {
 	"threads", op_submit, op_requeue, op_info, op_running, op_stuck_in,
-	op_free, NULL, NULL
+	op_free, NULL, NULL, op_tick, op_abandoned_in
 };

@@ -15,8 +15,11 @@
 
 #include "exec.h"
 
-/* Returns NULL with a reason in err. */
+/* nworkers 0: on-demand, up to max_threads. A fixed pool writes off up to
+ * max_abandoned workers stuck past timeout_ms + kill_after_ms (pool.c).
+ * Returns NULL with a reason in err. */
 dmx_exec *dmx_pool_new(int nworkers, int max_threads, unsigned queue_max,
-    const dmx_exec_hooks *hooks, char *err, size_t errlen);
+    unsigned max_abandoned, const dmx_exec_hooks *hooks, char *err,
+    size_t errlen);
 
 #endif

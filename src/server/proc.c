@@ -527,7 +527,7 @@ static void op_free(dmx_exec *e);
 
 static const dmx_exec_ops procs_ops = {
 	"processes", op_submit, op_requeue, op_info, op_running, op_stuck_in,
-	op_free, op_cancel, op_procs
+	op_free, op_cancel, op_procs, NULL, NULL
 };
 
 /* ---- creating and freeing ---- */

@@ -136,7 +136,7 @@ dmx_server_new(dmx_config *cfg, char *err, size_t errlen)
 	s->loop = dmx_loop_new(dmx_conn_expire, err, errlen);
 	if (s->loop != NULL)
 		s->exec = dmx_pool_new(cfg->workers, cfg->max_threads,
-		    cfg->queue, &hooks.exec, err, errlen);
+		    cfg->queue, cfg->max_abandoned, &hooks.exec, err, errlen);
 	if (s->exec == NULL) {
 		dmx_config_free(cfg);
 		free(cfg);
@@ -254,6 +254,24 @@ reload(dmx_server *s)
 	    "loaded, %zu to be unloaded after their last job", g->cfg->file,
 	    g->id, g->nplugins, kept, g->nfresh, old->nplugins - kept);
 	dmx_gen_unref(old, 1);		/* the slot's reference */
+}
+
+/* Workers stuck for good are written off and replaced (pool.c): ms until
+ * the next is due, or -1. Every generation's own pools, and the shared. */
+static int
+pools_tick(dmx_server *s)
+{
+	uint64_t now = dmx_now_ns();
+	int next = dmx_exec_tick(s->exec, now), ms;
+	dmx_gen *g;
+	size_t i;
+
+	for (g = s->gens; g != NULL; g = g->next)
+		for (i = 0; i < g->nplugins; i++)
+			if (g->plugins[i]->own_pool &&
+			    (ms = dmx_exec_tick(g->plugins[i]->exec, now)) >= 0)
+				next = next < 0 || ms < next ? ms : next;
+	return next;
 }
 
 static void
@@ -374,6 +392,7 @@ dmx_server_run(dmx_server *s)
 				timeout = sooner(timeout, LISTEN_PAUSE_MS);
 		}
 		timeout = sooner(timeout, dmx_conns_tick(s->conns));
+		timeout = sooner(timeout, pools_tick(s));
 		if (s->handshakes != NULL)
 			timeout = sooner(timeout, srv_handshakes_tick(s));
 		dmx_loop_attend(s->loop);
