@@ -527,3 +527,16 @@ out:
 	free(st);
 	return rc;
 }
+
+uint64_t
+mj_u64(json_t *o, const char *path)
+{
+	json_t *v = o;
+	char buf[128], *tok, *save = NULL;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (tok = strtok_r(buf, ".", &save); tok && v;
+	    tok = strtok_r(NULL, ".", &save))
+		v = json_object_get(v, tok);
+	return v && json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
+}

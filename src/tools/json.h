@@ -14,6 +14,7 @@
 #define MUXCALL_JSON_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include <jansson.h>
@@ -32,6 +33,9 @@ json_t *mj_from_bytes(const void *data, size_t len);
 #define MJ_MAX_DEPTH 2048
 int mj_print(FILE *fp, const void *data, size_t len, int pretty, char *err,
     size_t errlen);
+/* The integer at a dotted path ("server.requests") of a JSON object, or 0
+ * where there is none. */
+uint64_t mj_u64(json_t *o, const char *path);
 /* Pack v; returns 0, or -1 (with a reason in err) for what cannot be
  * represented. */
 int mj_to_msgpack(msgpack_packer *pk, const json_t *v, char *err,

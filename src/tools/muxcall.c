@@ -4,6 +4,7 @@
  *   muxcall [-c URI] [-p] [-t MS] METHOD [ARG...]   one call, ARGs are JSON
  *   muxcall [-c URI] --list                         $/methods
  *   muxcall [-c URI] --stats                        $/stats as a table
+ *   muxcall [-c URI] --top [--interval MS] [-n N]   the same, live
  *   muxcall [-c URI] --batch                        one JSON request per line
  *   muxcall [-c URI] -n N -P P METHOD [ARG...]      load: N calls, P threads
  *   --spawn CONF instead of -c: run `demuxd --stdio -c CONF` as a child
@@ -26,6 +27,7 @@
 
 #include "../common/buf.h"
 #include "json.h"
+#include "top.h"
 
 enum { EX_OK = 0, EX_REMOTE = 1, EX_USAGE = 2, EX_CONN = 3, EX_TIMEOUT = 4,
     EX_DATA = 5 };
@@ -38,6 +40,7 @@ usage(FILE *fp)
 	fprintf(fp,
 	    "usage: muxcall [-c URI | --spawn CONF] [-p] [-t MS] METHOD [ARG...]\n"
 	    "       muxcall [-c URI | --spawn CONF] --list | --stats | --batch\n"
+	    "       muxcall [-c URI | --spawn CONF] --top [--interval MS] [-n N]\n"
 	    "       muxcall [-c URI | --spawn CONF] -n N [-P P] METHOD [ARG...]\n"
 	    "\n"
 	    "  -c, --connect URI  server address (default $DEMUX_URI, else "
@@ -50,6 +53,9 @@ usage(FILE *fp)
 	    "      --tls-cert FILE, --tls-key FILE  our certificate, if asked\n"
 	    "  -l, --list         list the methods served\n"
 	    "  -s, --stats        show live statistics as a table\n"
+	    "      --top          the same, refreshed in place every second\n"
+	    "                     (q quits; not a terminal: one table each\n"
+	    "                     interval); --interval MS, -n N refreshes\n"
 	    "  -b, --batch        read one request per line on stdin:\n"
 	    "                     [\"method\", arg...] or {\"method\": M, "
 	    "\"params\": [...]}\n"
@@ -156,18 +162,7 @@ do_call(mux_t *m, const char *method, char **args, int nargs)
 
 /* ---- --stats ---- */
 
-static uint64_t
-jget(json_t *o, const char *path)
-{
-	json_t *v = o;
-	char buf[128], *tok, *save = NULL;
-
-	snprintf(buf, sizeof(buf), "%s", path);
-	for (tok = strtok_r(buf, ".", &save); tok && v;
-	    tok = strtok_r(NULL, ".", &save))
-		v = json_object_get(v, tok);
-	return v && json_is_integer(v) ? (uint64_t)json_integer_value(v) : 0;
-}
+#define jget mj_u64
 
 static void print_plugins(json_t *plugins);
 
@@ -503,6 +498,8 @@ main(int argc, char **argv)
 		{ "timeout", required_argument, NULL, 't' },
 		{ "list", no_argument, NULL, 'l' },
 		{ "stats", no_argument, NULL, 's' },
+		{ "top", no_argument, NULL, 'O' },
+		{ "interval", required_argument, NULL, 'I' },
 		{ "batch", no_argument, NULL, 'b' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "token", required_argument, NULL, 'T' },
@@ -515,7 +512,8 @@ main(int argc, char **argv)
 	const char *tls_ca = NULL, *tls_cert = NULL, *tls_key = NULL;
 	const char *uri = getenv("DEMUX_URI"), *spawn = NULL;
 	const char *from = "from DEMUX_URI";	/* where uri came from */
-	int ch, list = 0, stats = 0, batch = 0, threads = 1, rc;
+	int ch, list = 0, stats = 0, batch = 0, threads = 1, rc, top = 0;
+	int interval = 1000;
 	long n = 0;
 	char err[MUX_ERRLEN];
 	mux_t *m;
@@ -533,6 +531,8 @@ main(int argc, char **argv)
 		case 't': timeout_ms = atoi(optarg); break;
 		case 'l': list = 1; break;
 		case 's': stats = 1; break;
+		case 'O': top = 1; break;
+		case 'I': interval = atoi(optarg); break;
 		case 'b': batch = 1; break;
 		case 'n': n = atol(optarg); break;
 		case 'P': threads = atoi(optarg); break;
@@ -566,10 +566,11 @@ main(int argc, char **argv)
 		default: usage(stderr); return EX_USAGE;
 		}
 	}
-	if ((list + stats + batch > 1) || (n > 0 && (list || stats || batch)) ||
-	    (!list && !stats && !batch && optind >= argc) ||
-	    ((list || stats || batch) && optind < argc) || n < 0 ||
-	    threads < 1) {
+	if ((list + stats + batch + top > 1) ||
+	    (n > 0 && (list || stats || batch)) ||
+	    (!list && !stats && !batch && !top && optind >= argc) ||
+	    ((list || stats || batch || top) && optind < argc) || n < 0 ||
+	    threads < 1 || interval < 10) {
 		usage(stderr);
 		return EX_USAGE;
 	}
@@ -615,6 +616,9 @@ main(int argc, char **argv)
 		rc = do_call(m, "$/methods", none, 0);
 	} else if (stats) {
 		rc = do_stats(m);
+	} else if (top) {
+		rc = exit_for(mc_top(m, (unsigned)interval,
+		    (unsigned long)n));
 	} else if (batch) {
 		rc = do_batch(m, threads > 1 ? threads : 64);
 	} else if (n > 0) {
