@@ -69,6 +69,7 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/proc.c \
 	     src/server/proc_link.c \
 	     src/server/host.c src/server/tls.c src/server/fatal.c \
+	     src/server/status.c \
 	     src/server/stats.c src/server/builtins.c src/server/metrics.c
 CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 	     src/client/tls.c \
@@ -132,6 +133,16 @@ deps:
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# the status page, built into demuxd as one C string
+$(BUILD)/gen/status_html.h: src/server/status.html
+	@mkdir -p $(dir $@)
+	{ echo '/* generated from src/server/status.html */'; \
+	  echo '#define STATUS_HTML \'; \
+	  sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/^/"/' -e 's/$$/\\n" \\/' $<; \
+	  echo '""'; } > $@
+$(BUILD)/obj/src/server/status.o: $(BUILD)/gen/status_html.h
+$(BUILD)/obj/src/server/status.o: ALL_CFLAGS += -I$(BUILD)/gen
 
 $(BUILD)/pic/%.o: %.c
 	@mkdir -p $(dir $@)

@@ -54,7 +54,7 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 
 	dmx_method_errors(ms, &es);
 	dmx_pack_cstr(pk, rt->name);
-	msgpack_pack_map(pk, 7);
+	msgpack_pack_map(pk, 8);
 	pk_kv_u64(pk, "calls", calls);
 	pk_kv_u64(pk, "errors_total", es.total);
 	dmx_pack_cstr(pk, "errors");
@@ -75,7 +75,20 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 	pk_kv_u64(pk, "p99", dmx_hist_quantile(&ms->latency, 0.99) / 1000);
 	pk_kv_u64(pk, "max",
 	    atomic_load_explicit(&ms->latency.max_ns, memory_order_relaxed) /
-	    1000);
+	    1000);	/* the latency histogram's non-empty buckets: [upper edge ns, count]
+	 * (the status page draws it) */
+	{
+		uint64_t top[64], cnt[64];
+		unsigned k, nb = dmx_hist_buckets(&ms->latency, top, cnt, 64);
+
+		dmx_pack_cstr(pk, "latency_hist_ns");
+		msgpack_pack_array(pk, nb);
+		for (k = 0; k < nb; k++) {
+			msgpack_pack_array(pk, 2);
+			msgpack_pack_uint64(pk, top[k]);
+			msgpack_pack_uint64(pk, cnt[k]);
+		}
+	}
 }
 
 /* A pool that had to write off more than max_abandoned workers could not

@@ -20,9 +20,11 @@
 #include <microhttpd.h>
 
 #include "../common/uri.h"
+#include "access.h"
 #include "log.h"
 #include "metrics.h"
 #include "server.h"
+#include "status.h"
 
 struct dmx_metrics {
 	struct MHD_Daemon *d;
@@ -323,6 +325,7 @@ answer(void *cls, struct MHD_Connection *conn, const char *url,
 	struct MHD_Response *resp;
 	dmx_buf b = DMX_BUF_INIT;
 	unsigned status = MHD_HTTP_OK;
+	const char *type = "text/plain; version=0.0.4; charset=utf-8";
 	enum MHD_Result rc;
 
 	(void)version; (void)upload; (void)upload_size; (void)con_cls;
@@ -334,9 +337,33 @@ answer(void *cls, struct MHD_Connection *conn, const char *url,
 
 		render(m->srv, g, &b);
 		dmx_gen_unref(g, 1);
+	} else if (strcmp(url, "/") == 0 || strcmp(url, "/stats.json") == 0) {
+		dmx_gen *g = dmx_server_gen_acquire(m->srv);
+
+		/* HTTP carries no identity here: the page is for callers the
+		 * access rules let call $/stats as anonymous */
+		if (g->cfg->has_access && !dmx_access_allowed(g->cfg,
+		    "anonymous", "$/stats")) {
+			status = MHD_HTTP_FORBIDDEN;
+			out(&b, "the access rules do not let anonymous call "
+			    "$/stats (docs/security.md)\n");
+		} else if (url[1] == '\0') {
+			const char *page = dmx_status_page();
+
+			dmx_buf_append(&b, page, strlen(page));
+			type = "text/html; charset=utf-8";
+		} else if (dmx_status_json(g, dmx_server_stats_get(m->srv),
+		    &b) == 0) {
+			type = "application/json";
+		} else {
+			status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+			out(&b, "out of memory\n");
+		}
+		dmx_gen_unref(g, 1);
 	} else {
 		status = MHD_HTTP_NOT_FOUND;
-		out(&b, "demuxd serves /metrics\n");
+		out(&b, "demuxd serves /metrics, /stats.json and / (the status "
+		    "page)\n");
 	}
 	resp = MHD_create_response_from_buffer(b.len, b.data,
 	    MHD_RESPMEM_MUST_FREE);
@@ -344,8 +371,8 @@ answer(void *cls, struct MHD_Connection *conn, const char *url,
 		dmx_buf_release(&b);
 		return MHD_NO;
 	}
-	MHD_add_response_header(resp, "Content-Type",
-	    "text/plain; version=0.0.4; charset=utf-8");
+	MHD_add_response_header(resp, "Content-Type", type);
+	MHD_add_response_header(resp, "Cache-Control", "no-store");
 	rc = MHD_queue_response(conn, status, resp);
 	MHD_destroy_response(resp);
 	return rc;

@@ -77,6 +77,23 @@ dmx_hist_quantile(const dmx_hist *h, double q)
 	return max;
 }
 
+unsigned
+dmx_hist_buckets(const dmx_hist *h, uint64_t *top_ns, uint64_t *count,
+    unsigned max)
+{
+	unsigned b, n = 0;
+	uint64_t c;
+
+	for (b = 0; b < DMX_HIST_N && n < max; b++) {
+		c = atomic_load_explicit(&h->count[b], memory_order_relaxed);
+		if (c == 0)
+			continue;
+		top_ns[n] = bucket_top(b);
+		count[n++] = c;
+	}
+	return n;
+}
+
 uint64_t
 dmx_hist_count(const dmx_hist *h)
 {

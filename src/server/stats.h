@@ -35,6 +35,10 @@ uint64_t dmx_hist_quantile(const dmx_hist *h, double q);
 /* Samples recorded, and their sum estimated from bucket midpoints (within
  * 6.25 %): recording keeps one atomic add, Prometheus' _sum is derived. */
 uint64_t dmx_hist_count(const dmx_hist *h);
+/* The non-empty buckets, in order: each one's upper edge (ns) and count,
+ * at most max of them; returns how many. */
+unsigned dmx_hist_buckets(const dmx_hist *h, uint64_t *top_ns,
+    uint64_t *count, unsigned max);
 double	 dmx_hist_sum_ns(const dmx_hist *h);
 
 #define DMX_ERR_SLOTS 16
