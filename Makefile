@@ -210,6 +210,31 @@ $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBMUX_A)
 
 bench-bin: $(DEMUXD) $(PLUGIN_SO) $(TPLUGIN_SO) $(BENCH_BIN)
 
+# what is installed, without the tests (debian/rules builds this)
+programs: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO)
+
+# Debian packages (debian/): demux, libmux0, libmux-dev, into $(BUILD)/deb/.
+# Installs debhelper and fakeroot first where they are missing (as root).
+DEB_TOOLS = debhelper fakeroot dpkg-dev
+deb:
+	@$(SUBMAKE) deps
+	@missing=""; for p in $(DEB_TOOLS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | \
+	    grep -q 'ok installed' || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "make deb needs:$$missing (apt-get install$$missing)"; exit 1; fi; \
+	fi
+	DEB_BUILD_OPTIONS="noautodbgsym $${DEB_BUILD_OPTIONS:-}" dpkg-buildpackage -us -uc -b
+	@mkdir -p $(BUILD)/deb
+	mv ../demux_$(LIBMUX_VERSION)-1_*.deb ../libmux0_$(LIBMUX_VERSION)-1_*.deb \
+	  ../libmux-dev_$(LIBMUX_VERSION)-1_*.deb $(BUILD)/deb/
+	rm -f ../demux_$(LIBMUX_VERSION)-1_*.buildinfo ../demux_$(LIBMUX_VERSION)-1_*.changes
+	fakeroot debian/rules clean >/dev/null
+	@ls $(BUILD)/deb/
+
 # The entry points: `deps` first, then the build in a second make (which
 # evaluates pkg-config only now), then what they are for.
 SUBMAKE	= $(MAKE) --no-print-directory
@@ -267,7 +292,7 @@ $(FUZZ_OUT)/fuzz_wire: t/fuzz/fuzz_wire.c src/common/wire.c
 
 $(FUZZ_OUT)/fuzz_config: t/fuzz/fuzz_config.c src/server/config.c \
 	    src/server/config_access.c src/server/config_plugins.c \
-	    src/common/buf.c
+	    src/common/buf.c src/common/units.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ $(YAML_LIBS) $(MSGPACK_LIBS)
 
@@ -332,7 +357,8 @@ uninstall:
 clean:
 	rm -rf build build-asan build-tsan build-fuzz
 
-.PHONY: all deps test run asan tsan valgrind clean bench bench-bin install uninstall fuzz
+.PHONY: all deps test run asan tsan valgrind clean bench bench-bin install uninstall fuzz \
+	programs deb
 .SECONDARY:
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
