@@ -39,6 +39,8 @@ run chroot "$R" getent passwd demux
 like "$out" "^demux:" "...and make the demux system user"
 like "$(cat "$R/lib/systemd/system/demuxd.service")" "User=demux" \
     "...whose unit runs demuxd as that user"
+like "$(cat "$R/lib/systemd/system/demuxd@.service")" "ExecStart=/usr/bin/demuxd -c /etc/demux/%i.yaml" \
+    "...and the template unit, demuxd@NAME with /etc/demux/NAME.yaml"
 run chroot "$R" /usr/bin/demuxd --check -c /etc/demux/demux.yaml
 is "$rc" 0 "the default /etc/demux/demux.yaml loads the installed plugins"
 like "$(grep '^listen' "$R/etc/demux/demux.yaml")" '"unix:/run/demux/demux.sock" \]$' \
