@@ -538,6 +538,7 @@ pool_requeue(dmx_pool *p, dmx_job *j)
 static void
 pool_free(dmx_pool *p)
 {
+	unsigned left;
 	int i;
 
 	if (p == NULL)
@@ -552,11 +553,16 @@ pool_free(dmx_pool *p)
 	for (i = 0; !p->on_demand && i < p->nslots; i++)
 		if (p->joinable[i])
 			pthread_join(p->threads[i], NULL);
-	if (p->abandoned > 0) {
+	/* read under mu: a written-off thread leaving does its bookkeeping
+	 * under it, and is done with the pool once it has let go of it */
+	pthread_mutex_lock(&p->mu);
+	left = p->abandoned;
+	pthread_mutex_unlock(&p->mu);
+	if (left > 0) {
 		/* a written-off thread may still return into the pool: it is
 		 * left to the process's end, never freed under it */
 		dmx_info("pool: %u written-off worker(s) still running at "
-		    "exit", p->abandoned);
+		    "exit", left);
 		return;
 	}
 	free(p->threads);
