@@ -65,7 +65,8 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/router.c src/server/pool.c \
 	     src/server/job.c src/server/gen.c src/server/timer.c \
 	     src/server/loop.c src/server/budget.c src/server/conn.c src/server/conn_in.c \
-	     src/server/conn_out.c src/server/server.c src/server/listen.c \
+	     src/server/conn_out.c src/server/conn_peer.c src/server/defer.c \
+	     src/server/server.c src/server/listen.c \
 	     src/server/proc.c \
 	     src/server/proc_link.c \
 	     src/server/host.c src/server/tls.c src/server/fatal.c \
@@ -77,7 +78,7 @@ CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 	     src/client/pack.c src/client/result.c
 TOOL_SRC = src/tools/muxcall.c src/tools/json.c src/tools/top.c
 
-PLUGINS	= echo sleep kv
+PLUGINS	= echo sleep kv timer pubsub
 TEST_PLUGINS = badabi badmagic nosym initfail faulty crashy
 TPLUGIN_VER = $(BUILD)/t/plugins/v1.so $(BUILD)/t/plugins/v2.so
 C_TESTS	= $(patsubst t/%.c,%,$(wildcard t/[0-9]*.c t/recipe.c))

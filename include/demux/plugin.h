@@ -46,10 +46,11 @@ extern "C" {
 
 #define DEMUX_PLUGIN_MAGIC	0x444d5850u	/* "DMXP" */
 #define DEMUX_ABI_MAJOR		1
-#define DEMUX_ABI_MINOR		4	/* 1.1: demux_host.cancelled
+#define DEMUX_ABI_MINOR		5	/* 1.1: demux_host.cancelled
 					 * 1.2: demux_request.identity
 					 * 1.3: demux_host.deadline
-					 * 1.4: params, config_get */
+					 * 1.4: params, config_get
+					 * 1.5: deferred replies, peers */
 
 #define DEMUX_PLUGIN_ENTRY	demux_plugin_entry
 #define DEMUX_PLUGIN_ENTRY_NAME	"demux_plugin_entry"
@@ -165,6 +166,22 @@ typedef struct demux_host {
 	int (*params)(demux_call *c, const char *fmt, va_list ap);
 	int (*config_get)(const struct demux_host *h, const char *key,
 	    char kind, void *out, char *err, size_t errlen);
+	/* ---- ABI 1.5: deferred replies and notifications to clients (use
+	 * the wrappers below: demux_defer, demux_deferred_*, demux_peer_*) */
+	struct demux_deferred *(*defer)(demux_call *c);
+	msgpack_packer *(*deferred_result)(struct demux_deferred *d);
+	void (*deferred_error)(struct demux_deferred *d, int64_t code,
+	    const char *trace, const char *fmt, va_list ap);
+	void (*deferred_finish)(struct demux_deferred *d);
+	int (*deferred_cancelled)(struct demux_deferred *d);
+	struct demux_peer *(*call_peer)(demux_call *c);
+	struct demux_peer *(*deferred_peer)(struct demux_deferred *d);
+	int (*peer_notify)(struct demux_peer *p, const char *method,
+	    const char *params, size_t len);
+	int (*peer_closed)(struct demux_peer *p);
+	const char *(*peer_identity)(struct demux_peer *p);
+	void (*peer_release)(struct demux_peer *p);
+	uint64_t (*peer_id)(struct demux_peer *p);
 } demux_host;
 
 /* True if the host provides function `fn` (a field of demux_host). */
@@ -479,6 +496,143 @@ demux_error_bt(demux_call *c, int64_t code, const char *fmt, ...)
 	va_start(ap, fmt);
 	((struct demux_call_head *)c)->host->error_bt(c, code, fmt, ap);
 	va_end(ap);
+}
+
+/*
+ * ---- ABI 1.5: deferred replies ----
+ *
+ * A handler that waits on something (a timer, another service, an event)
+ * need not hold its worker: inside process_transaction it calls
+ *
+ *	demux_deferred *d = demux_defer(call);
+ *
+ * and returns; the call stays open, and the worker serves others. Later,
+ * from any thread, it packs the answer with demux_deferred_result(d) (one
+ * msgpack object, as demux_result) or sets demux_deferred_error(d, ...),
+ * and sends it with demux_deferred_finish(d), exactly once, which also
+ * releases d. Until then d is valid whatever the client does: once the
+ * answer can no longer be delivered or wanted (the client cancelled it,
+ * its deadline passed and -32011 went out, the connection closed, or
+ * demuxd is draining past drain_timeout_ms) demux_deferred_cancelled(d)
+ * says so, and finish drops the answer. An open deferred call counts as in
+ * flight everywhere (max_inflight, drain, deadlines, $/stats), and keeps
+ * the plugin's code loaded across a reload until it is finished.
+ *
+ * demux_defer returns NULL on a host older than ABI 1.5 (answer directly).
+ * Calling it twice returns the same d. After demux_defer, the call's own
+ * demux_result/demux_error are not used: answer through d. For a
+ * notification (req->notification) finish sends nothing.
+ */
+typedef struct demux_deferred demux_deferred;
+
+static inline demux_deferred *
+demux_defer(demux_call *c)
+{
+	const demux_host *h = ((struct demux_call_head *)c)->host;
+	return DEMUX_HOST_HAS(h, defer) ? h->defer(c) : NULL;
+}
+
+static inline msgpack_packer *
+demux_deferred_result(demux_deferred *d)
+{
+	return ((struct demux_call_head *)d)->host->deferred_result(d);
+}
+
+static inline void DEMUX_PRINTF(3, 4)
+demux_deferred_error(demux_deferred *d, int64_t code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	((struct demux_call_head *)d)->host->deferred_error(d, code, NULL,
+	    fmt, ap);
+	va_end(ap);
+}
+
+static inline void
+demux_deferred_finish(demux_deferred *d)
+{
+	((struct demux_call_head *)d)->host->deferred_finish(d);
+}
+
+static inline int
+demux_deferred_cancelled(demux_deferred *d)
+{
+	return ((struct demux_call_head *)d)->host->deferred_cancelled(d);
+}
+
+/*
+ * ---- ABI 1.5: notifications to clients ----
+ *
+ * demux_call_peer(call) (during process_transaction) and
+ * demux_deferred_peer(d) (until finish) return a counted reference to the
+ * connection the call came from: the caller owns it, may use it from any
+ * thread and for as long as it likes, also after the call and the
+ * connection have ended, and gives it back with demux_peer_release(p).
+ * NULL without memory, or where the connection cannot be reached from the
+ * plugin (isolation: process; see docs/plugins.md).
+ *
+ * demux_peer_notify(p, method, params, len) queues [2, method, params] on
+ * it (params: one msgpack array, copied) and returns 0; DEMUX_EGONE once
+ * the connection has closed (demux_peer_closed(p) then says 1 too), or
+ * DEMUX_EFULL when its unsent output is over max_output: the notification
+ * is dropped, never queued without bound. DEMUX_EINVAL for a method that
+ * is empty or begins with "$/", or params that are not one array.
+ * demux_peer_identity(p): the connection's identity now, as
+ * demux_identity() says it ("unix:alice", ...), valid until release.
+ * demux_peer_id(p): a number naming the connection, never reused while
+ * demuxd runs: two peers of one connection have the same (a plugin keeps
+ * per-connection state by it, e.g. a subscriber's topics).
+ */
+typedef struct demux_peer demux_peer;
+
+#define DEMUX_EGONE	(-1)
+#define DEMUX_EFULL	(-2)
+#define DEMUX_EINVAL	(-3)
+
+static inline demux_peer *
+demux_call_peer(demux_call *c)
+{
+	const demux_host *h = ((struct demux_call_head *)c)->host;
+	return DEMUX_HOST_HAS(h, call_peer) ? h->call_peer(c) : NULL;
+}
+
+static inline demux_peer *
+demux_deferred_peer(demux_deferred *d)
+{
+	return ((struct demux_call_head *)d)->host->deferred_peer(d);
+}
+
+static inline int
+demux_peer_notify(demux_peer *p, const char *method, const char *params,
+    size_t len)
+{
+	return ((struct demux_call_head *)p)->host->peer_notify(p, method,
+	    params, len);
+}
+
+static inline int
+demux_peer_closed(demux_peer *p)
+{
+	return ((struct demux_call_head *)p)->host->peer_closed(p);
+}
+
+static inline const char *
+demux_peer_identity(demux_peer *p)
+{
+	return ((struct demux_call_head *)p)->host->peer_identity(p);
+}
+
+static inline uint64_t
+demux_peer_id(demux_peer *p)
+{
+	return ((struct demux_call_head *)p)->host->peer_id(p);
+}
+
+static inline void
+demux_peer_release(demux_peer *p)
+{
+	if (p != NULL)
+		((struct demux_call_head *)p)->host->peer_release(p);
 }
 
 #ifdef __cplusplus

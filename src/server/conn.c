@@ -31,6 +31,7 @@ dmx_conns_new(dmx_loop *loop, dmx_gen_slot *gens, dmx_server_stats *stats)
 	cs->loop = loop;
 	cs->gens = gens;
 	cs->stats = stats;
+	atomic_init(&cs->refs, 1);
 	dmx_budget_init(&cs->budget, loop);
 	return cs;
 }
@@ -42,7 +43,7 @@ dmx_conns_free(dmx_conns *cs)
 		return;
 	while (cs->head != NULL)
 		conn_release(cs->head);
-	free(cs);
+	dmx_conns_unref(cs);
 }
 
 void
@@ -84,6 +85,7 @@ conn_set_identity(dmx_conn *c, const char *identity)
 	e->next = c->idents;
 	c->idents = e;
 	c->identity = e->name;
+	atomic_store_explicit(&c->ident_now, e->name, memory_order_release);
 	c->acl_gen = NULL;	/* the rules apply anew */
 	return 0;
 }
@@ -106,6 +108,7 @@ dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
 	c->io.rfd = x->rfd;
 	c->io.wfd = x->wfd;
 	c->cs = cs;
+	atomic_fetch_add(&cs->refs, 1);
 	c->xp = x;
 	c->id = ++cs->next_id;
 	snprintf(c->peer, sizeof(c->peer), "%s", peer);
@@ -120,6 +123,7 @@ dmx_conns_add(dmx_conns *cs, dmx_xport *x, const char *identity,
 		dmx_xport_free(x);
 		free(c->idents);
 		free(c);
+		atomic_fetch_sub(&cs->refs, 1);
 		errno = e;
 		return 0;
 	}
@@ -298,7 +302,7 @@ dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms)
 	const dmx_route *rt = NULL;
 	dmx_exec *run_exec = NULL;
 	uint32_t msgid = 0;
-	int st = -1, answer = 0, notify = 0, last;
+	int st = -1, answer = 0, notify = 0, deferred = 0, last;
 
 	pthread_mutex_lock(&c->mu);
 	if (j->seq == seq) {
@@ -315,6 +319,14 @@ dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms)
 				 * a cooperative handler to stop */
 				atomic_store(&j->cancel, 1);
 				run_exec = rt->plugin->exec;
+				/* a deferred call stays open until finish:
+				 * counted as overdue until then (defer.c) */
+				if (atomic_fetch_or(&j->dflags, DMX_JOB_OVERDUE) &
+				    DMX_JOB_DEFERRED) {
+					deferred = 1;
+					atomic_fetch_add(
+					    &rt->stats->deferred_overdue, 1);
+				}
 			}
 		}
 	}
@@ -327,7 +339,11 @@ dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms)
 		atomic_fetch_add(&rt->stats->timeouts, 1);
 		atomic_fetch_add(&ms->calls, 1);
 		dmx_method_error(ms, DMX_E_TIMED_OUT);
-		if (st == DMX_JOB_RUNNING)
+		if (deferred)
+			dmx_debug("%s: a deferred call still open %u ms "
+			    "after its start: answered -32011", rt->name,
+			    timeout_ms);
+		else if (st == DMX_JOB_RUNNING)
 			dmx_warn("%s: still running %u ms after its start "
 			    "(timeout_ms %u): answered -32011, its worker is "
 			    "stuck until the handler returns", rt->name,
@@ -346,8 +362,7 @@ dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms)
 	}
 	pthread_mutex_lock(&c->mu);
 	c->timers--;
-	last = c->released && c->inflight == 0 && c->timers == 0 &&
-	    !c->writing;
+	last = conn_unclaimed_locked(c);
 	pthread_mutex_unlock(&c->mu);
 	if (last)
 		conn_free(c);
@@ -395,6 +410,8 @@ abandon(dmx_conn *c)
 		    !atomic_compare_exchange_strong(&j->state, &st,
 		    DMX_JOB_ANSWERED))
 			continue;
+		if (st == DMX_JOB_RUNNING)
+			atomic_store(&j->cancel, 1);
 		{
 			dmx_method_stats *ms = &j->route->stats->m;
 
@@ -460,11 +477,16 @@ conn_release(dmx_conn *c)
 	c->broken = 1;
 	/* its deadlines: nobody is left to answer -32011 to, and they must
 	 * not keep the connection (descriptor, buffers) until they fire */
-	for (j = c->flight; j != NULL; j = j->fl_next)
+	for (j = c->flight; j != NULL; j = j->fl_next) {
 		c->timers -= (unsigned)dmx_loop_deadline_del(c->cs->loop, j);
+		/* nobody is left to answer: demux_cancelled() and
+		 * demux_deferred_cancelled() say so */
+		if (j->route != NULL)
+			atomic_store(&j->cancel, 1);
+	}
 	for (j = c->free_jobs; j != NULL; j = j->next)
 		c->timers -= (unsigned)dmx_loop_deadline_del(c->cs->loop, j);
-	last = c->inflight == 0 && c->timers == 0 && !c->writing;
+	last = conn_unclaimed_locked(c);
 	if (!last && !c->writing && c->oq_head != NULL)
 		last = conn_flush_locked(c);		/* recycles queued replies */
 	/* parked jobs run as every accepted job does; their replies are

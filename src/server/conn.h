@@ -37,6 +37,7 @@
 #include "stats.h"
 
 typedef struct dmx_conns dmx_conns;	/* every connection of a server */
+typedef struct dmx_conn dmx_conn;
 
 /* How long a draining connection with nothing in flight stays open for
  * requests its client sent before it saw $/drain (each answered -32012 "not
@@ -99,6 +100,26 @@ void	 dmx_conn_send_list(dmx_job *head, void *unused);
 /* A job's deadline passed (the loop's expire callback): if it is still
  * queued or running, answer -32011 and drop its result. */
 void	 dmx_conn_expire(dmx_job *j, uint64_t seq, unsigned timeout_ms);
+/* ---- peers: connections that plugins hold (conn_peer.c; any thread) ---- */
+
+/* Take a claim on j's connection for a plugin's peer (its caller holds a
+ * job of it, so it is alive). Returns 0, or -1 where plugins may not hold
+ * it (plugin-host mode: the one peer is demuxd). */
+int	 dmx_conn_peer_hold(dmx_conn *c);
+/* Drop it; the last claim frees the connection. */
+void	 dmx_conn_peer_drop(dmx_conn *c);
+/* Queue [2, method, params] (params one msgpack array, copied). Returns 0,
+ * DEMUX_EGONE (closed), DEMUX_EFULL (over max_output: dropped, counted) or
+ * DEMUX_EINVAL. */
+int	 dmx_conn_notify(dmx_conn *c, const char *method, const char *params,
+	    size_t len);
+/* 1 once nothing sent to it can arrive any more. */
+int	 dmx_conn_gone(dmx_conn *c);
+/* Its id (conns ids are never reused while the server runs). */
+uint64_t dmx_conn_id(const dmx_conn *c);
+/* Its identity now (valid while the claim is held). */
+const char *dmx_conn_identity(dmx_conn *c);
+
 /* Tell a peer refused before it was served why, best effort (the
  * notification [2, "$/error", [code, why]]); the caller closes fd. */
 void	 dmx_conn_refuse(int fd, int64_t code, const char *why);

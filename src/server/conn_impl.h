@@ -31,8 +31,6 @@
 #include "conn.h"
 #include "log.h"
 
-typedef struct dmx_conn dmx_conn;
-
 struct dmx_conns {
 	dmx_loop	*loop;
 	dmx_gen_slot	*gens;		/* read on the I/O thread only */
@@ -44,6 +42,10 @@ struct dmx_conns {
 	int		 trusted;	/* plugin-host mode: the one peer is
 					 * demuxd, and may say who calls ($/as) */
 	dmx_budget	 budget;	/* max_memory (atomics) */
+	/* the set's own reference plus one per connection not yet freed: a
+	 * connection a plugin or a late job still holds after the set is
+	 * closed frees it last (conn_free) */
+	_Atomic unsigned refs;
 };
 
 /*
@@ -80,6 +82,7 @@ struct dmx_conn {
 	int		 abandoned;	/* drain timed out */
 	/* who calls (access.h) */
 	const char	*identity;	/* the current one, in idents */
+	const char *_Atomic ident_now;	/* the same, for other threads */
 	struct conn_ident *idents;	/* every identity it had: a job may
 					 * still point to one; freed with c */
 	char		 peer[96];	/* its address, for the log */
@@ -121,6 +124,8 @@ struct dmx_conn {
 	int		 released;	/* the I/O thread let go (see above) */
 	unsigned	 inflight;	/* jobs not yet recycled: claims */
 	unsigned	 timers;	/* deadline entries here: claims */
+	unsigned	 peers;		/* plugins' references: claims */
+	uint64_t	 notes_dropped;	/* notifications over max_output */
 	dmx_job		*free_jobs;
 	dmx_job		*flight;	/* jobs taken and not yet recycled */
 	dmx_job		**idtab;	/* requests in flight by msgid (chains
@@ -179,11 +184,21 @@ void	conn_cancel(dmx_conn *c, uint32_t msgid);
 /* The partial-frame buffer's size into cs->budget, and frame_since. */
 void	conn_rbuf_account(dmx_conn *c);
 
+/* No claim is left once the I/O thread let go (c->mu held). */
+static inline int
+conn_unclaimed_locked(const dmx_conn *c)
+{
+	return c->released && c->inflight == 0 && c->timers == 0 &&
+	    c->peers == 0 && !c->writing;
+}
+
 /* ---- conn_out.c ---- */
 /* A job from c's free list, counted in flight; NULL without memory. */
 dmx_job	*conn_job(dmx_conn *c);
 /* Free c: its last claim has gone. */
 void	conn_free(dmx_conn *c);
+/* Drop a reference to the set; the last frees it. */
+void	dmx_conns_unref(dmx_conns *cs);
 /* c->mu held; returns 1 if the caller must conn_free(c) after unlocking. */
 int	conn_job_recycle_locked(dmx_conn *c, dmx_job *j);
 int	conn_flush_locked(dmx_conn *c);

@@ -61,6 +61,7 @@ conn_job(dmx_conn *c)
 	j->err_string = c->err_string;
 	j->identity = c->identity;
 	j->notify = 0;
+	j->notice = 0;
 	j->errored = 0;
 	j->in.len = 0;
 	j->out.len = 0;
@@ -173,7 +174,7 @@ conn_job_recycle_locked(dmx_conn *c, dmx_job *j)
 	c->free_jobs = j;
 	c->inflight--;
 	if (c->released)
-		return c->inflight == 0 && c->timers == 0;
+		return c->inflight == 0 && c->timers == 0 && c->peers == 0;
 	/* wake the I/O thread only for what it must act on: reading can
 	 * resume, or a closing connection has gone idle */
 	if ((c->paused && c->inflight <= c->resume_inflight &&
@@ -528,8 +529,16 @@ dmx_conn_refuse(int fd, int64_t code, const char *why)
 /* ---- the end ---- */
 
 void
+dmx_conns_unref(dmx_conns *cs)
+{
+	if (atomic_fetch_sub(&cs->refs, 1) == 1)
+		free(cs);
+}
+
+void
 conn_free(dmx_conn *c)
 {
+	dmx_conns *cs = c->cs;
 	dmx_job *j, *next;
 
 	for (j = c->free_jobs; j != NULL; j = next) {
@@ -549,4 +558,5 @@ conn_free(dmx_conn *c)
 	dmx_xport_free(c->xp);
 	pthread_mutex_destroy(&c->mu);
 	free(c);
+	dmx_conns_unref(cs);
 }

@@ -28,6 +28,7 @@
 #include "job.h"
 #include "log.h"
 #include "plugin_util.h"
+#include "defer.h"
 
 /* A packer sink that drops everything: used once an error is set. */
 static int
@@ -113,6 +114,13 @@ set_plugin_error(dmx_job *j, int64_t code, const char *trace,
 	free(m2);
 }
 
+void
+dmx_job_plugin_error(dmx_job *j, int64_t code, const char *trace,
+    const char *fmt, va_list ap)
+{
+	set_plugin_error(j, code, trace, fmt, ap);
+}
+
 static void
 host_error(demux_call *c, int64_t code, const char *trace, const char *fmt,
     va_list ap)
@@ -151,6 +159,7 @@ dmx_host_fill(demux_host *h)
 	h->deadline = host_deadline;
 	h->params = dmx_host_params;
 	h->config_get = dmx_host_config_get;
+	dmx_defer_fill(h);
 }
 
 /* ---- running a job ---- */
@@ -177,25 +186,58 @@ note_run_time(const dmx_route *rt, uint64_t ns)
 }
 
 void
+dmx_job_seal(dmx_job *j)
+{
+	const dmx_route *rt = j->route;
+	size_t rlen;
+
+	if (!j->errored && j->out.len == j->result_off &&
+	    atomic_load_explicit(&j->cancel, memory_order_relaxed)) {
+		/* cancelled while running, and the handler gave up without
+		 * an answer */
+		dmx_job_set_error(j, DMX_E_CANCELLED, "cancelled while running",
+		    NULL);
+	}
+	if (j->errored)
+		return;
+	rlen = j->out.len - j->result_off;
+	if (j->out.data == NULL && j->out.len > 0) {
+		dmx_job_set_error(j, DMX_E_INTERNAL, "out of memory "
+		    "while packing the result", NULL);
+	} else if (rlen == 0) {
+		msgpack_pack_nil(&j->pk);
+	} else if (dmx_wire_one_object(j->out.data + j->result_off,
+	    rlen) != rlen) {
+		dmx_warn("plugin %s: %s packed a result that is not "
+		    "exactly one msgpack object (%zu bytes)", rt->plugin->name,
+		    rt->name, rlen);
+		dmx_job_set_error(j, DMX_E_INTERNAL, "the handler's result "
+		    "is not exactly one msgpack object", NULL);
+	}
+}
+
+int
 dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 {
 	const dmx_route *rt = j->route;
 	const dmx_plugin *pl = rt->plugin;
 	msgpack_object params;
 	demux_request req;
-	size_t off = 0, rlen;
+	size_t off = 0;
 	uint64_t t0, t1 = 0;
 	int rc;
 
 	j->head.host = &pl->host;
 	j->errored = 0;
 	j->out.len = 0;
+	atomic_store_explicit(&j->dflags, 0, memory_order_relaxed);
+	atomic_store_explicit(&j->holds, 0, memory_order_relaxed);
 	{
 		int st = DMX_JOB_QUEUED;
 
 		if (!atomic_compare_exchange_strong(&j->state, &st,
 		    DMX_JOB_RUNNING))
-			return;		/* answered early: never runs */
+			return 0;	/* answered early: never runs */
 	}
 	msgpack_packer_init(&j->pk, &j->out, dmx_buf_pack_write);
 
@@ -232,29 +274,14 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 	t1 = *now = now_ns();
 	note_run_time(rt, t1 - t0);
 
-	if (!j->errored && j->out.len == j->result_off &&
-	    atomic_load_explicit(&j->cancel, memory_order_relaxed)) {
-		/* cancelled while running, and the handler gave up without
-		 * an answer */
-		dmx_job_set_error(j, DMX_E_CANCELLED, "cancelled while running",
-		    NULL);
+	if (atomic_load_explicit(&j->dflags, memory_order_relaxed) != 0 ||
+	    atomic_load_explicit(&j->holds, memory_order_relaxed) != 0) {
+		/* deferred: the worker lets go; if the plugin finished it
+		 * already (holds reaches 0 here), its answer is sealed and
+		 * counted, and goes out with the batch; else finish sends */
+		return atomic_fetch_sub(&j->holds, 1) == 1 ? 0 : 1;
 	}
-	if (!j->errored) {
-		rlen = j->out.len - j->result_off;
-		if (j->out.data == NULL && j->out.len > 0) {
-			dmx_job_set_error(j, DMX_E_INTERNAL, "out of memory "
-			    "while packing the result", NULL);
-		} else if (rlen == 0) {
-			msgpack_pack_nil(&j->pk);
-		} else if (dmx_wire_one_object(j->out.data + j->result_off,
-		    rlen) != rlen) {
-			dmx_warn("plugin %s: %s packed a result that is not "
-			    "exactly one msgpack object (%zu bytes)", pl->name,
-			    rt->name, rlen);
-			dmx_job_set_error(j, DMX_E_INTERNAL, "the handler's result "
-			    "is not exactly one msgpack object", NULL);
-		}
-	}
+	dmx_job_seal(j);
 send:
 	if (j->notify)
 		j->out.len = 0;
@@ -266,11 +293,12 @@ send:
 			/* answered early meanwhile (and counted then): the
 			 * result arrives too late and is dropped */
 			j->out.len = 0;
-			return;
+			return 0;
 		}
 	}
 	/* the answer is ready: account for it */
 	dmx_job_account(j, t1 ? t1 : (*now = now_ns()));
+	return 0;
 }
 
 void

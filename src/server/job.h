@@ -10,6 +10,7 @@
 #ifndef DMX_JOB_H
 #define DMX_JOB_H
 
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -41,7 +42,15 @@ typedef struct dmx_job {
 					 * (I/O thread only; timer.c) */
 	_Atomic int	 state;		/* enum dmx_job_state */
 	uint64_t	 seq;		/* bumped on every reuse (conn mu) */
-	_Atomic int	 cancel;	/* $/cancelRequest arrived while running */
+	_Atomic int	 cancel;	/* $/cancelRequest arrived while running,
+					 * its deadline passed, its connection
+					 * closed or the drain timed out */
+	/* deferred replies (defer.c): holds counts the worker (until
+	 * process_transaction returns) and the plugin (until finish); the
+	 * last to let go sends the answer. dflags: JOB_DEFERRED while the
+	 * plugin holds it, JOB_OVERDUE once its deadline passed meanwhile */
+	_Atomic int	 holds;
+	_Atomic int	 dflags;
 	struct dmx_conn	*conn;		/* owner; set once */
 	/* routed requests only (route != NULL): set by the I/O thread before
 	 * the job is submitted, read-only afterwards */
@@ -53,6 +62,9 @@ typedef struct dmx_job {
 					 * which outlives the job) */
 	uint32_t	 msgid;
 	uint8_t		 notify;	/* a notification: nothing to send */
+	uint8_t		 notice;	/* host-made: plugins' notifications
+					 * (conn_peer.c); more may be appended
+					 * while it waits in the queue */
 	uint8_t		 hashed;	/* in its conn's idtab (conn mu) */
 	uint8_t		 errored;	/* an error response is in `out` */
 	uint8_t		 err_string;	/* its connection takes errors as one
@@ -73,15 +85,27 @@ typedef struct dmx_job {
 	msgpack_packer	 pk;		/* writes into `out` */
 } dmx_job;
 
-/* Run a routed job on a worker: decode, call the plugin, validate. The reply
- * is then in j->out (empty for a notification or a job answered early); the
- * caller hands it on. *now is a recent clock reading (ns) on entry and the
- * end time on return: jobs run back to back share readings (a clock read is
- * not free on every VM). */
-void dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now);
+#define DMX_JOB_DEFERRED	1
+#define DMX_JOB_OVERDUE		2
+
+/* Run a routed job on a worker: decode, call the plugin, validate. Returns
+ * 0 when the reply is in j->out (empty for a notification or a job
+ * answered early) and the caller hands it on; 1 when the plugin deferred
+ * it and still holds it: the caller forgets it (demux_deferred_finish
+ * sends it). *now is a recent clock reading (ns) on entry and the end time
+ * on return: jobs run back to back share readings (a clock read is not
+ * free on every VM). */
+int dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now);
+/* Make j's answer whole once the plugin is done packing: nil for nothing,
+ * -32800 if it gave up after a cancel, -32603 for anything but exactly
+ * one object. (job.c; defer.c calls it at finish) */
+void dmx_job_seal(dmx_job *j);
 /* A routed job's answer is ready (it is DONE): count it in its method's
  * figures, and the access log; `end` is now (ns). */
 void dmx_job_account(dmx_job *j, uint64_t end);
+/* The plugin's error (demux_error), for a direct or a deferred answer. */
+void dmx_job_plugin_error(dmx_job *j, int64_t code, const char *trace,
+    const char *fmt, va_list ap);
 /* Make `out` hold an error response for the job's msgid. */
 void dmx_job_set_error(dmx_job *j, int64_t code, const char *msg,
     const char *trace);

@@ -379,14 +379,22 @@ fail:
 }
 
 void
+dmx_plugin_fini(dmx_plugin *p)
+{
+	if (p->inited && !p->fini_done && p->desc != NULL &&
+	    p->desc->fini != NULL)
+		p->desc->fini(p->state);
+	p->fini_done = 1;
+}
+
+void
 dmx_plugin_unload(dmx_plugin *p)
 {
 	size_t i;
 
 	if (p == NULL)
 		return;
-	if (p->inited && p->desc != NULL && p->desc->fini != NULL)
-		p->desc->fini(p->state);
+	dmx_plugin_fini(p);
 	if (p->handle != NULL)
 		dlclose(p->handle);
 	for (i = 0; i < p->nmethods; i++)

@@ -23,6 +23,7 @@ typedef struct dmx_plugin {
 	const demux_plugin *desc;	/* owned by the plugin */
 	void		   *state;	/* from desc->init */
 	int		    inited;
+	int		    fini_done;	/* fini ran (unload or exit) */
 	demux_host	    host;	/* handed to init and every call */
 	msgpack_zone	    cfg_zone;	/* holds cfg_obj */
 	msgpack_object	    cfg_obj;
@@ -71,5 +72,8 @@ void dmx_plugin_unload(dmx_plugin *p);
 
 /* Fill the call-related entries of a host table (defined in call.c). */
 void dmx_host_fill(demux_host *h);
+/* Run p's fini now, once (unload does not run it again): at exit, where
+ * fini finishes the deferred calls it still holds. */
+void dmx_plugin_fini(dmx_plugin *p);
 
 #endif

@@ -234,7 +234,7 @@ worker_main(void *arg)
 	worker_arg a = *(worker_arg *)arg;
 	dmx_pool *p = a.pool;
 	msgpack_zone zone;
-	dmx_job *j, *last, *next;
+	dmx_job *j, *last, *next, **pp;
 	uint64_t now;
 	int n, me = a.slot;
 
@@ -283,9 +283,16 @@ worker_main(void *arg)
 		now = dmx_now_ns();
 		atomic_store_explicit(&p->busy[me].since, now,
 		    memory_order_relaxed);
-		for (next = j; next != NULL; next = next->next) {
+		/* a job its plugin deferred leaves the batch: the plugin
+		 * sends it (defer.c) */
+		for (pp = &j; (next = *pp) != NULL;) {
+			dmx_job *after = next->next;	/* before it can go */
+
 			busy_set(&p->busy[me], next->route);
-			dmx_job_run(next, &zone, &now);
+			if (dmx_job_run(next, &zone, &now) != 0)
+				*pp = after;
+			else
+				pp = &next->next;
 			msgpack_zone_clear(&zone);
 		}
 		atomic_store_explicit(&p->busy[me].since, 0,
@@ -339,9 +346,9 @@ ondemand_thread(void *arg)
 	a.job->next = NULL;
 	if (a.pool->admit == NULL || a.pool->admit(a.job)) {
 		msgpack_zone_init(&zone, 4096);
-		dmx_job_run(a.job, &zone, &now);
+		if (dmx_job_run(a.job, &zone, &now) == 0)
+			a.pool->done(a.job, a.pool->done_arg);
 		msgpack_zone_destroy(&zone);
-		a.pool->done(a.job, a.pool->done_arg);
 	}
 	dmx_fatal_thread_end();
 	/* dmx_pool_free waits for nthreads to reach 0, so a.pool is alive */
@@ -525,9 +532,9 @@ pool_requeue(dmx_pool *p, dmx_job *j)
 			uint64_t now = dmx_now_ns();
 
 			msgpack_zone_init(&zone, 4096);
-			dmx_job_run(j, &zone, &now);
+			if (dmx_job_run(j, &zone, &now) == 0)
+				p->done(j, p->done_arg);
 			msgpack_zone_destroy(&zone);
-			p->done(j, p->done_arg);
 		}
 		return;
 	}

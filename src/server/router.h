@@ -24,6 +24,8 @@ typedef struct dmx_route_stats {
 	unsigned	 refs;		/* routers using it (I/O thread) */
 	_Atomic uint32_t avg_ns;	/* moving average of the run time */
 	_Atomic uint64_t timeouts;	/* answered -32011 */
+	_Atomic long	 deferred_open;	/* deferred calls not yet finished */
+	_Atomic long	 deferred_overdue; /* ... of which past their deadline */
 	dmx_method_stats m;		/* what $/stats reports */
 } dmx_route_stats;
 

@@ -421,6 +421,53 @@ dmx_server_run(dmx_server *s)
 	return 0;
 }
 
+/* Deferred calls still open in any generation. */
+static long
+deferred_open(const dmx_server *s)
+{
+	const dmx_gen *g;
+	long n = 0;
+	size_t i;
+
+	for (g = s->gens; g != NULL; g = g->next)
+		for (i = 0; g->router && i < dmx_router_count(g->router); i++)
+			n += atomic_load(&dmx_router_at(g->router, i)->stats->
+			    deferred_open);
+	return n;
+}
+
+/*
+ * At exit, deferred calls still open (past drain_timeout_ms every one of
+ * them reads as cancelled) are the plugins' to finish, and fini is where
+ * they do: run it now, while every live generation is held, so that the
+ * finishes that drop the jobs' references cannot free a generation, and
+ * unload its code, under fini's feet. What fini leaves open keeps its
+ * generation (and code) loaded, as a stuck handler does.
+ */
+static void
+finish_deferred(dmx_server *s)
+{
+	dmx_gen *g, *held[64];
+	size_t n = 0, i, k;
+	long open = deferred_open(s);
+
+	if (open == 0)
+		return;
+	dmx_info("%ld deferred call(s) still open at exit: their plugins' "
+	    "fini finishes them (the answers are dropped)", open);
+	for (g = s->gens; g != NULL && n < 64; g = g->next) {
+		dmx_gen_ref(g, 1);
+		held[n++] = g;
+	}
+	for (k = 0; k < n; k++)
+		for (i = 0; i < held[k]->nplugins; i++)
+			if (!held[k]->plugins[i]->process)
+				dmx_plugin_fini(held[k]->plugins[i]);
+	for (k = 0; k < n; k++)
+		dmx_gen_unref(held[k], 1);
+	reap_dead(s);
+}
+
 void
 dmx_server_free(dmx_server *s)
 {
@@ -431,6 +478,7 @@ dmx_server_free(dmx_server *s)
 	/* runs every queued job; their replies go nowhere and their
 	 * connections are freed by the last of them */
 	dmx_exec_free(s->exec);
+	finish_deferred(s);
 	/* every job is done (the pools were joined above, and connections
 	 * are freed by their last job): the current generation goes with the
 	 * slot's reference, and every retired one has gone already */

@@ -111,6 +111,8 @@ typedef struct dmx_server_stats {
 	_Atomic uint64_t requests;	/* frames dispatched */
 	_Atomic uint64_t reloads;
 	_Atomic uint64_t reload_failures;	/* SIGHUPs that changed nothing */
+	_Atomic uint64_t notes;		/* plugins' notifications queued */
+	_Atomic uint64_t notes_dropped;	/* ... dropped: over max_output */
 	dmx_refusals	 refusals;	/* initialised by the server */
 } dmx_server_stats;
 
