@@ -76,7 +76,7 @@ CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 	     src/client/tls.c \
 	     src/client/supervise.c src/client/conn.c src/client/conn_read.c \
 	     src/client/pack.c src/client/result.c
-TOOL_SRC = src/tools/muxcall.c src/tools/json.c src/tools/top.c
+TOOL_SRC = src/tools/muxcall.c src/tools/json.c src/tools/top.c src/tools/watch.c
 
 PLUGINS	= echo sleep kv timer pubsub
 TEST_PLUGINS = badabi badmagic nosym initfail faulty crashy

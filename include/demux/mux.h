@@ -229,6 +229,22 @@ MUX_API int mux_call_async_token(mux_t *m, const char *method,
 MUX_API int mux_completion_fd(mux_t *m);
 MUX_API int mux_dispatch(mux_t *m);
 
+/*
+ * Notifications from the server: plugins may send [2, method, params] on
+ * their own (pubsub.message, timer.progress, ...). Every one except the
+ * "$/" ones libmux handles itself reaches fn(user, method, params, len):
+ * method NUL-terminated, params one msgpack array; both valid during the
+ * call only. It runs where async callbacks run, with the same rules: on
+ * the libmux dispatcher thread, or in mux_dispatch with the completion_fd
+ * option; one at a time, in the order they arrived on their connection.
+ * Set it before the calls that make the server send them (a subscribe);
+ * NULL stops delivery. A notification is tied to the connection it came
+ * on: after a reconnect, subscribe again.
+ */
+typedef void (*mux_notify_fn)(void *user, const char *method,
+    const char *params, size_t len);
+MUX_API void mux_set_notify(mux_t *m, mux_notify_fn fn, void *user);
+
 /* Counters of a handle since it was opened. */
 typedef struct mux_stats {
 	uint64_t calls;		/* calls sent (each retry counts again) */

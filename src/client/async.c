@@ -19,6 +19,7 @@
 #include "handle.h"
 
 static void *dispatch_main(void *arg);
+static int start_dispatcher(mux_t *m);
 
 /* Queue a finished call for its callback. */
 void
@@ -212,13 +213,67 @@ mux_call_async_token(mux_t *m, const char *method, const void *params,
 	return rc;
 }
 
-/* Run one completion's callback and free it. */
+/* Run one completion's callback (or a notification's) and free it. */
 static void
 run_callback(mh_async *a)
 {
+	if (a->cb == NULL) {
+		mux_notify_fn fn = atomic_load(&a->m->notify_fn);
+
+		if (fn != NULL)
+			fn(atomic_load(&a->m->notify_user), a->method,
+			    a->params, a->len);
+		free(a);
+		return;
+	}
 	a->cb(a->user, a->rc, &a->res);
 	mux_result_free(&a->res);
 	free(a);
+}
+
+void
+mux_set_notify(mux_t *m, mux_notify_fn fn, void *user)
+{
+	atomic_store(&m->notify_user, user);
+	atomic_store(&m->notify_fn, fn);
+}
+
+/* On a connection's reader thread: queue the notification for the
+ * callback, which runs where async callbacks run (the dispatcher, or
+ * mux_dispatch), in the order they arrived. */
+void
+mh_on_notify(void *arg, const char *method, size_t mlen,
+    const uint8_t *params, size_t plen)
+{
+	mux_t *m = arg;
+	mh_async *a;
+	uint64_t one = 1;
+	int first;
+
+	if (atomic_load(&m->notify_fn) == NULL || start_dispatcher(m) != 0)
+		return;
+	a = malloc(sizeof(*a) + mlen + 1 + plen);
+	if (a == NULL)
+		return;
+	memset(a, 0, sizeof(*a));
+	a->m = m;
+	a->method = memcpy(a->store, method, mlen);
+	a->store[mlen] = '\0';
+	a->params = memcpy(a->store + mlen + 1, params, plen);
+	a->len = plen;
+	pthread_mutex_lock(&m->qmu);
+	first = m->qhead == NULL;
+	if (first)
+		m->qhead = a;
+	else
+		m->qtail->next = a;
+	m->qtail = a;
+	if (m->qfd < 0 && first)
+		pthread_cond_signal(&m->qcv);
+	pthread_mutex_unlock(&m->qmu);
+	if (m->qfd >= 0 && first && write(m->qfd, &one, sizeof(one)) < 0) {
+		/* EAGAIN: already readable */
+	}
 }
 
 static mh_async *

@@ -77,6 +77,13 @@
 #include "conn_impl.h"
 
 void
+mc_set_notify(mc_conn *c, mc_note_fn fn, void *arg)
+{
+	atomic_store_explicit(&c->note_arg, arg, memory_order_relaxed);
+	atomic_store_explicit(&c->note_fn, fn, memory_order_release);
+}
+
+void
 mc_wake_reader(mc_conn *c)
 {
 	uint64_t one = 1;

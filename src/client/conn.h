@@ -102,6 +102,14 @@ void	 mc_close(mc_conn *c);
 /* Break the connection as if it had been lost, with this reason. */
 void	 mc_abort(mc_conn *c, const char *why);
 
+/* Notifications from the server other than the $/ ones this layer handles
+ * go to fn(arg, method, mlen, params, plen) on the reader thread, no lock
+ * held; the bytes are valid during the call only. Set before the first
+ * request is sent (fn NULL: dropped). */
+typedef void (*mc_note_fn)(void *arg, const char *method, size_t mlen,
+    const uint8_t *params, size_t plen);
+void	 mc_set_notify(mc_conn *c, mc_note_fn fn, void *arg);
+
 int	 mc_is_open(mc_conn *c);	/* neither broken nor closed */
 int	 mc_is_draining(mc_conn *c);	/* the server sent $/drain */
 unsigned mc_inflight(mc_conn *c);	/* calls awaiting an answer */

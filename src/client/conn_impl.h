@@ -27,6 +27,8 @@ struct mc_conn {
 	_Atomic int	 refs;
 	mc_event_fn	 on_stop;
 	void		*arg;
+	_Atomic(mc_note_fn) note_fn;	/* mc_set_notify */
+	void *_Atomic	 note_arg;
 
 	pthread_mutex_t	 mu;		/* table, heap, state, dead list */
 	pthread_mutex_t	 wmu;		/* the write buffers; taken before mu */

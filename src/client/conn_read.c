@@ -148,6 +148,17 @@ on_notify(mc_conn *c, dmx_rd *r)
 
 	if (dmx_rd_str(r, &meth, &ml) != 0)
 		return;
+	if (ml < 2 || meth[0] != '$' || meth[1] != '/') {
+		/* the application's: a plugin talking back */
+		mc_note_fn fn = atomic_load_explicit(&c->note_fn,
+		    memory_order_acquire);
+
+		if (fn != NULL)
+			fn(atomic_load_explicit(&c->note_arg,
+			    memory_order_relaxed), meth, ml, r->p,
+			    (size_t)(r->end - r->p));
+		return;
+	}
 	if (ml == 7 && memcmp(meth, "$/drain", 7) == 0) {
 		/* send nothing new on this connection */
 		pthread_mutex_lock(&c->mu);

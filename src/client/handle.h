@@ -65,7 +65,8 @@ typedef struct mh_async {
 	mc_call		 call;		/* first: conn.c hands us this */
 	mux_result	 res;
 	struct mux	*m;
-	mux_callback	 cb;
+	mux_callback	 cb;		/* NULL: a notification (method,
+					 * params) for the notify callback */
 	void		*user;
 	int		 rc;
 	mh_try		 try;		/* its attempts */
@@ -113,6 +114,8 @@ struct mux {
 	pthread_cond_t	 users_cv;	/* mu: users or readers reached 0 */
 
 	_Atomic uint64_t calls, retries, late_retired;
+	_Atomic(mux_notify_fn) notify_fn;	/* mux_set_notify */
+	void *_Atomic	 notify_user;
 	char		*auth_name, *auth_secret;	/* copies, or NULL */
 	char		*tls_ca, *tls_cert, *tls_key, *tls_server_name;
 	void		*tls_ctx;	/* SSL_CTX *, if an endpoint is tls: */
@@ -175,6 +178,9 @@ int	 mh_first_stands(const mh_try *t, int rc);
 int	 mh_async_send(mux_t *m, mh_async *a, int *no_endpoint);
 /* Queue a finished call for its callback. */
 void	 mh_deliver(mh_async *a, int rc);
+/* A connection's notification (mc_note_fn; arg: the handle). */
+void	 mh_on_notify(void *arg, const char *method, size_t mlen,
+	    const uint8_t *params, size_t plen);
 void	 mh_async_finish(mux_t *m);
 
 /* ---- tls.c ---- */

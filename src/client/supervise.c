@@ -136,6 +136,7 @@ conn_start(mux_t *m, mh_ep *ep, dmx_xport *x, int rfd, int wfd, pid_t child,
 		pthread_mutex_unlock(&m->mu);
 		return NULL;
 	}
+	mc_set_notify(c, mh_on_notify, m);
 	if (m->auth_name != NULL && authenticate(m, ep, c, err, errlen) != 0) {
 		mc_close(c);
 		mc_unref(c);

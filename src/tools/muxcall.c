@@ -28,6 +28,7 @@
 #include "../common/buf.h"
 #include "json.h"
 #include "top.h"
+#include "watch.h"
 
 enum { EX_OK = 0, EX_REMOTE = 1, EX_USAGE = 2, EX_CONN = 3, EX_TIMEOUT = 4,
     EX_DATA = 5 };
@@ -61,6 +62,16 @@ usage(FILE *fp)
 	    "\"params\": [...]}\n"
 	    "  -n N -P P          load: N calls from P threads, then "
 	    "throughput and latency\n"
+	    "  -w, --watch        print each notification the server sends "
+	    "while\n"
+	    "                     the call runs, as a JSON line {\"method\", "
+	    "\"params\"}\n"
+	    "  -f, --follow       with --watch: after the result, keep "
+	    "printing\n"
+	    "                     until ^C (exit 0) or the connection is lost "
+	    "(3)\n"
+	    "      --subscribe    --watch --follow: muxcall --subscribe "
+	    "pubsub.subscribe '\"news\"'\n"
 	    "Each ARG is one JSON value: muxcall echo.echo 1 '\"two\"' "
 	    "'{\"k\":[3]}'\n"
 	    "Exit: 0 ok, 1 remote error, 2 usage, 3 connection, 4 timeout.\n");
@@ -506,6 +517,9 @@ main(int argc, char **argv)
 		{ "tls-ca", required_argument, NULL, 'A' },
 		{ "tls-cert", required_argument, NULL, 'E' },
 		{ "tls-key", required_argument, NULL, 'K' },
+		{ "watch", no_argument, NULL, 'w' },
+		{ "follow", no_argument, NULL, 'f' },
+		{ "subscribe", no_argument, NULL, 'F' },
 		{ NULL, 0, NULL, 0 },
 	};
 	char *token_name = NULL, secret[4096];
@@ -513,7 +527,7 @@ main(int argc, char **argv)
 	const char *uri = getenv("DEMUX_URI"), *spawn = NULL;
 	const char *from = "from DEMUX_URI";	/* where uri came from */
 	int ch, list = 0, stats = 0, batch = 0, threads = 1, rc, top = 0;
-	int interval = 1000;
+	int interval = 1000, watch = 0, follow = 0;
 	long n = 0;
 	char err[MUX_ERRLEN];
 	mux_t *m;
@@ -522,7 +536,7 @@ main(int argc, char **argv)
 		uri = "tcp:127.0.0.1:7411";
 		from = "the default: no -c, and DEMUX_URI is not set";
 	}
-	while ((ch = getopt_long(argc, argv, "+c:pt:lsbn:P:h", opts, NULL)) !=
+	while ((ch = getopt_long(argc, argv, "+c:pt:lsbn:P:hwf", opts, NULL)) !=
 	    -1) {
 		switch (ch) {
 		case 'c': uri = optarg; from = NULL; break;
@@ -562,6 +576,9 @@ main(int argc, char **argv)
 		case 'A': tls_ca = optarg; break;
 		case 'E': tls_cert = optarg; break;
 		case 'K': tls_key = optarg; break;
+		case 'w': watch = 1; break;
+		case 'f': follow = 1; break;
+		case 'F': watch = follow = 1; break;
 		case 'h': usage(stdout); return EX_OK;
 		default: usage(stderr); return EX_USAGE;
 		}
@@ -570,10 +587,13 @@ main(int argc, char **argv)
 	    (n > 0 && (list || stats || batch)) ||
 	    (!list && !stats && !batch && !top && optind >= argc) ||
 	    ((list || stats || batch || top) && optind < argc) || n < 0 ||
-	    threads < 1 || interval < 10) {
+	    threads < 1 || interval < 10 || (follow && !watch) ||
+	    (watch && (list || stats || batch || top || n > 0))) {
 		usage(stderr);
 		return EX_USAGE;
 	}
+	if (follow)
+		mc_watch_block_signals();	/* before libmux's threads */
 	if (spawn != NULL) {
 		char *sargv[] = { "demuxd", "--stdio", "-q", "-c",
 		    (char *)spawn, NULL };
@@ -621,6 +641,16 @@ main(int argc, char **argv)
 		    (unsigned long)n));
 	} else if (batch) {
 		rc = do_batch(m, threads > 1 ? threads : 64);
+	} else if (watch) {
+		dmx_buf params = DMX_BUF_INIT;
+
+		if (pack_args(argv + optind + 1, argc - optind - 1,
+		    &params) != 0)
+			rc = EX_USAGE;
+		else
+			rc = exit_for(mc_watch(m, argv[optind], params.data,
+			    params.len, timeout_ms, follow, pretty));
+		dmx_buf_release(&params);
 	} else if (n > 0) {
 		rc = do_load(m, argv[optind], argv + optind + 1,
 		    argc - optind - 1, n, threads);
