@@ -10,8 +10,9 @@
  * keeps every open call in a min-heap by due time and finishes each when it
  * is due (demux_deferred_finish), from its own thread. So 10,000 open calls
  * cost 10,000 heap entries, not 10,000 workers. A call cancelled meanwhile
- * (client's $/cancelRequest, its deadline, a closed connection) is finished
- * at its next tick with nothing: the host drops the answer.
+ * (client's $/cancelRequest, its deadline, a closed connection, the drain
+ * timeout) is finished within SCAN_MS with nothing packed: the host answers
+ * -32800 for a cancel, and drops the answer otherwise.
  *
  * Config: max_open (default 100000): calls open at once; past it a call is
  * answered 1 "too many open timers" at once.
@@ -26,6 +27,8 @@
 #include <demux/plugin.h>
 
 #define TIMER_E_FULL	1
+#define SCAN_MS		100	/* how often open calls are checked for
+				 * cancellation */
 
 enum { M_AFTER, M_PROGRESS };
 static const char *const methods[] = { "after", "progress", NULL };
@@ -90,6 +93,50 @@ heap_pop(tm_state *s)
 	if (s->n > 0)
 		s->heap[i] = last;
 	return top;
+}
+
+static void
+sift_down(tm_state *s, size_t i)
+{
+	tm_entry *x = s->heap[i];
+	size_t c;
+
+	while ((c = 2 * i + 1) < s->n) {
+		if (c + 1 < s->n && s->heap[c + 1]->due < s->heap[c]->due)
+			c++;
+		if (s->heap[c]->due >= x->due)
+			break;
+		s->heap[i] = s->heap[c];
+		i = c;
+	}
+	s->heap[i] = x;
+}
+
+/* Take the cancelled entries out (into a new array *out), and make the
+ * rest a heap again: O(n). */
+static size_t
+take_cancelled(tm_state *s, tm_entry ***out)
+{
+	size_t i, k = 0, nc = 0;
+	tm_entry **c = NULL;
+
+	for (i = 0; i < s->n; i++)
+		if (demux_deferred_cancelled(s->heap[i]->d))
+			nc++;
+	if (nc == 0 || (c = malloc(nc * sizeof(*c))) == NULL)
+		return 0;
+	nc = 0;
+	for (i = 0; i < s->n; i++) {
+		if (demux_deferred_cancelled(s->heap[i]->d))
+			c[nc++] = s->heap[i];
+		else
+			s->heap[k++] = s->heap[i];
+	}
+	s->n = k;
+	for (i = s->n / 2; i-- > 0;)
+		sift_down(s, i);
+	*out = c;
+	return nc;
 }
 
 /* Room for one more entry: 0, or -1 without memory. */
@@ -165,9 +212,9 @@ static void *
 timer_main(void *arg)
 {
 	tm_state *s = arg;
-	tm_entry *due[64];
+	tm_entry *due[64], **gone;
 	struct timespec ts;
-	uint64_t now;
+	uint64_t now, next_scan = 0, wake;
 	size_t n, k;
 
 	pthread_mutex_lock(&s->mu);
@@ -177,9 +224,25 @@ timer_main(void *arg)
 			continue;
 		}
 		now = now_ns();
+		if (now >= next_scan) {
+			next_scan = now + SCAN_MS * 1000000u;
+			n = take_cancelled(s, &gone);
+			if (n > 0) {
+				pthread_mutex_unlock(&s->mu);
+				for (k = 0; k < n; k++)
+					finish(gone[k]);
+				free(gone);
+				pthread_mutex_lock(&s->mu);
+				continue;
+			}
+		}
+		if (s->n == 0)
+			continue;
 		if (s->heap[0]->due > now) {
-			ts.tv_sec = (time_t)(s->heap[0]->due / 1000000000u);
-			ts.tv_nsec = (long)(s->heap[0]->due % 1000000000u);
+			wake = s->heap[0]->due < next_scan ? s->heap[0]->due :
+			    next_scan;
+			ts.tv_sec = (time_t)(wake / 1000000000u);
+			ts.tv_nsec = (long)(wake % 1000000000u);
 			pthread_cond_timedwait(&s->cv, &s->mu, &ts);
 			continue;
 		}

@@ -52,9 +52,13 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 	unsigned i;
 	char key[24];
 
+	long dopen = atomic_load(&rt->stats->deferred_open);
+	long dover = atomic_load(&rt->stats->deferred_overdue);
+	uint64_t waiting;
+
 	dmx_method_errors(ms, &es);
 	dmx_pack_cstr(pk, rt->name);
-	msgpack_pack_map(pk, 8);
+	msgpack_pack_map(pk, 10);
 	pk_kv_u64(pk, "calls", calls);
 	pk_kv_u64(pk, "errors_total", es.total);
 	dmx_pack_cstr(pk, "errors");
@@ -67,7 +71,12 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 		pk_kv_u64(pk, "other", es.other);
 	pk_kv_u64(pk, "in_flight", inflight);
 	pk_kv_u64(pk, "running", running);
-	pk_kv_u64(pk, "queued", inflight > running ? inflight - running : 0);
+	/* in flight: queued, running on a worker, or deferred (open, held
+	 * by the plugin, on no worker) */
+	waiting = running + (uint64_t)(dopen > 0 ? dopen : 0);
+	pk_kv_u64(pk, "queued", inflight > waiting ? inflight - waiting : 0);
+	pk_kv_u64(pk, "deferred_open", (uint64_t)(dopen > 0 ? dopen : 0));
+	pk_kv_u64(pk, "deferred_overdue", (uint64_t)(dover > 0 ? dover : 0));
 	dmx_pack_cstr(pk, "latency_us");
 	msgpack_pack_map(pk, 4);
 	pk_kv_u64(pk, "p50", dmx_hist_quantile(&ms->latency, 0.50) / 1000);
@@ -261,7 +270,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	pack_access(&pk, st);
 
 	dmx_pack_cstr(&pk, "server");
-	msgpack_pack_map(&pk, 10);
+	msgpack_pack_map(&pk, 12);
 	dmx_pack_cstr(&pk, "state");
 	dmx_pack_cstr(&pk, health_of(g, st));
 	pk_kv_u64(&pk, "uptime_s", (dmx_now_ns() - st->started_ns) /
@@ -274,6 +283,8 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	pk_kv_u64(&pk, "reloads", ld(&st->reloads));
 	pk_kv_u64(&pk, "reload_failures", ld(&st->reload_failures));
 	pk_kv_u64(&pk, "rss_kb", dmx_rss_kb(getpid()));
+	pk_kv_u64(&pk, "notifications", ld(&st->notes));
+	pk_kv_u64(&pk, "notifications_dropped", ld(&st->notes_dropped));
 
 	dmx_pack_cstr(&pk, "pool");
 	msgpack_pack_map(&pk, 9);
