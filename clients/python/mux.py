@@ -32,6 +32,7 @@ import ssl
 import subprocess
 import threading
 import time
+import traceback
 
 import msgpack
 
@@ -165,12 +166,21 @@ class Call:
 class Mux:
     """One connection shared by any number of threads."""
 
-    def __init__(self, uri=None, ssl_context=None, auth=None, _files=None):
+    def __init__(self, uri=None, ssl_context=None, auth=None, _files=None,
+                 on_notify=None):
         """Connect to uri: "unix:PATH", "tcp:HOST:PORT" or "tls:HOST:PORT"
         (ssl_context: an ssl.SSLContext for tls:, by default one that
         verifies against the system's CAs). auth=(name, secret) sends
         $/auth before anything else; a refusal raises RemoteError
-        (-32015) and closes the connection."""
+        (-32015) and closes the connection.
+
+        on_notify(method, params) is called for every notification the
+        server sends other than the "$/" ones handled here (a plugin
+        talking back: pubsub.message, timer.progress), on the reader
+        thread, in the order they arrived and before any later answer is
+        delivered; it must not block. An exception it raises is printed
+        to stderr and the connection goes on."""
+        self._on_notify = on_notify
         if _files is not None:
             self._rfile, self._wfile, self._proc = _files
             self._sock = None
@@ -210,12 +220,12 @@ class Mux:
                 raise
 
     @classmethod
-    def spawn(cls, argv):
+    def spawn(cls, argv, on_notify=None):
         """Run argv (e.g. ["demuxd", "--stdio", "-c", "demux.yaml"]) as a
         child speaking on its stdin/stdout."""
         p = subprocess.Popen(argv, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, bufsize=0)
-        return cls(_files=(p.stdout, p.stdin, p))
+        return cls(_files=(p.stdout, p.stdin, p), on_notify=on_notify)
 
     # -- calls ------------------------------------------------------------
 
@@ -433,6 +443,14 @@ class Mux:
                     self._closed = Draining("the server is draining: not "
                                             "sent, safe to retry elsewhere")
                 self._drain_done()
+            return
+        if (msg[0] == 2 and len(msg) == 3 and isinstance(msg[1], str) and
+                not msg[1].startswith("$/")):
+            if self._on_notify is not None:
+                try:
+                    self._on_notify(msg[1], msg[2])
+                except Exception:
+                    traceback.print_exc()
             return
         if msg[0] == 1 and len(msg) == 4:
             with self._lock:

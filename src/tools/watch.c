@@ -31,7 +31,7 @@ on_note(void *user, const char *method, const char *params, size_t len)
 	(void)user;
 	json_object_set_new(o, "method", json_string(method));
 	json_object_set_new(o, "params", p != NULL ? p : json_null());
-	s = json_dumps(o, pretty_out ? JSON_INDENT(2) : JSON_COMPACT);
+	s = json_dumps(o, pretty_out ? JSON_INDENT(2) : 0);
 	pthread_mutex_lock(&out_mu);
 	if (s != NULL) {
 		fputs(s, stdout);
