@@ -203,7 +203,8 @@ $(BUILD)/t/%: $(BUILD)/obj/t/%.o $(BUILD)/obj/t/helper.o $(LIBMUX_A)
 
 # ---- benchmarks (see bench/README.md) ----
 BENCH_BIN = $(BUILD)/bench/mux_load $(BUILD)/bench/mux_pipe $(BUILD)/bench/mux_mem \
-	    $(BUILD)/bench/mux_crash $(BUILD)/bench/tls_handshake
+	    $(BUILD)/bench/mux_crash $(BUILD)/bench/tls_handshake $(BUILD)/bench/fanout \
+	    $(BUILD)/bench/mux_deferred
 
 $(BUILD)/bench/%: $(BUILD)/obj/bench/%.o $(LIBMUX_A)
 	@mkdir -p $(dir $@)

@@ -178,6 +178,13 @@ conn_attend(dmx_io *io)
 	int want_out, broken, resume, idle, flushing;
 
 	pthread_mutex_lock(&c->mu);
+	if (c->flush_asked) {
+		/* plugins' notifications gathered since they asked: one
+		 * writev for all (the I/O thread holds c: never the last) */
+		c->flush_asked = 0;
+		if (!c->writing && !c->want_out && c->oq_head != NULL)
+			(void)conn_flush_locked(c);
+	}
 	want_out = c->want_out;
 	broken = c->broken;
 	resume = c->paused && c->inflight <= c->resume_inflight &&

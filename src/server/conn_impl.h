@@ -113,6 +113,8 @@ struct dmx_conn {
 					 * reads: replies that could not be sent
 					 * are not built */
 	int		 writing;	/* a thread is in flush */
+	int		 flush_asked;	/* notifications wait for the I/O
+					 * thread to write them (conn_peer.c) */
 	int		 want_out;	/* socket full: waiting for EPOLLOUT */
 	int		 broken;	/* write failed or closing: drop output */
 	int		 paused;	/* reading paused for back pressure */

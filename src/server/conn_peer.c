@@ -10,6 +10,12 @@
  * counted, never queued. Notifications queued back to back share one job
  * (appended to the queue's tail while no writer holds pointers into the
  * queue), so that a slow subscriber's backlog costs bytes, not a job each.
+ *
+ * The thread that queues a notification does not write it: it asks the
+ * I/O thread (attention), which writes whatever has gathered by then in
+ * one writev. A publisher notifying 100 subscribers 32 times thus costs
+ * about 100 writes per loop pass, not 3,200 syscalls on its own thread,
+ * as Redis writes its clients' buffers once per event-loop iteration.
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
@@ -79,6 +85,18 @@ is_array(const char *p, size_t len)
 	return dmx_wire_one_object(p, len) == len;
 }
 
+/* Have the I/O thread write the queue soon (c->mu held). */
+static void
+flush_soon_locked(dmx_conn *c)
+{
+	if (c->oq_bytes >= c->out_limit)
+		atomic_store_explicit(&c->out_full, 1, memory_order_relaxed);
+	if (!c->flush_asked && !c->writing && !c->want_out) {
+		c->flush_asked = 1;
+		conn_attn_locked(c);
+	}
+}
+
 /* [2, method, params] at the end of b, whose room the caller reserved */
 static void
 pack_note(dmx_buf *b, const char *method, size_t mlen, const char *params,
@@ -124,6 +142,7 @@ dmx_conn_notify(dmx_conn *c, const char *method, const char *params,
 
 		pack_note(&t->out, method, mlen, params, len);
 		c->oq_bytes += t->out.len - was;
+		flush_soon_locked(c);
 		pthread_mutex_unlock(&c->mu);
 		atomic_fetch_add_explicit(&c->cs->stats->notes, 1,
 		    memory_order_relaxed);
@@ -140,7 +159,25 @@ dmx_conn_notify(dmx_conn *c, const char *method, const char *params,
 	}
 	pack_note(&j->out, method, mlen, params, len);
 	j->notice = 1;
-	conn_send(j);
+	pthread_mutex_lock(&c->mu);
+	if (c->broken) {
+		int last = conn_job_recycle_locked(c, j);
+
+		pthread_mutex_unlock(&c->mu);
+		if (last)
+			conn_free(c);
+		return DEMUX_EGONE;
+	}
+	j->next = NULL;
+	if (c->oq_tail)
+		c->oq_tail->next = j;
+	else
+		c->oq_head = j;
+	c->oq_tail = j;
+	c->oq_bytes += j->out.len;
+	c->oq_n++;
+	flush_soon_locked(c);
+	pthread_mutex_unlock(&c->mu);
 	atomic_fetch_add_explicit(&c->cs->stats->notes, 1,
 	    memory_order_relaxed);
 	return 0;
