@@ -100,6 +100,9 @@ echo "== memory"
 echo "== the cost of a crash (isolation: process)"
 "$B/bench/mux_crash" "$B/demuxd" "$B/t/plugins/crashy.so" | tee "$out/crash.txt"
 
+echo "== W5 fan-out and W6 deferred replies"
+BUILD=$B "$ROOT/bench/w5w6.sh" "$out"
+
 echo "== report"
 if [ "${ONLY:-.}" != . ]; then
 	# a partial run must not replace the full run's results and plots
@@ -113,4 +116,5 @@ cp "$out/raw.txt" "$ROOT/bench/results/raw.txt"
 cp "$out/report.md" "$ROOT/bench/results/report.md"
 cp "$out/machine.txt" "$ROOT/bench/results/machine.txt"
 cp "$out/memory.txt" "$ROOT/bench/results/memory.txt"
+cp "$out/w5w6.txt" "$ROOT/bench/results/w5w6.txt"
 echo "== results in $out and bench/results/; plots in docs/img/"
