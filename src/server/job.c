@@ -274,8 +274,7 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 	t1 = *now = now_ns();
 	note_run_time(rt, t1 - t0);
 
-	if (atomic_load_explicit(&j->dflags, memory_order_relaxed) != 0 ||
-	    atomic_load_explicit(&j->holds, memory_order_relaxed) != 0) {
+	if (atomic_load_explicit(&j->holds, memory_order_relaxed) != 0) {
 		/* deferred: the worker lets go; if the plugin finished it
 		 * already (holds reaches 0 here), its answer is sealed and
 		 * counted, and goes out with the batch; else finish sends */
