@@ -17,7 +17,7 @@ TP=$BUILD/t/plugins
 
 load badabi "$TP/badabi.so"
 is "$rc" 2 "a plugin built for another ABI major is refused (exit 2)"
-like "$out" "$TMP/badabi.yaml:2:5: plugin 'badabi' $TP/badabi.so: built for plugin ABI 2\.3, this demuxd provides ABI 1\.5" \
+like "$out" "$TMP/badabi.yaml:2:5: plugin 'badabi' $TP/badabi.so: built for plugin ABI 2\.3, this demuxd provides ABI 1\.6" \
     "...naming the file, the version found and the version expected"
 
 # a plugin that uses msgpack-c (kv calls msgpack_pack_object) without linking it: it would load on

@@ -46,11 +46,13 @@ extern "C" {
 
 #define DEMUX_PLUGIN_MAGIC	0x444d5850u	/* "DMXP" */
 #define DEMUX_ABI_MAJOR		1
-#define DEMUX_ABI_MINOR		5	/* 1.1: demux_host.cancelled
+#define DEMUX_ABI_MINOR		6	/* 1.1: demux_host.cancelled
 					 * 1.2: demux_request.identity
 					 * 1.3: demux_host.deadline
 					 * 1.4: params, config_get
-					 * 1.5: deferred replies, peers */
+					 * 1.5: deferred replies, peers
+					 * 1.6: declare_methods, watch_file,
+					 *      catch-all "*" */
 
 #define DEMUX_PLUGIN_ENTRY	demux_plugin_entry
 #define DEMUX_PLUGIN_ENTRY_NAME	"demux_plugin_entry"
@@ -182,6 +184,11 @@ typedef struct demux_host {
 	const char *(*peer_identity)(struct demux_peer *p);
 	void (*peer_release)(struct demux_peer *p);
 	uint64_t (*peer_id)(struct demux_peer *p);
+	/* ---- ABI 1.6: plugins that learn their methods at init (use
+	 * demux_declare_methods, demux_watch_file) ---- */
+	int (*declare_methods)(const struct demux_host *h,
+	    const char *const *names, char *err, size_t errlen);
+	int (*watch_file)(const struct demux_host *h, const char *path);
 } demux_host;
 
 /* True if the host provides function `fn` (a field of demux_host). */
@@ -200,7 +207,11 @@ typedef struct demux_plugin {
 	uint32_t	size;		/* sizeof(demux_plugin) */
 	const char     *name;		/* default routing prefix, e.g. "echo" */
 	const char     *version;	/* the plugin's own version, e.g. "1.0.0" */
-	const char *const *methods;	/* NULL-terminated; names after the dot */
+	const char *const *methods;	/* NULL-terminated; names after the dot.
+					 * "*" catches every <plugin>.<name>
+					 * not otherwise served (ABI 1.6); an
+					 * empty list ({ NULL }, ABI 1.6): init
+					 * declares them (demux_declare_methods) */
 
 	/*
 	 * Optional. Called once before any transaction. Set *state to whatever
@@ -633,6 +644,41 @@ demux_peer_release(demux_peer *p)
 {
 	if (p != NULL)
 		((struct demux_call_head *)p)->host->peer_release(p);
+}
+
+/*
+ * ---- ABI 1.6: methods known only at init ----
+ *
+ * A plugin that hosts other code (the python plugin imports a module)
+ * learns its methods in init. Its descriptor lists none ({ NULL }) and
+ * init calls demux_declare_methods(host, names, err, errlen) once, with a
+ * NULL-terminated list of names after the dot, as the descriptor would
+ * have; "*" among them catches every "<plugin>.<name>" no other name
+ * serves (req->method is then the name called, and method_index the
+ * index of "*"). Returns 0, or -1 with the reason in err (init returns
+ * it). Only during init.
+ *
+ * demux_watch_file(host, path): a reload (SIGHUP) loads the plugin anew,
+ * in a new instance, when this file has changed since init (its size,
+ * mtime or inode), as it does when its .so or its config changes. Any
+ * number of files, during init. Returns 0, or -1 (no such file).
+ */
+static inline int
+demux_declare_methods(const demux_host *h, const char *const *names,
+    char *err, size_t errlen)
+{
+	if (!DEMUX_HOST_HAS(h, declare_methods)) {
+		snprintf(err, errlen, "this demuxd is older than plugin ABI "
+		    "1.6: methods cannot be declared at init");
+		return -1;
+	}
+	return h->declare_methods(h, names, err, errlen);
+}
+
+static inline int
+demux_watch_file(const demux_host *h, const char *path)
+{
+	return DEMUX_HOST_HAS(h, watch_file) ? h->watch_file(h, path) : -1;
 }
 
 #ifdef __cplusplus

@@ -181,7 +181,16 @@ pack_plugins(const dmx_gen *g, dmx_buf *b)
 		const dmx_plugin *p = g->plugins[i];
 
 		procs = p->exec != NULL && dmx_exec_procs_get(p->exec, &pi);
-		msgpack_pack_map(&pk, 5 + (procs ? 2 : 0));
+		msgpack_pack_map(&pk, 5 + (procs ? 2 : 0) +
+		    (p->nwatch > 0 ? 1 : 0));
+		if (p->nwatch > 0) {
+			/* files a reload checks (demux_watch_file): a
+			 * child's report tells its parent */
+			dmx_pack_cstr(&pk, "watch");
+			msgpack_pack_array(&pk, p->nwatch);
+			for (k = 0; k < p->nwatch; k++)
+				dmx_pack_cstr(&pk, p->watch[k].path);
+		}
 		dmx_pack_cstr(&pk, "name");
 		dmx_pack_cstr(&pk, p->name);
 		dmx_pack_cstr(&pk, "path");

@@ -320,10 +320,11 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 		    DMX_E_SHUTTING_DOWN, 0);
 		return;
 	}
-	rt = dmx_router_find(bt->gen->router, m, ml);
+	rt = dmx_router_route(bt->gen->router, m, ml);
 	/* refused before it is known whether the method exists: a caller
-	 * learns nothing of what it may not call */
-	if (bt->gen->cfg->has_access && !(rt != NULL ?
+	 * learns nothing of what it may not call. A catch-all's rules are
+	 * those of the name called. */
+	if (bt->gen->cfg->has_access && !(rt != NULL && !rt->catchall ?
 	    route_allowed(c, bt->gen, rt) : dmx_access_allowed_n(bt->gen->cfg,
 	    c->identity, m, ml))) {
 		refuse(c, (uint32_t)msgid, notify, m, ml);
@@ -363,6 +364,10 @@ dispatch(dmx_conn *c, const uint8_t *p, size_t len, batch *bt)
 	j->route = rt;
 	j->msgid = (uint32_t)msgid;
 	j->notify = (uint8_t)notify;
+	/* a catch-all's handler is told the name called: where it is in
+	 * the frame */
+	j->meth_off = (uint32_t)((const uint8_t *)m - (const uint8_t *)p);
+	j->meth_len = (uint32_t)ml;
 	j->t_dispatch = c->last_active;	/* when this read happened */
 	/* the I/O thread is the only writer: no read-modify-write needed */
 	atomic_store_explicit(&rt->stats->m.dispatched, atomic_load_explicit(

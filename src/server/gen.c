@@ -38,7 +38,8 @@ find_kept(const dmx_gen *prev, const char *sig)
 	size_t k;
 
 	for (k = 0; prev != NULL && k < prev->nplugins; k++)
-		if (strcmp(prev->plugins[k]->sig, sig) == 0)
+		if (strcmp(prev->plugins[k]->sig, sig) == 0 &&
+		    !dmx_plugin_watch_changed(prev->plugins[k]))
 			return prev->plugins[k];
 	return NULL;
 }
@@ -57,7 +58,7 @@ load_remote(const dmx_conf_plugin *cp, const dmx_config *cfg,
 	if (e == NULL)
 		return NULL;
 	p = dmx_plugin_remote(cp, cfg->file, rep.name, rep.version,
-	    (const char *const *)rep.methods, err, errlen);
+	    (const char *const *)rep.methods, rep.watch, err, errlen);
 	dmx_proc_report_free(&rep);
 	if (p == NULL) {
 		dmx_exec_free(e);

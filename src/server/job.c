@@ -223,6 +223,7 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 	const dmx_plugin *pl = rt->plugin;
 	msgpack_object params;
 	demux_request req;
+	char mname[512];
 	size_t off = 0;
 	uint64_t t0, t1 = 0;
 	int rc;
@@ -260,6 +261,15 @@ dmx_job_run(dmx_job *j, msgpack_zone *zone, uint64_t *now)
 	req.notification = j->notify;
 	req.method_index = rt->index;
 	req.method = rt->name;
+	if (rt->catchall) {
+		/* the name called, NUL-terminated: for a catch-all ("x.*")
+		 * it is what the handler dispatches on */
+		if (j->meth_len < sizeof(mname)) {
+			memcpy(mname, j->in.data + j->meth_off, j->meth_len);
+			mname[j->meth_len] = '\0';
+			req.method = mname;
+		}
+	}
 	req.params = &params;
 	req.raw = j->in.data + j->params_off;
 	req.raw_len = j->params_len;

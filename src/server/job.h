@@ -75,6 +75,8 @@ typedef struct dmx_job {
 					 * (demux_params) */
 	uint64_t	 deadline;	/* ns (clock.h) it must be answered by,
 					 * or 0: what demux_deadline() says */
+	uint32_t	 meth_off;	/* the method name within `in` */
+	uint32_t	 meth_len;
 	uint32_t	 params_off;	/* params within `in` */
 	uint32_t	 params_len;
 	size_t		 in_bytes;	/* request bytes counted against the

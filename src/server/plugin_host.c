@@ -80,7 +80,10 @@ load_methods(dmx_plugin *p, const char *const *m, const dmx_conf_plugin *cp,
 	p->methods = calloc(n, sizeof(*p->methods));
 	if (p->methods == NULL)
 		return load_fail(err, errlen, file, cp, "out of memory");
+	p->catchall = -1;
 	for (i = 0; i < n; i++) {
+		if (strcmp(m[i], "*") == 0)
+			p->catchall = (int)i;
 		if (m[i][0] == '\0' || strchr(m[i], '.') != NULL)
 			return load_fail(err, errlen, file, cp, "method name "
 			    "'%s' must be non-empty and contain no '.'", m[i]);
@@ -130,13 +133,103 @@ plugin_common(dmx_plugin *p, const dmx_conf_plugin *cp, const char *file,
 	p->version = strdup(version ? version : "");
 	if (p->name == NULL || p->version == NULL)
 		return load_fail(err, errlen, file, cp, "out of memory");
+	p->catchall = -1;
+	if (methods != NULL && methods[0] == NULL && p->desc != NULL &&
+	    p->desc->abi_minor >= 6)
+		return 0;	/* init declares them (ABI 1.6) */
 	return load_methods(p, methods, cp, file, err, errlen);
+}
+
+/* ---- ABI 1.6 ---- */
+
+static dmx_plugin *
+plugin_of(const demux_host *h)
+{
+	return (dmx_plugin *)(void *)((char *)h - offsetof(dmx_plugin, host));
+}
+
+static int
+host_declare_methods(const demux_host *h, const char *const *names,
+    char *err, size_t errlen)
+{
+	dmx_plugin *p = plugin_of(h);
+	char why[512];
+
+	if (p->init_cp == NULL || p->nmethods > 0) {
+		snprintf(err, errlen, "demux_declare_methods: only once, in "
+		    "init, by a plugin whose descriptor lists no methods");
+		return -1;
+	}
+	if (load_methods(p, names, p->init_cp, p->init_file, why,
+	    sizeof(why)) != 0) {
+		/* the reason without load_fail's "FILE:L:C: plugin ...: "
+		 * prefix: init's caller puts its own */
+		char pre[512];
+		size_t n;
+
+		load_fail(pre, sizeof(pre), p->init_file, p->init_cp, "%s", "");
+		n = strlen(pre);
+		snprintf(err, errlen, "%s", strncmp(why, pre, n) == 0 ?
+		    why + n : why);
+		return -1;
+	}
+	return 0;
+}
+
+int
+dmx_plugin_watch_add(dmx_plugin *p, const char *path)
+{
+	struct dmx_watch *w;
+	struct stat st;
+
+	if (stat(path, &st) != 0)
+		return -1;
+	w = realloc(p->watch, (p->nwatch + 1) * sizeof(*w));
+	if (w == NULL)
+		return -1;
+	p->watch = w;
+	w = &p->watch[p->nwatch];
+	if ((w->path = strdup(path)) == NULL)
+		return -1;
+	w->dev = (unsigned long long)st.st_dev;
+	w->ino = (unsigned long long)st.st_ino;
+	w->size = (long long)st.st_size;
+	w->mtime_s = (long long)st.st_mtim.tv_sec;
+	w->mtime_ns = (long long)st.st_mtim.tv_nsec;
+	p->nwatch++;
+	return 0;
+}
+
+int
+dmx_plugin_watch_changed(const dmx_plugin *p)
+{
+	struct stat st;
+	size_t i;
+
+	for (i = 0; i < p->nwatch; i++) {
+		const struct dmx_watch *w = &p->watch[i];
+
+		if (stat(w->path, &st) != 0 ||
+		    (unsigned long long)st.st_dev != w->dev ||
+		    (unsigned long long)st.st_ino != w->ino ||
+		    (long long)st.st_size != w->size ||
+		    (long long)st.st_mtim.tv_sec != w->mtime_s ||
+		    (long long)st.st_mtim.tv_nsec != w->mtime_ns)
+			return 1;
+	}
+	return 0;
+}
+
+static int
+host_watch_file(const demux_host *h, const char *path)
+{
+	return dmx_plugin_watch_add(plugin_of(h), path);
 }
 
 dmx_plugin *
 dmx_plugin_remote(const dmx_conf_plugin *cp, const char *file,
     const char *name, const char *version, const char *const *methods,
-    char *err, size_t errlen)
+    char *const *watch, char *err, size_t errlen)
 {
 	dmx_plugin *p = calloc(1, sizeof(*p));
 
@@ -154,6 +247,10 @@ dmx_plugin_remote(const dmx_conf_plugin *cp, const char *file,
 	if (plugin_common(p, cp, file, name, version, methods, err,
 	    errlen) != 0)
 		goto fail;
+	/* what the child watches, the parent checks on reload: a change
+	 * gets new children */
+	for (; watch != NULL && *watch != NULL; watch++)
+		(void)dmx_plugin_watch_add(p, *watch);
 	return p;
 fail:
 	dmx_plugin_unload(p);
@@ -343,6 +440,8 @@ plugin_load(const dmx_conf_plugin *cp, const char *file, const char *open_path,
 	p->host.path = p->path;
 	p->host.log = host_log;
 	p->host.vlog = host_vlog;
+	p->host.declare_methods = host_declare_methods;
+	p->host.watch_file = host_watch_file;
 	dmx_host_fill(&p->host);
 	if (cp->config != NULL) {
 		p->cfg_raw = malloc(cp->config_len);
@@ -361,15 +460,25 @@ plugin_load(const dmx_conf_plugin *cp, const char *file, const char *open_path,
 		p->host.config_raw = p->cfg_raw;
 		p->host.config_len = cp->config_len;
 	}
+	p->init_cp = cp;
+	p->init_file = file;
 	if (d->init != NULL) {
 		ierr[0] = '\0';
 		if (d->init(&p->host, &p->state, ierr, sizeof(ierr)) != 0) {
+			p->init_cp = NULL;
 			load_fail(err, errlen, file, cp, "init failed: %s",
 			    ierr[0] ? ierr : "(the plugin gave no reason)");
 			goto fail;
 		}
 	}
+	p->init_cp = NULL;
+	p->init_file = NULL;
 	p->inited = 1;
+	if (p->nmethods == 0) {
+		load_fail(err, errlen, file, cp, "its descriptor lists no "
+		    "methods and init declared none (demux_declare_methods)");
+		goto fail;
+	}
 	dmx_debug("plugin '%s' %s loaded from %s (%zu methods)", p->name,
 	    d->version ? d->version : "", p->path, p->nmethods);
 	return p;
@@ -400,6 +509,9 @@ dmx_plugin_unload(dmx_plugin *p)
 	for (i = 0; i < p->nmethods; i++)
 		free(p->methods[i]);
 	free(p->methods);
+	for (i = 0; i < p->nwatch; i++)
+		free(p->watch[i].path);
+	free(p->watch);
 	free(p->timeout_ms);
 	msgpack_zone_destroy(&p->cfg_zone);
 	free(p->cfg_raw);

@@ -42,7 +42,26 @@ typedef struct dmx_plugin {
 	unsigned	    refs;	/* generations that route to it */
 	char		    sig[256];	/* what it was loaded from: a reload
 					 * keeps it only if this is unchanged */
+	int		    catchall;	/* index of its "*" method, or -1 */
+	/* files a reload checks (demux_watch_file, or a child's report) */
+	struct dmx_watch   *watch;
+	size_t		    nwatch;
+	/* during init only: what declare_methods needs */
+	const dmx_conf_plugin *init_cp;
+	const char	   *init_file;
 } dmx_plugin;
+
+/* A file a plugin's code depends on, as it was at init. */
+struct dmx_watch {
+	char		   *path;
+	unsigned long long  dev, ino;
+	long long	    size, mtime_s, mtime_ns;
+};
+
+/* Record path as it is now (0), or -1 if it cannot be read. */
+int dmx_plugin_watch_add(dmx_plugin *p, const char *path);
+/* 1 if a watched file is not what it was. */
+int dmx_plugin_watch_changed(const dmx_plugin *p);
 
 /*
  * Load the plugin described by `cp` (from config file `file`) and run its
@@ -62,7 +81,7 @@ dmx_plugin *dmx_plugin_load_fresh(const dmx_conf_plugin *cp, const char *file,
  * (a method configured that it does not have, a bad method list). */
 dmx_plugin *dmx_plugin_remote(const dmx_conf_plugin *cp, const char *file,
     const char *name, const char *version, const char *const *methods,
-    char *err, size_t errlen);
+    char *const *watch, char *err, size_t errlen);
 /* The identity of a configured plugin: its name, file (device, inode, size,
  * mtime), settings and config. Equal signatures: nothing to reload. */
 void dmx_plugin_signature(const dmx_conf_plugin *cp, char *buf, size_t len);

@@ -601,6 +601,9 @@ dmx_proc_report_free(dmx_proc_report *r)
 	for (i = 0; r->methods != NULL && r->methods[i] != NULL; i++)
 		free(r->methods[i]);
 	free(r->methods);
+	for (i = 0; r->watch != NULL && r->watch[i] != NULL; i++)
+		free(r->watch[i]);
+	free(r->watch);
 	memset(r, 0, sizeof(*r));
 }
 

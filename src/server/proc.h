@@ -34,6 +34,8 @@ typedef struct dmx_proc_report {
 	char	 *name;
 	char	 *version;
 	char	**methods;	/* short names, NULL-terminated */
+	char	**watch;	/* files its reload checks, NULL-terminated,
+				 * or NULL */
 } dmx_proc_report;
 
 void dmx_proc_report_free(dmx_proc_report *r);

@@ -263,6 +263,19 @@ read_report(dmx_procs *ps, dmx_rd *r)
 				rep.methods[nm++] = dmx_strndup(dot + 1,
 				    (uint32_t)(sl - (uint32_t)(dot + 1 - s)));
 			}
+		} else if (sl == 5 && memcmp(s, "watch", 5) == 0) {
+			uint32_t cnt;
+
+			if (dmx_rd_array(r, &cnt) != 0)
+				goto bad;
+			rep.watch = calloc((size_t)cnt + 1, sizeof(char *));
+			if (rep.watch == NULL)
+				goto bad;
+			for (i = 0; i < cnt; i++) {
+				if (dmx_rd_str(r, &s, &sl) != 0)
+					goto bad;
+				rep.watch[i] = dmx_strndup(s, sl);
+			}
 		} else if (dmx_rd_skip(r) != 0) {
 			goto bad;
 		}

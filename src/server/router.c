@@ -87,6 +87,7 @@ dmx_router_new(dmx_plugin *const *plugins, size_t n, const dmx_router *prev,
 			r->routes[k].len = strlen(r->routes[k].name);
 			r->routes[k].plugin = plugins[i];
 			r->routes[k].index = (int)j;
+			r->routes[k].catchall = plugins[i]->catchall == (int)j;
 			r->routes[k].timeout_ms = plugins[i]->timeout_ms ?
 			    plugins[i]->timeout_ms[j] : 0;
 		}
@@ -159,6 +160,25 @@ dmx_router_find(const dmx_router *r, const char *name, size_t len)
 		    memcmp(r->slots[i]->name, name, len) == 0)
 			return r->slots[i];
 	return NULL;
+}
+
+const dmx_route *
+dmx_router_route(const dmx_router *r, const char *name, size_t len)
+{
+	const dmx_route *rt = dmx_router_find(r, name, len);
+	const char *dot;
+	char key[256];
+
+	if (rt != NULL || r->nroutes == 0)
+		return rt;
+	dot = memchr(name, '.', len);
+	if (dot == NULL || dot == name || (size_t)(dot - name) + 3 >
+	    sizeof(key) || dot + 1 == name + len)
+		return NULL;
+	memcpy(key, name, (size_t)(dot - name) + 1);
+	key[dot - name + 1] = '*';
+	rt = dmx_router_find(r, key, (size_t)(dot - name) + 2);
+	return rt != NULL && rt->catchall ? rt : NULL;
 }
 
 size_t

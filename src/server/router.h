@@ -36,6 +36,8 @@ typedef struct dmx_route {
 	int		 index;		/* into plugin->desc->methods */
 	unsigned	 timeout_ms;	/* deadline; 0: none */
 	unsigned	 pos;		/* its place: dmx_router_at(r, pos) */
+	int		 catchall;	/* "<plugin>.*": serves every name of
+					 * the plugin not otherwise served */
 	dmx_route_stats	*stats;		/* owned by the router, mutable */
 } dmx_route;
 
@@ -59,6 +61,10 @@ const dmx_route *dmx_router_find(const dmx_router *r, const char *name,
 /* The routes, sorted by name: for $/stats. */
 size_t dmx_router_count(const dmx_router *r);
 const dmx_route *dmx_router_at(const dmx_router *r, size_t i);
+/* The route a call of `name` takes: its own, else its plugin's catch-all
+ * ("<prefix>.*", ABI 1.6), else NULL. */
+const dmx_route *dmx_router_route(const dmx_router *r, const char *name,
+    size_t len);
 
 /* The packed msgpack result of $/methods. */
 const dmx_buf *dmx_router_methods(const dmx_router *r);
