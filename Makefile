@@ -78,7 +78,7 @@ CLIENT_SRC = src/client/mux.c src/client/endpoint.c src/client/async.c \
 	     src/client/pack.c src/client/result.c
 TOOL_SRC = src/tools/muxcall.c src/tools/json.c src/tools/top.c src/tools/watch.c
 
-PLUGINS	= echo sleep kv timer pubsub
+PLUGINS	= echo sleep kv timer pubsub python
 TEST_PLUGINS = badabi badmagic nosym initfail faulty crashy
 TPLUGIN_VER = $(BUILD)/t/plugins/v1.so $(BUILD)/t/plugins/v2.so
 C_TESTS	= $(patsubst t/%.c,%,$(wildcard t/[0-9]*.c t/recipe.c))
@@ -99,7 +99,7 @@ all: $(DEMUXD) $(MUXCALL) $(LIBMUX_SO) $(LIBMUX_A) $(PLUGIN_SO) $(TPLUGIN_SO) \
 
 # ---- dependencies (Debian) ----
 DEB_PKGS = pkg-config libyaml-dev libmsgpack-dev libjansson-dev libmicrohttpd-dev \
-	   libssl-dev openssl \
+	   libssl-dev openssl libpython3.11-dev \
 	   python3-msgpack perl curl haproxy iproute2
 
 deps:
@@ -175,6 +175,15 @@ $(BUILD)/plugins/%.so: plugins/%/*.c include/demux/plugin.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ \
 	  $(filter %.c,$^) $(MSGPACK_LIBS)
+
+# the python plugin embeds CPython 3.11 (Debian libpython3.11-dev): its
+# headers as system headers, so that our warnings stay errors for our code
+PY_CFLAGS = $(patsubst -I%,-isystem %,$(shell pkg-config --cflags python-3.11-embed 2>/dev/null))
+PY_LIBS = $(shell pkg-config --libs python-3.11-embed 2>/dev/null)
+$(BUILD)/plugins/python.so: plugins/python/*.c plugins/python/*.h include/demux/plugin.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(PLUGIN_CFLAGS) $(PY_CFLAGS) $(PLUGIN_LDFLAGS) -o $@ \
+	  $(filter %.c,$^) $(MSGPACK_LIBS) $(PY_LIBS)
 
 $(BUILD)/t/plugins/%.so: t/plugins/%.c include/demux/plugin.h
 	@mkdir -p $(dir $@)

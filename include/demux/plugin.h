@@ -189,6 +189,9 @@ typedef struct demux_host {
 	int (*declare_methods)(const struct demux_host *h,
 	    const char *const *names, char *err, size_t errlen);
 	int (*watch_file)(const struct demux_host *h, const char *path);
+	/* the YAML file that configured this plugin: a path in `config:`
+	 * is relative to its folder (demux_config_path) */
+	const char     *config_file;
 } demux_host;
 
 /* True if the host provides function `fn` (a field of demux_host). */
@@ -673,6 +676,20 @@ demux_declare_methods(const demux_host *h, const char *const *names,
 		return -1;
 	}
 	return h->declare_methods(h, names, err, errlen);
+}
+
+/* The folder of the YAML file that configured the plugin ("." from a host
+ * older than ABI 1.6), for resolving relative paths in its config. */
+static inline void
+demux_config_dir(const demux_host *h, char *buf, size_t len)
+{
+	const char *f = h->size > offsetof(demux_host, config_file) ?
+	    h->config_file : NULL, *slash = f ? strrchr(f, '/') : NULL;
+
+	if (slash == NULL)
+		snprintf(buf, len, ".");
+	else
+		snprintf(buf, len, "%.*s", (int)(slash - f), f);
 }
 
 static inline int

@@ -440,6 +440,8 @@ plugin_load(const dmx_conf_plugin *cp, const char *file, const char *open_path,
 	p->host.path = p->path;
 	p->host.log = host_log;
 	p->host.vlog = host_vlog;
+	p->config_file = strdup(file ? file : "");
+	p->host.config_file = p->config_file;
 	p->host.declare_methods = host_declare_methods;
 	p->host.watch_file = host_watch_file;
 	dmx_host_fill(&p->host);
@@ -512,6 +514,7 @@ dmx_plugin_unload(dmx_plugin *p)
 	for (i = 0; i < p->nwatch; i++)
 		free(p->watch[i].path);
 	free(p->watch);
+	free(p->config_file);
 	free(p->timeout_ms);
 	msgpack_zone_destroy(&p->cfg_zone);
 	free(p->cfg_raw);

@@ -46,6 +46,7 @@ typedef struct dmx_plugin {
 	/* files a reload checks (demux_watch_file, or a child's report) */
 	struct dmx_watch   *watch;
 	size_t		    nwatch;
+	char		   *config_file; /* host.config_file */
 	/* during init only: what declare_methods needs */
 	const dmx_conf_plugin *init_cp;
 	const char	   *init_file;
