@@ -27,7 +27,7 @@ is "$(echo $debs | wc -w)" 3 "...demux, libmux0 and libmux-dev"
 
 # a fresh root with what the packages depend on, and a compiler
 run mmdebstrap --variant=apt --mode=root --quiet \
-    --include=adduser,libyaml-0-2,libmsgpackc2,libmicrohttpd12,libjansson4,libssl3,gcc,libc6-dev,pkg-config,libmsgpack-dev,libssl-dev \
+    --include=adduser,libyaml-0-2,libmsgpackc2,libmicrohttpd12,libjansson4,libssl3,libpython3.11,gcc,libc6-dev,pkg-config,libmsgpack-dev,libssl-dev \
     bookworm "$R"
 is "$rc" 0 "mmdebstrap makes a fresh Debian root"
 [ "$rc" = 0 ] || echo "$out" | tail -10 | sed 's/^/#   /'

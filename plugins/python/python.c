@@ -322,8 +322,9 @@ py_init(const demux_host *h, void **state, char *err, size_t errlen)
 		snprintf(err, errlen, "needs a demuxd with plugin ABI 1.6");
 		return -1;
 	}
-	if (demux_config_keys(h, "module path", err, errlen) != 0 ||
-	    config_str(h, "module", &module, err, errlen) != 0 ||
+	/* module and path are ours; every other key is the module's own
+	 * (demux.config) */
+	if (config_str(h, "module", &module, err, errlen) != 0 ||
 	    config_str(h, "path", &path, err, errlen) != 0)
 		return -1;
 	if (module == NULL || module[0] == '\0') {
