@@ -265,10 +265,14 @@ run:
 	@$(SUBMAKE) $(DEMUXD) $(MUXCALL) $(PLUGIN_SO)
 	$(DEMUXD) -c conf/demux.yaml
 
+# CPython's own allocations and races are suppressed (t/lsan.supp,
+# t/tsan.supp: libpython only); demux's code has none
+asan: export LSAN_OPTIONS = suppressions=$(CURDIR)/t/lsan.supp
 asan:
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g" \
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" test
 
+tsan: export TSAN_OPTIONS = suppressions=$(CURDIR)/t/tsan.supp
 tsan:
 	$(MAKE) BUILD=build-tsan CFLAGS="-O1 -g" \
 	  SAN="-fsanitize=thread -fno-omit-frame-pointer" test
