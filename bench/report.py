@@ -210,6 +210,33 @@ def targets(R, out):
         rows.append(("W4 tx/s with 10 access rules", fmt(a),
                      f"without {fmt(b)}", f"{r:.2f}x", ">= 0.95x (noise)",
                      verdict(r >= 0.95 if r == r else None)))
+    # Python handlers (the python plugin) beside C ones and the recipe
+    dpy, dc, rc = w("demux,unix,W1-python"), w("demux,unix,W1"), \
+        w("recipe,unix,W1")
+    if dpy and dc:
+        a, b = cell(dpy, "txps"), cell(dc, "txps")
+        r = ratio(a, b)
+        rows.append(("W1 tx/s, Python handler (echo in Python)", fmt(a),
+                     f"C echo plugin {fmt(b)}", f"{r:.2f}x C",
+                     ">= 0.5x C", verdict(r >= 0.5 if r == r else None)))
+    if dpy and rc:
+        a, b = cell(dpy, "txps"), cell(rc, "txps")
+        r = ratio(a, b)
+        rows.append(("W1 tx/s, Python handler vs the recipe itself", fmt(a),
+                     f"recipe (Python 3 port) {fmt(b)}", f"{r:.2f}x recipe",
+                     ">= 10x recipe", verdict(r >= 10 if r == r else None)))
+    for phase in ("cold", "warm"):
+        d, rr = w(f"demux,unix,W3-python-{phase}"), w(f"recipe,unix,W3-{phase}")
+        if not d:
+            continue
+        wall = cell(d, "wall_ms")
+        eff = 210.0 / wall if wall == wall and wall else float("nan")
+        rw = cell(rr, "wall_ms") if rr else float("nan")
+        reff = 210.0 / rw if rw == rw and rw else float("nan")
+        rows.append((f"W3 efficiency, Python time.sleep handler ({phase})",
+                     fmt(eff, 3), f"recipe {fmt(reff, 3)}",
+                     f"wall {fmt(wall, 1)} ms", ">= 0.95",
+                     verdict(eff >= 0.95 if eff == eff else None)))
     out.append("| target | demux | best peer (and ceiling) | ratio | goal | |")
     out.append("|---|---|---|---|---|---|")
     for row in rows:

@@ -54,6 +54,8 @@ LOAD="$B/bench/mux_load"
 PIPE="$B/bench/mux_pipe"
 HS="$B/bench/tls_handshake"
 RTLS="$ROOT/bench/redis_tls.sh"
+RCP="$ROOT/bench/recipe"		# the recipe itself, as a peer
+RSOCK=unix:/tmp/demux-bench-recipe.sock
 # Sourced by run.sh: $W1 $W1L $W2 $W3 $B(peers) $IPC_ZMQ ... are its own.
 cat > "$CASES" <<X
 HSARGS="-c $MUX_TLS_CA -T 2 -d \$DUR -w \$WARM"
@@ -74,6 +76,10 @@ add "demux,unix,W2"      4 0 1 "$SRV W2 $SOCK"     "$LOAD -u $SOCK \$W2"
 add "demux,unix,W3"    100 10000 2 "$SRV W3 $SOCK" "$LOAD -u $SOCK -S 10000 \$W3"
 add "demux,unix,W4-k1024" 4 0 1 "$SRV W4 $SOCK"    "$PIPE -u $SOCK -k 1024 -b 64 -s 64 -d \$DUR -w \$WARM"
 add "demux,unix,W4-k1024-access" 4 0 1 "$SRV W4-access $SOCK" "$PIPE -u $SOCK -k 1024 -b 64 -s 64 -d \$DUR -w \$WARM"
+add "demux,unix,W1-python" 4 0 1 "$SRV W1-python $SOCK" "$LOAD -u $SOCK \$W1"
+add "demux,unix,W3-python" 100 10000 2 "$SRV W3-python $SOCK" "$LOAD -u $SOCK -S 10000 \$W3"
+add "recipe,unix,W1"     4 0 1 "/usr/bin/python3 $RCP/server.py -u $RSOCK -W 4" "/usr/bin/python3 $RCP/client.py -u $RSOCK \$W1"
+add "recipe,unix,W3"   100 10000 2 "/usr/bin/python3 $RCP/server.py -u $RSOCK -W 100 -S 10000" "/usr/bin/python3 $RCP/client.py -u $RSOCK \$W3"
 X
 if [ "${CURVE:-1}" = 1 ]; then
 	cat >> "$CASES" <<'X'

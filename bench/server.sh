@@ -4,12 +4,12 @@
 # demuxd, so that the pid run.sh measures is demuxd's own. demuxd logs READY
 # once it accepts connections.
 set -eu
-W=${1:?usage: server.sh W1|W1-lat|W2|W3|W4|W4-access|W1-process|W1-lat-process [URI]}
+W=${1:?usage: server.sh W1|W1-lat|W2|W3|W4|W4-access|W1-process|W1-lat-process|W1-python|W3-python [URI]}
 URI=${2:-unix:/tmp/demux-bench.sock}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
 case $W in
-W3) workers=100 ;;
+W3|W3-python) workers=100 ;;
 *) workers=${WORKERS:-4} ;;
 esac
 # *-process: the echo plugin in a child process (isolation: process), with
@@ -44,6 +44,20 @@ tls:*) tls="tls:
   cert: $CERTS/server.crt
   key: $CERTS/server.key" ;;
 esac
+# *-python: echo.echo and sleep.sleep are Python functions (the python
+# plugin; bench/recipe/handlers.py), the same calls as the C plugins
+plugins="  - name: echo
+    path: $BUILD/plugins/echo.so$iso
+  - name: sleep
+    path: $BUILD/plugins/sleep.so"
+case $W in
+*-python) plugins="  - name: echo
+    path: $BUILD/plugins/python.so
+    config: { module: handlers, path: $ROOT/bench/recipe }
+  - name: sleep
+    path: $BUILD/plugins/python.so
+    config: { module: handlers, path: $ROOT/bench/recipe }" ;;
+esac
 cat > "$conf" <<X
 listen: [ "$URI" ]
 $tls
@@ -51,9 +65,6 @@ $access
 workers: $workers
 log_level: info
 plugins:
-  - name: echo
-    path: $BUILD/plugins/echo.so$iso
-  - name: sleep
-    path: $BUILD/plugins/sleep.so
+$plugins
 X
 exec "$BUILD/demuxd" -c "$conf"

@@ -35,6 +35,53 @@ static const char *const no_methods[] = { NULL };
 /* The interpreter's key for py_ctx (the first copy's, kept in demux). */
 static pthread_key_t *ctx_key;
 
+/*
+ * Each worker thread keeps its Python thread state from its first call to
+ * its end: PyGILState_Ensure/Release around every call would create and
+ * destroy one each time (in 3.11 that maps and unmaps its frame stack:
+ * two syscalls and a TLB shootdown per call). The destructor of ts_key
+ * deletes it when the thread ends (on-demand threads, written-off ones).
+ */
+static __thread PyThreadState *my_ts;
+static pthread_key_t ts_key;
+static pthread_once_t ts_once = PTHREAD_ONCE_INIT;
+
+static void
+ts_end(void *ts)
+{
+	/* the thread is ending: take the GIL with its state, and let
+	 * PyGILState (which made it) clear and delete it */
+	PyEval_RestoreThread(ts);
+	PyGILState_Release(PyGILState_UNLOCKED);
+}
+
+static void
+ts_key_make(void)
+{
+	(void)pthread_key_create(&ts_key, ts_end);
+}
+
+/* Take the GIL with this thread's own state. */
+static void
+py_enter(void)
+{
+	if (my_ts != NULL) {
+		PyEval_RestoreThread(my_ts);
+		return;
+	}
+	(void)PyGILState_Ensure();	/* made here, kept: never released */
+	my_ts = PyThreadState_Get();
+	pthread_once(&ts_once, ts_key_make);
+	(void)pthread_setspecific(ts_key, my_ts);
+}
+
+/* Let the GIL go, keeping the thread state for the next call. */
+static void
+py_leave(void)
+{
+	(void)PyEval_SaveThread();
+}
+
 /* ---- the interpreter ---- */
 
 /* Start Python once per process; called with no GIL. Leaves the GIL
@@ -415,7 +462,6 @@ py_process(void *state, const demux_request *req, demux_call *call)
 {
 	py_inst *in = state;
 	const msgpack_object *params = req->params;
-	PyGILState_STATE g;
 	PyObject *args, *res, *x;
 	py_ctx ctx = { in, call };
 	uint32_t i, skip;
@@ -425,7 +471,7 @@ py_process(void *state, const demux_request *req, demux_call *call)
 		demux_error(call, DEMUX_E_INTERNAL, "no such method index");
 		return;
 	}
-	g = PyGILState_Ensure();
+	py_enter();
 	pthread_setspecific(*ctx_key, &ctx);
 	/* process_transaction(method, *params): the name without the
 	 * plugin's prefix first */
@@ -475,7 +521,7 @@ pyerr:
 	}
 out:
 	pthread_setspecific(*ctx_key, NULL);
-	PyGILState_Release(g);
+	py_leave();
 }
 
 static const demux_plugin python_plugin = {
