@@ -157,8 +157,12 @@ try:
     ok(m.transaction("calc.conf") == {"module": "calc", "path": "handlers",
                                        "greeting": "hi"},
        "demux.config is this plugin's YAML config")
-    ok(m.transaction("calc.say", "hello") is True and
-       any("said: hello" in line for line in s.lines),
+    said = m.transaction("calc.say", "hello")
+    t0 = time.monotonic()     # the log is read on another thread
+    while (not any("said: hello" in line for line in s.lines) and
+           time.monotonic() - t0 < 5):
+        time.sleep(0.01)
+    ok(said is True and any("said: hello" in line for line in s.lines),
        "demux.log reaches demuxd's log")
     ok(m.transaction("text.upper", "abc") == "ABC", "the second instance "
        "serves its own module")

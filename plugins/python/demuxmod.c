@@ -45,12 +45,23 @@ static const char demux_py[] =
     "        return _config()\n"
     "    raise AttributeError(\"module 'demux' has no attribute %r\" % name)\n";
 
-static pthread_key_t ctx_key;
+static py_keys keys;
 
 static py_ctx *
 ctx_now(void)
 {
-	return pthread_getspecific(ctx_key);
+	return pthread_getspecific(keys.ctx);
+}
+
+/* A worker thread is ending: take the GIL with its state, clear it and
+ * delete it (which lets the GIL go). Not PyGILState_Release: by now the
+ * thread's own TSS slot may read empty. */
+static void
+ts_end(void *ts)
+{
+	PyEval_RestoreThread(ts);
+	PyThreadState_Clear(ts);
+	PyThreadState_DeleteCurrent();
 }
 
 static PyObject *
@@ -125,14 +136,15 @@ static struct PyModuleDef def = {
 };
 
 int
-py_demux_module(pthread_key_t **key, PyObject **ext_type)
+py_demux_module(py_keys **keysp, PyObject **ext_type)
 {
 	PyObject *mods = PyImport_GetModuleDict(), *m, *d, *r, *cap;
 
 	m = PyDict_GetItemString(mods, "demux");	/* borrowed */
 	if (m == NULL) {
 		/* the first instance in this process */
-		if (pthread_key_create(&ctx_key, NULL) != 0) {
+		if (pthread_key_create(&keys.ctx, NULL) != 0 ||
+		    pthread_key_create(&keys.ts, ts_end) != 0) {
 			PyErr_SetString(PyExc_RuntimeError, "pthread_key_create");
 			return -1;
 		}
@@ -146,7 +158,7 @@ py_demux_module(pthread_key_t **key, PyObject **ext_type)
 		if (r == NULL)
 			goto fail;
 		Py_DECREF(r);
-		cap = PyCapsule_New(&ctx_key, "demux._ctxkey", NULL);
+		cap = PyCapsule_New(&keys, "demux._ctxkey", NULL);
 		if (cap == NULL || PyModule_AddObject(m, "_ctxkey", cap) != 0) {
 			Py_XDECREF(cap);
 			goto fail;
@@ -156,10 +168,10 @@ py_demux_module(pthread_key_t **key, PyObject **ext_type)
 		Py_DECREF(m);		/* sys.modules holds it */
 	}
 	cap = PyObject_GetAttrString(m, "_ctxkey");
-	*key = cap ? PyCapsule_GetPointer(cap, "demux._ctxkey") : NULL;
+	*keysp = cap ? PyCapsule_GetPointer(cap, "demux._ctxkey") : NULL;
 	Py_XDECREF(cap);
 	*ext_type = PyObject_GetAttrString(m, "Ext");
-	return *key != NULL && *ext_type != NULL ? 0 : -1;
+	return *keysp != NULL && *ext_type != NULL ? 0 : -1;
 fail:
 	Py_DECREF(m);
 	return -1;

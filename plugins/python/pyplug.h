@@ -43,10 +43,20 @@ typedef struct py_ctx {
 	demux_call	*call;		/* NULL during init/fini */
 } py_ctx;
 
+/* The process's thread keys, made once by the first copy of python.so and
+ * shared by every copy through the demux module (a reload's copy has
+ * statics of its own): the call context, and each worker's Python thread
+ * state (kept from its first call to its end; the key's destructor, in
+ * the first copy, deletes it). */
+typedef struct py_keys {
+	pthread_key_t	 ctx;		/* py_ctx * */
+	pthread_key_t	 ts;		/* PyThreadState * to delete */
+} py_keys;
+
 /* ---- demuxmod.c ---- */
 /* Make sure sys.modules["demux"] exists (the first instance creates it)
- * and give its context key and Ext type. 0, or -1 with a Python error. */
-int	 py_demux_module(pthread_key_t **key, PyObject **ext_type);
+ * and give the keys and its Ext type. 0, or -1 with a Python error. */
+int	 py_demux_module(py_keys **keys, PyObject **ext_type);
 
 /* ---- convert.c ---- */
 /* A new reference, or NULL with a Python error set. */

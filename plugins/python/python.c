@@ -32,47 +32,28 @@
 
 static const char *const no_methods[] = { NULL };
 
-/* The interpreter's key for py_ctx (the first copy's, kept in demux). */
-static pthread_key_t *ctx_key;
+/* The process's keys (the first copy's, kept in the demux module). */
+static py_keys *keys;
 
 /*
  * Each worker thread keeps its Python thread state from its first call to
  * its end: PyGILState_Ensure/Release around every call would create and
  * destroy one each time (in 3.11 that maps and unmaps its frame stack:
- * two syscalls and a TLB shootdown per call). The destructor of ts_key
- * deletes it when the thread ends (on-demand threads, written-off ones).
+ * two syscalls and a TLB shootdown per call). The state is the thread's
+ * PyGILState one, so that every copy of python.so on the thread shares it;
+ * keys->ts's destructor deletes it when the thread ends.
  */
-static __thread PyThreadState *my_ts;
-static pthread_key_t ts_key;
-static pthread_once_t ts_once = PTHREAD_ONCE_INIT;
-
-static void
-ts_end(void *ts)
-{
-	/* the thread is ending: take the GIL with its state, and let
-	 * PyGILState (which made it) clear and delete it */
-	PyEval_RestoreThread(ts);
-	PyGILState_Release(PyGILState_UNLOCKED);
-}
-
-static void
-ts_key_make(void)
-{
-	(void)pthread_key_create(&ts_key, ts_end);
-}
-
-/* Take the GIL with this thread's own state. */
 static void
 py_enter(void)
 {
-	if (my_ts != NULL) {
-		PyEval_RestoreThread(my_ts);
+	PyThreadState *ts = PyGILState_GetThisThreadState();
+
+	if (ts != NULL) {
+		PyEval_RestoreThread(ts);
 		return;
 	}
 	(void)PyGILState_Ensure();	/* made here, kept: never released */
-	my_ts = PyThreadState_Get();
-	pthread_once(&ts_once, ts_key_make);
-	(void)pthread_setspecific(ts_key, my_ts);
+	(void)pthread_setspecific(keys->ts, PyThreadState_Get());
 }
 
 /* Let the GIL go, keeping the thread state for the next call. */
@@ -392,9 +373,9 @@ py_init(const demux_host *h, void **state, char *err, size_t errlen)
 		return -1;
 	}
 	ctx.inst = in;
-	if (py_demux_module(&ctx_key, &in->ext_type) != 0)
+	if (py_demux_module(&keys, &in->ext_type) != 0)
 		goto pyfail;
-	pthread_setspecific(*ctx_key, &ctx);
+	pthread_setspecific(keys->ctx, &ctx);
 	in->config = h->config != NULL ?
 	    py_from_msgpack(h->config, in->ext_type) : PyDict_New();
 	if (in->config == NULL)
@@ -408,7 +389,7 @@ py_init(const demux_host *h, void **state, char *err, size_t errlen)
 	}
 	if (load_module(in) != 0 || call_hook(in, "init") != 0)
 		goto pyfail;
-	pthread_setspecific(*ctx_key, NULL);
+	pthread_setspecific(keys->ctx, NULL);
 	PyGILState_Release(g);
 	*state = in;
 	return 0;
@@ -427,8 +408,8 @@ pyfail:
 	}
 	free(msg);
 	free(trace);
-	if (ctx_key != NULL)
-		pthread_setspecific(*ctx_key, NULL);
+	if (keys != NULL)
+		pthread_setspecific(keys->ctx, NULL);
 	inst_free(in);
 	PyGILState_Release(g);
 	return -1;
@@ -441,7 +422,7 @@ py_fini(void *state)
 	PyGILState_STATE g = PyGILState_Ensure();
 	py_ctx ctx = { in, NULL };
 
-	pthread_setspecific(*ctx_key, &ctx);
+	pthread_setspecific(keys->ctx, &ctx);
 	if (call_hook(in, "fini") != 0) {
 		char *msg, *trace;
 		int64_t code;
@@ -452,7 +433,7 @@ py_fini(void *state)
 		free(msg);
 		free(trace);
 	}
-	pthread_setspecific(*ctx_key, NULL);
+	pthread_setspecific(keys->ctx, NULL);
 	inst_free(in);
 	PyGILState_Release(g);
 }
@@ -472,7 +453,7 @@ py_process(void *state, const demux_request *req, demux_call *call)
 		return;
 	}
 	py_enter();
-	pthread_setspecific(*ctx_key, &ctx);
+	pthread_setspecific(keys->ctx, &ctx);
 	/* process_transaction(method, *params): the name without the
 	 * plugin's prefix first */
 	skip = req->method_index == in->catchall ? 1 : 0;
@@ -520,7 +501,7 @@ pyerr:
 		free(trace);
 	}
 out:
-	pthread_setspecific(*ctx_key, NULL);
+	pthread_setspecific(keys->ctx, NULL);
 	py_leave();
 }
 

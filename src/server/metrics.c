@@ -202,6 +202,16 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 	    "# TYPE demux_reload_failures_total counter\n"
 	    "demux_reload_failures_total %llu\n",
 	    (unsigned long long)ld(&st->reload_failures));
+	out(b, "# HELP demux_notifications_total Notifications plugins "
+	    "queued to clients (plugin ABI 1.5).\n"
+	    "# TYPE demux_notifications_total counter\n"
+	    "demux_notifications_total %llu\n"
+	    "# HELP demux_notifications_dropped_total ...dropped: the "
+	    "client's unsent output was over max_output.\n"
+	    "# TYPE demux_notifications_dropped_total counter\n"
+	    "demux_notifications_dropped_total %llu\n",
+	    (unsigned long long)ld(&st->notes),
+	    (unsigned long long)ld(&st->notes_dropped));
 	/* the name every Prometheus client library uses for it */
 	out(b, "# HELP process_resident_memory_bytes Resident memory of "
 	    "demuxd (its plugin children apart).\n"
@@ -277,6 +287,21 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 
 		out(b, "demux_method_in_flight{method=\"%s\"} %llu\n",
 		    rt->name, (unsigned long long)(d > c ? d - c : 0));
+	}
+	out(b, "# HELP demux_method_deferred_open Deferred calls (plugin "
+	    "ABI 1.5) not yet finished; overdue: past their deadline.\n"
+	    "# TYPE demux_method_deferred_open gauge\n");
+	for (i = 0; i < n; i++) {
+		const dmx_route *rt = dmx_router_at(r, i);
+		long o = atomic_load(&rt->stats->deferred_open),
+		    v = atomic_load(&rt->stats->deferred_overdue);
+
+		if (o <= 0 && v <= 0)
+			continue;
+		out(b, "demux_method_deferred_open{method=\"%s\"} %ld\n"
+		    "demux_method_deferred_open{method=\"%s\",state="
+		    "\"overdue\"} %ld\n", rt->name, o > 0 ? o : 0, rt->name,
+		    v > 0 ? v : 0);
 	}
 	out(b, "# HELP demux_method_latency_seconds From read to answer.\n"
 	    "# TYPE demux_method_latency_seconds summary\n");

@@ -18,6 +18,8 @@
  *   crashy.left          [has a deadline, ms left] (demux_deadline)
  *   crashy.recurse       recurses until the stack overflows (SIGSEGV)
  *   crashy.nap [ms]      sleeps ms (default 1000), deaf to cancellation
+ *   crashy.forget        defers the call and never finishes it (a plugin
+ *                        bug: it leaks that call only)
  */
 #include <signal.h>
 #include <stdatomic.h>
@@ -28,10 +30,10 @@
 #include <demux/plugin.h>
 
 enum { C_ECHO, C_SEGV, C_ABORT, C_EXIT, C_HANG, C_LEAK, C_PID, C_SOMETIMES,
-	C_WHOAMI, C_FAIL, C_LEFT, C_STUCK, C_RECURSE, C_NAP };
+	C_WHOAMI, C_FAIL, C_LEFT, C_STUCK, C_RECURSE, C_NAP, C_FORGET };
 static const char *const methods[] = { "echo", "segv", "abort", "exit",
 	"hang", "leak", "pid", "sometimes", "whoami", "fail", "left", "stuck",
-	"recurse", "nap", NULL };
+	"recurse", "nap", "forget", NULL };
 
 static atomic_ulong calls;
 
@@ -124,6 +126,9 @@ crashy_process(void *state, const demux_request *req, demux_call *call)
 	case C_STUCK:
 		for (;;)
 			pause();	/* until a signal ends the process */
+	case C_FORGET:
+		(void)demux_defer(call);
+		break;
 	case C_NAP:
 		usleep((useconds_t)arg(req, 1000) * 1000u);
 		msgpack_pack_true(demux_result(call));
