@@ -286,7 +286,7 @@ valgrind:
 	@$(SUBMAKE) all
 	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t t/200-reload.t \
 	  t/185-isolation.t t/186-isolation-reload.t t/196-deadline-cancel.t \
-	  t/197-abandoned.t t/210-deferred.t
+	  t/197-abandoned.t t/210-deferred.t t/400-python.t t/recipe-python.t
 	@for t in $(VALGRIND_CLIENT); do \
 	  echo "valgrind: libmux in t/$$t"; \
 	  valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \

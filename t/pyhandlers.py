@@ -40,9 +40,21 @@ class Server:
         return p.returncode, p.stderr
 
     def start(self):
-        """Start and wait for READY; returns True, or False if it exited."""
-        self.proc = subprocess.Popen([BUILD + "/demuxd", "-c", self.conf],
-                                     stderr=subprocess.PIPE, text=True)
+        """Start and wait for READY; returns True, or False if it exited.
+        DEMUX_VALGRIND=1: under valgrind (make valgrind), CPython's own
+        reports suppressed (t/valgrind-python.supp)."""
+        cmd = [BUILD + "/demuxd", "-c", self.conf]
+        env = dict(os.environ)
+        if os.environ.get("DEMUX_VALGRIND") == "1":
+            supp = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                "valgrind-python.supp")
+            cmd = ["valgrind", "--quiet", "--leak-check=full",
+                   "--show-leak-kinds=definite,indirect",
+                   "--errors-for-leak-kinds=definite,indirect",
+                   "--error-exitcode=99", "--suppressions=" + supp] + cmd
+            env["PYTHONMALLOC"] = "malloc"
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                                     env=env)
         track(self.proc)
         for line in self.proc.stderr:
             self.lines.append(line)
