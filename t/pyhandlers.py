@@ -48,7 +48,10 @@ class Server:
         if os.environ.get("DEMUX_VALGRIND") == "1":
             supp = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                 "valgrind-python.supp")
+            # on-demand mode runs up to max_threads (1024) at once:
+            # past valgrind's default of 500
             cmd = ["valgrind", "--quiet", "--leak-check=full",
+                   "--max-threads=2100",
                    "--show-leak-kinds=definite,indirect",
                    "--errors-for-leak-kinds=definite,indirect",
                    "--error-exitcode=99", "--suppressions=" + supp] + cmd
