@@ -287,19 +287,24 @@ def full_table(R, out):
 
 
 def curves(R, img):
-    """Points (T, tx/s, p99) per system, from the W1, W1-lat and C-T* rows."""
+    """Points (T, tx/s, p99) per system, from the W1, W1-lat, C-T* (the
+    peers) and W1-T* (demux: 1 to 256 threads) rows; a W1-T* row stands
+    for the W1 or W1-lat row of the same T."""
     series = OrderedDict()
     for sysname, tr in (("demux", "unix"), ("zmq", "ipc"), ("nng", "ipc"),
                         ("grpc", "unix")):
-        pts = []
+        pts = {}
         for label, runs in R.rows.items():
             p = label.split(",")
             if len(p) != 3 or p[0] != sysname or p[1] != tr:
                 continue
-            if p[2] in ("W1", "W1-lat") or p[2].startswith("C-T"):
-                pts.append((int(runs[0]["T"]), med(runs, "txps"), med(runs, "p99_us")))
+            curve = p[2].startswith("C-T") or p[2].startswith("W1-T")
+            if p[2] in ("W1", "W1-lat") or curve:
+                t = int(runs[0]["T"])
+                if curve or t not in pts:
+                    pts[t] = (t, med(runs, "txps"), med(runs, "p99_us"))
         if pts:
-            series[sysname] = sorted(pts)
+            series[sysname] = sorted(pts.values())
     if not series or shutil.which("gnuplot") is None:
         return []
     os.makedirs(img, exist_ok=True)

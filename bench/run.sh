@@ -83,9 +83,11 @@ add "recipe,unix,W3"   100 10000 2 "/usr/bin/python3 $RCP/server.py -u $RSOCK -W
 X
 if [ "${CURVE:-1}" = 1 ]; then
 	cat >> "$CASES" <<'X'
+for T in 1 2 4 8 16 32 64 128 256; do
+    add "demux,unix,W1-T$T" 4 0 1 "DEMUX_SRV W1 DEMUX_SOCK" "DEMUX_LOAD -u DEMUX_SOCK -T $T -s 64 -d $DUR -w $WARM"
+done
 for T in 4 16 64 256; do
     C="-T $T -s 64 -d $DUR -w $WARM"
-    add "demux,unix,C-T$T" 4 0 1 "DEMUX_SRV W1 DEMUX_SOCK" "DEMUX_LOAD -u DEMUX_SOCK $C"
     add "zmq,ipc,C-T$T"    4 0 1 "$B/zmq_server -u $IPC_ZMQ -W 4" "$B/zmq_client -u $IPC_ZMQ $C"
     add "nng,ipc,C-T$T"    4 0 1 "$B/nng_server -u $IPC_NNG -W 4" "$B/nng_client -u $IPC_NNG $C"
     add "grpc,unix,C-T$T"  4 0 1 "$B/grpc_server -u $UNIX_GRPC -W 4" "$B/grpc_client -u $UNIX_GRPC $C"

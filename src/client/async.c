@@ -234,8 +234,18 @@ run_callback(mh_async *a)
 void
 mux_set_notify(mux_t *m, mux_notify_fn fn, void *user)
 {
+	unsigned i;
+
 	atomic_store(&m->notify_user, user);
 	atomic_store(&m->notify_fn, fn);
+	/* notifications are read as they come only by a reader thread that
+	 * keeps reading while sync callers read their own answers; a
+	 * connection made meanwhile reads notify_fn itself (conn_start) */
+	pthread_rwlock_rdlock(&m->eplock);
+	for (i = 0; i < m->nep; i++)
+		if (m->ep[i].conn != NULL)
+			mc_keep_reader(m->ep[i].conn, fn != NULL);
+	pthread_rwlock_unlock(&m->eplock);
 }
 
 /* On a connection's reader thread: queue the notification for the

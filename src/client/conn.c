@@ -21,12 +21,33 @@
  * call. A response for an unknown msgid (its caller timed out) is dropped and
  * counted.
  *
- * Sync calls: each caller sleeps on its own call's `done` word with a futex,
- * without holding or re-taking a lock, so a completion costs one FUTEX_WAKE
- * of exactly that thread. The call lives on the waiter's stack and may vanish
- * the moment the waiter sees done == 1; a wake that arrives after that hits
- * memory that is still mapped and at worst causes a spurious wake-up, which
- * every waiter tolerates (the pattern of glibc's own semaphores).
+ * Leader and followers: one thread at a time reads the transport, the
+ * holder of the read token (c->rd). A sync caller that finds nobody reading
+ * takes the token and reads its own answer (mc_lead): with one caller, or
+ * few, a call is a write and a read on the caller's own thread and no
+ * thread hands anything to another. A caller that finds the token taken
+ * sleeps as a follower; the leader completes every answer it reads, and
+ * when its own arrives it hands the token to a follower whose answer has
+ * not (MC_LEAD in that follower's done word), or, when none is left, puts
+ * it down. The token goes to the reader thread instead while async calls
+ * are in flight or the application wants notifications as they come
+ * (mc_keep_reader): on_done runs on the reader thread, and an async answer
+ * a leader reads is passed to it (c->adone). The reader thread reads the
+ * idle connection, so that an end of input or a $/drain is seen before the
+ * next call is sent; a caller takes the token from it only while it sleeps
+ * in poll (MC_RD_POLL), and while a caller holds it the reader thread looks
+ * again every MC_IDLE_WATCH_MS whether it was put down. The token becomes
+ * free only under mu, and a caller becomes a follower only under mu while
+ * it is taken, so no follower can sleep while nobody reads.
+ *
+ * Sync calls: each follower sleeps on its own call's `done` word with a
+ * futex, so a completion costs one FUTEX_WAKE of exactly that thread. The
+ * call lives on the waiter's stack and may vanish the moment the waiter sees
+ * MC_DONE; a wake that arrives after that hits memory that is still mapped
+ * and at worst causes a spurious wake-up, which every waiter tolerates (the
+ * pattern of glibc's own semaphores). Bits are set in the word only under mu
+ * and only for a call still in the table or on the followers list, neither
+ * of which its waiter can leave without mu.
  *
  * Async calls: completed on the reader thread by calling on_done after the
  * lock is released (never under it: on_done may start another call). Their
@@ -92,6 +113,29 @@ mc_wake_reader(mc_conn *c)
 		/* EAGAIN: the counter is already non-zero, it will wake */
 	}
 }
+
+void
+mc_wake_leader(mc_conn *c)
+{
+	uint64_t one = 1;
+
+	if (atomic_load(&c->rd) == MC_RD_CALLER &&
+	    write(c->lwake, &one, sizeof(one)) < 0) {
+		/* EAGAIN: the counter is already non-zero, it will wake */
+	}
+}
+
+void
+mc_keep_reader(mc_conn *c, int on)
+{
+	atomic_store(&c->keep_reader, on != 0);
+	if (on)
+		mc_wake_reader(c);
+}
+
+/* The call this thread is reading for, if it leads: completing it needs no
+ * wake-up. */
+static __thread mc_call *mc_self;
 
 static void
 futex_wake_one(_Atomic uint32_t *w)
@@ -252,6 +296,15 @@ table_insert(mc_conn *c, mc_call *p)
 		p->on_insert(p);
 	atomic_store_explicit(&c->npending, c->npending + 1,
 	    memory_order_relaxed);
+	if (p->on_done != NULL && atomic_fetch_add(&c->nasync, 1) == 0) {
+		int rd = atomic_load(&c->rd);
+
+		/* async answers are the reader thread's to read: a caller
+		 * may hold the token, or it may lie free while the reader
+		 * sleeps until its next idle look */
+		if (rd == MC_RD_CALLER || rd == MC_RD_FREE)
+			mc_wake_reader(c);
+	}
 	return 0;
 }
 
@@ -279,18 +332,46 @@ mc_table_remove(mc_conn *c, mc_call **pp)
 
 	*pp = p->next;
 	p->next = NULL;
-	if (p->on_done != NULL)
+	if (p->on_done != NULL) {
 		heap_del(c, p);
+		atomic_fetch_sub(&c->nasync, 1);
+	}
 	atomic_store_explicit(&c->npending, c->npending - 1,
 	    memory_order_relaxed);
 	mc_drain_done(c);
 	return p;
 }
 
+/* ---- the followers: sync callers asleep while another reads (mu) ---- */
+
+static void
+follower_link(mc_conn *c, mc_call *p)
+{
+	p->fprev = NULL;
+	p->fnext = c->followers;
+	if (c->followers != NULL)
+		c->followers->fprev = p;
+	c->followers = p;
+	p->following = 1;
+}
+
+static void
+follower_unlink(mc_conn *c, mc_call *p)
+{
+	if (p->fprev != NULL)
+		p->fprev->fnext = p->fnext;
+	else
+		c->followers = p->fnext;
+	if (p->fnext != NULL)
+		p->fnext->fprev = p->fprev;
+	p->fnext = p->fprev = NULL;
+	p->following = 0;
+}
+
 /* Finish a call that is out of the table (mu held): a sync caller is woken
  * now; an async one is pushed on *list for on_done once mu is released. */
 void
-mc_finish(mc_call *p, int rc, mc_call **list)
+mc_finish(mc_conn *c, mc_call *p, int rc, mc_call **list)
 {
 	p->rc = rc;
 	if (p->on_done != NULL) {
@@ -298,8 +379,23 @@ mc_finish(mc_call *p, int rc, mc_call **list)
 		*list = p;
 		return;
 	}
-	atomic_store_explicit(&p->done, 1, memory_order_release);
-	futex_wake_one(&p->done);
+	mc_futex_wake(mc_finish_sync(c, p));
+}
+
+_Atomic uint32_t *
+mc_finish_sync(mc_conn *c, mc_call *p)
+{
+	if (p->following)
+		follower_unlink(c, p);
+	atomic_fetch_or_explicit(&p->done, MC_DONE, memory_order_release);
+	return p != mc_self ? &p->done : NULL;
+}
+
+void
+mc_futex_wake(_Atomic uint32_t *w)
+{
+	if (w != NULL)
+		futex_wake_one(w);
 }
 
 /* Run on_done for every call on a list (no lock held). */
@@ -354,13 +450,14 @@ fail_all(mc_conn *c, int rc, const char *why)
 				r = MUX_ENOTCONN;
 			if (p->res->message == NULL)
 				set_message(p->res, r, why);
-			mc_finish(p, r, &c->dead);
+			mc_finish(c, p, r, &c->dead);
 		}
 		c->buckets[i] = NULL;
 	}
 	c->nheap = 0;
 	heap_changed(c);
 	atomic_store(&c->npending, 0);
+	atomic_store(&c->nasync, 0);
 	/* queued requests are dropped by the next writer, which checks the
 	 * state */
 }
@@ -383,6 +480,7 @@ mc_set_broken(mc_conn *c, const char *fmt, ...)
 	atomic_store(&c->state, MC_BROKEN);
 	fail_all(c, MUX_ECONN, c->why);
 	mc_wake_reader(c);
+	mc_wake_leader(c);
 }
 
 /* ---- writing ---- */
@@ -544,6 +642,8 @@ mc_start(mc_conn *c, mc_call *call, const char *method, const void *params,
 
 	call->rc = MUX_OK;
 	call->next = NULL;
+	call->fnext = call->fprev = NULL;
+	call->following = 0;
 	atomic_store_explicit(&call->done, 0, memory_order_relaxed);
 	atomic_store_explicit(&call->wpos, UINT64_MAX, memory_order_relaxed);
 	pthread_mutex_lock(&c->mu);
@@ -579,16 +679,68 @@ mc_start(mc_conn *c, mc_call *call, const char *method, const void *params,
 	return rc;
 }
 
-int
-mc_wait(mc_conn *c, mc_call *p, const struct timespec *dl)
+/* Pass the read token on as its holder stops reading (mu held): to a
+ * follower whose answer has not come (returns its futex word, to wake once
+ * mu is released), else down, waking the reader thread if it has work
+ * now. */
+static _Atomic uint32_t *
+lead_handoff(mc_conn *c)
+{
+	mc_call *f = c->followers;
+
+	if (atomic_load(&c->state) == MC_OPEN && f != NULL &&
+	    atomic_load(&c->nasync) == 0 && !atomic_load(&c->keep_reader)) {
+		follower_unlink(c, f);
+		atomic_fetch_or_explicit(&f->done, MC_LEAD,
+		    memory_order_release);
+		return &f->done;
+	}
+	atomic_store(&c->rd, MC_RD_FREE);
+	if (f != NULL || atomic_load(&c->adone) != NULL || atomic_load(&c->nasync) != 0 ||
+	    atomic_load(&c->keep_reader) || atomic_load(&c->state) != MC_OPEN)
+		mc_wake_reader(c);
+	return NULL;
+}
+
+/* Take the read token if nobody holds it or the reader thread only sleeps
+ * in poll with it, and no async call or notification wants the reader. */
+static int
+try_lead(mc_conn *c)
+{
+	int e;
+
+	if (atomic_load_explicit(&c->nasync, memory_order_relaxed) != 0 ||
+	    atomic_load_explicit(&c->keep_reader, memory_order_relaxed))
+		return 0;
+	e = MC_RD_FREE;
+	if (atomic_compare_exchange_strong(&c->rd, &e, MC_RD_CALLER))
+		return 1;
+	e = MC_RD_POLL;
+	return atomic_compare_exchange_strong(&c->rd, &e, MC_RD_CALLER);
+}
+
+/* Sleep as a follower until p is done, handed the token or *dl passes.
+ * Returns 1 on the deadline. */
+static int
+follow(mc_conn *c, mc_call *p, const struct timespec *dl)
 {
 	struct timespec now, rel;
-	mc_call **pp;
-	int timed_out = 0;
 
+	pthread_mutex_lock(&c->mu);
+	if (atomic_load_explicit(&p->done, memory_order_acquire) != 0 ||
+	    (atomic_load(&c->rd) == MC_RD_FREE &&
+	    atomic_load(&c->nasync) == 0 && !atomic_load(&c->keep_reader))) {
+		/* done, or the token was put down meanwhile and this caller
+		 * may take it (else the reader thread, woken, takes it): look
+		 * again */
+		pthread_mutex_unlock(&c->mu);
+		return 0;
+	}
+	follower_link(c, p);
+	pthread_mutex_unlock(&c->mu);
 	for (;;) {
-		if (atomic_load_explicit(&p->done, memory_order_acquire))
-			return p->rc;
+		if (atomic_load_explicit(&p->done, memory_order_acquire) != 0)
+			return 0;
 		if (dl == NULL) {
 			futex_wait_zero(&p->done, NULL);
 			continue;
@@ -600,27 +752,70 @@ mc_wait(mc_conn *c, mc_call *p, const struct timespec *dl)
 			rel.tv_sec--;
 			rel.tv_nsec += 1000000000L;
 		}
-		if (rel.tv_sec >= 0) {
-			futex_wait_zero(&p->done, &rel);
-			continue;
+		if (rel.tv_sec < 0)
+			return 1;
+		futex_wait_zero(&p->done, &rel);
+	}
+}
+
+int
+mc_wait(mc_conn *c, mc_call *p, const struct timespec *dl)
+{
+	mc_call **pp;
+	uint32_t w;
+	int lead = 0, timed_out = 0, late;
+
+	for (;;) {
+		w = atomic_load_explicit(&p->done, memory_order_acquire);
+		if (w & MC_LEAD) {
+			atomic_fetch_and(&p->done, ~MC_LEAD);
+			lead = 1;
 		}
-		/* timed out: unless the reader completed it meanwhile, take
-		 * the call out of the table so that nobody will */
+		if (w & MC_DONE)
+			break;
+		if (!lead)
+			lead = try_lead(c);
+		if (lead) {
+			mc_self = p;
+			late = mc_lead(c, p, dl);
+			mc_self = NULL;
+		} else {
+			late = follow(c, p, dl);
+		}
+		if (!late)
+			continue;
+		/* timed out: unless it was completed meanwhile, take the call
+		 * out of the table so that nobody will */
 		pthread_mutex_lock(&c->mu);
-		if (!atomic_load_explicit(&p->done, memory_order_acquire)) {
+		if (!(atomic_load_explicit(&p->done, memory_order_acquire) &
+		    MC_DONE)) {
 			pp = mc_table_find(c, p->msgid);
 			if (pp != NULL && *pp == p)
 				mc_table_remove(c, pp);
+			if (p->following)
+				follower_unlink(c, p);
 			p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
 			p->rc = MUX_ETIMEDOUT;
-			atomic_store_explicit(&p->done, 1, memory_order_relaxed);
+			atomic_fetch_or_explicit(&p->done, MC_DONE,
+			    memory_order_relaxed);
 			timed_out = 1;
 		}
 		pthread_mutex_unlock(&c->mu);
-		if (timed_out)
-			mc_withdraw_or_cancel(c, p);
-		return p->rc;
 	}
+	if (lead || (atomic_load(&p->done) & MC_LEAD)) {
+		/* MC_LEAD is set only under mu, and only on a call still on
+		 * the followers list, which it is no more: reading it here is
+		 * final */
+		_Atomic uint32_t *w2;
+
+		pthread_mutex_lock(&c->mu);
+		w2 = lead_handoff(c);
+		pthread_mutex_unlock(&c->mu);
+		mc_futex_wake(w2);
+	}
+	if (timed_out)
+		mc_withdraw_or_cancel(c, p);
+	return p->rc;
 }
 
 int
@@ -754,8 +949,11 @@ mc_open_xport(dmx_xport *x, pid_t child, size_t max_frame,
 		goto fail;
 	}
 	c->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	if (c->wakefd < 0) {
+	c->lwake = c->wakefd < 0 ? -1 : eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (c->lwake < 0) {
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		if (c->wakefd >= 0)
+			close(c->wakefd);
 		goto fail;
 	}
 	c->xp = x;
@@ -783,6 +981,7 @@ mc_open_xport(dmx_xport *x, pid_t child, size_t max_frame,
 		pthread_mutex_destroy(&c->wmu);
 		pthread_mutex_destroy(&c->mu);
 		close(c->wakefd);
+		close(c->lwake);
 		dmx_xport_free(c->xp);
 		free(c);
 		if (child > 0)
@@ -814,6 +1013,7 @@ mc_close(mc_conn *c)
 	atomic_store(&c->state, MC_CLOSED);
 	pthread_mutex_unlock(&c->mu);
 	mc_wake_reader(c);
+	mc_wake_leader(c);
 	dmx_xport_shutdown(c->xp, SHUT_RDWR);
 }
 
@@ -834,12 +1034,14 @@ mc_unref(mc_conn *c)
 	/* the reader's reference was among them: it has stopped */
 	dmx_xport_free(c->xp);
 	close(c->wakefd);
+	close(c->lwake);
 	if (c->child > 0)
 		reap(c->child);
 	free(c->buckets);
 	free(c->heap);
 	dmx_buf_release(&c->wbuf);
 	dmx_buf_release(&c->wcur);
+	dmx_buf_release(&c->rb);
 	pthread_mutex_destroy(&c->wmu);
 	pthread_mutex_destroy(&c->mu);
 	free(c);

@@ -53,7 +53,10 @@ struct mc_call {
 	_Atomic uint64_t wpos;		/* where its request starts in the
 					 * stream; UINT64_MAX until queued */
 	size_t		 wlen;		/* its request's bytes (wmu) */
-	_Atomic uint32_t done;		/* sync: 0 -> 1, a futex word */
+	_Atomic uint32_t done;		/* sync: MC_DONE | MC_LEAD bits, a
+					 * futex word */
+	mc_call		*fnext, *fprev;	/* sync: on the followers list */
+	int		 following;
 };
 
 /* Called on the reader thread as it ends (the connection broke or was
@@ -109,6 +112,11 @@ void	 mc_abort(mc_conn *c, const char *why);
 typedef void (*mc_note_fn)(void *arg, const char *method, size_t mlen,
     const uint8_t *params, size_t plen);
 void	 mc_set_notify(mc_conn *c, mc_note_fn fn, void *arg);
+
+/* on: a reader thread reads this connection at all times, for
+ * notifications the application wants as they come; off (the default):
+ * between async calls, a sync caller reads its own answer itself. */
+void	 mc_keep_reader(mc_conn *c, int on);
 
 int	 mc_is_open(mc_conn *c);	/* neither broken nor closed */
 int	 mc_is_draining(mc_conn *c);	/* the server sent $/drain */

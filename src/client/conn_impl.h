@@ -12,12 +12,26 @@
 #include <stdint.h>
 
 #include "../common/buf.h"
+#include "../common/wire.h"
 #include "../common/xport.h"
 #include "conn.h"
 
 #define READ_CHUNK	(256u << 10)
 
 enum mc_state { MC_OPEN, MC_CLOSED, MC_BROKEN };
+
+/* Who reads the transport (c->rd): one thread at a time, the holder of
+ * this token. MC_RD_POLL is the reader thread asleep in poll: a caller may
+ * take the token from it then, never while it reads (MC_RD_THREAD). */
+enum mc_rd { MC_RD_FREE, MC_RD_POLL, MC_RD_THREAD, MC_RD_CALLER };
+
+/* How long the reader thread, while a caller reads, waits before it looks
+ * whether nobody does any more and it should watch the idle connection. */
+#define MC_IDLE_WATCH_MS 10
+
+/* mc_call.done bits */
+#define MC_DONE	1u		/* answered, failed or timed out */
+#define MC_LEAD	2u		/* the read token was handed to this caller */
 
 struct mc_conn {
 	dmx_xport	*xp;		/* owns the descriptors */
@@ -54,6 +68,17 @@ struct mc_conn {
 	_Atomic uint64_t late;		/* responses nobody waited for */
 	_Atomic int	 draining;	/* the server sent $/drain (set under mu) */
 	int		 wr_shut;	/* mu: we half-closed after the drain */
+
+	/* reading (see "Leader and followers" in conn.c) */
+	_Atomic int	 rd;		/* enum mc_rd; to FREE only under mu */
+	int		 lwake;		/* eventfd: wake the caller reading */
+	_Atomic unsigned nasync;	/* async calls in flight (mu) */
+	_Atomic int	 keep_reader;	/* mc_keep_reader */
+	mc_call		*followers;	/* mu: sync callers asleep, waiting */
+	mc_call *_Atomic adone;		/* mu: async calls a caller read the
+					 * answer of, for the reader thread */
+	dmx_buf		 rb;		/* the token holder's: bytes read */
+	dmx_scan	 sc;		/* the token holder's: framing state */
 };
 
 /* ---- conn.c: c->mu held unless said ---- */
@@ -64,7 +89,13 @@ mc_call	*mc_table_remove(mc_conn *c, mc_call **pp);
 /* After a $/drain, half-close once nothing is in flight. */
 void	 mc_drain_done(mc_conn *c);
 /* A sync caller is woken now; an async one goes on *list. */
-void	 mc_finish(mc_call *p, int rc, mc_call **list);
+void	 mc_finish(mc_conn *c, mc_call *p, int rc, mc_call **list);
+/* Complete a sync call (mu held) without waking it: returns the futex word
+ * to wake once mu is released (NULL: no need), so that no wake-up
+ * syscall runs under the lock every caller takes. The word may belong to a
+ * call that has returned by then: a spurious wake at worst. */
+_Atomic uint32_t *mc_finish_sync(mc_conn *c, mc_call *p);
+void	 mc_futex_wake(_Atomic uint32_t *w);
 /* on_done for every call on a list (no lock held). */
 void	 mc_run_done(mc_call *list);
 /* The connection is unusable: fail every call in flight. */
@@ -75,7 +106,14 @@ void	 mc_flush_locked(mc_conn *c);
 /* A call whose time ran out: drop its request if unsent, else cancel. */
 void	 mc_withdraw_or_cancel(mc_conn *c, mc_call *p);
 
+/* Wake the caller that holds the read token, if one does. */
+void	 mc_wake_leader(mc_conn *c);			/* no lock needed */
+
 /* ---- conn_read.c ---- */
 void	*mc_reader_main(void *arg);
+/* The calling thread holds the read token (rd == MC_RD_CALLER): read and
+ * complete answers until p's is among them (returns 0), or *dl passes
+ * (returns 1; p is still in the table). No lock held. */
+int	 mc_lead(mc_conn *c, mc_call *p, const struct timespec *dl);
 
 #endif

@@ -1,8 +1,10 @@
 /*
- * conn_read.c - a libmux connection's reader thread: poll, frame, hand
- * each response to its caller (in batches, under one lock), complete async
- * calls whose deadline passed, and finish the write when the kernel buffer
- * was full. See conn.c for the design.
+ * conn_read.c - reading a libmux connection: frame, hand each response to
+ * its caller (in batches, under one lock), done by whoever holds the read
+ * token: a sync caller waiting for its own answer (mc_lead), or the
+ * connection's reader thread, which also completes async calls whose
+ * deadline passed and finishes the write when the kernel buffer was full.
+ * See conn.c for the design ("Leader and followers").
  *
  * Lock order: c->wmu before c->mu (conn.c); on_done runs with neither held.
  */
@@ -33,11 +35,14 @@ typedef struct done_batch {
 	} item[DONE_BATCH];
 } done_batch;
 
+/* Complete the batch's calls. Async ones run on_done here if this is the
+ * reader thread, else go to it (c->adone). */
 static void
-batch_flush(mc_conn *c, done_batch *b)
+batch_flush(mc_conn *c, done_batch *b, int reader)
 {
 	mc_call **pp, *p, *list = NULL;
-	unsigned i;
+	_Atomic uint32_t *wake[DONE_BATCH];
+	unsigned i, nwake = 0;
 
 	if (b->n == 0)
 		return;
@@ -55,9 +60,27 @@ batch_flush(mc_conn *c, done_batch *b)
 		memset(&b->item[i].res, 0, sizeof(b->item[i].res));
 		if (b->item[i].rc == MUX_ENOMEM)
 			p->res->message = strdup(mux_strerror(MUX_ENOMEM));
-		mc_finish(p, b->item[i].rc, &list);
+		if (p->on_done != NULL) {
+			mc_finish(c, p, b->item[i].rc, &list);
+		} else {
+			p->rc = b->item[i].rc;
+			wake[nwake] = mc_finish_sync(c, p);
+			nwake += wake[nwake] != NULL;
+		}
+	}
+	if (!reader && list != NULL) {
+		mc_call *last = list;
+
+		while (last->next != NULL)
+			last = last->next;
+		last->next = atomic_load(&c->adone);
+		atomic_store(&c->adone, list);
+		list = NULL;
+		mc_wake_reader(c);
 	}
 	pthread_mutex_unlock(&c->mu);
+	for (i = 0; i < nwake; i++)
+		mc_futex_wake(wake[i]);
 	for (i = 0; i < b->n; i++)
 		mux_result_free(&b->item[i].res);	/* the dropped ones */
 	b->n = 0;
@@ -69,7 +92,7 @@ batch_flush(mc_conn *c, done_batch *b)
  * Returns -1 if the frame is not a valid message (protocol error).
  */
 static int
-on_response(mc_conn *c, dmx_rd *r, done_batch *b)
+on_response(mc_conn *c, dmx_rd *r, done_batch *b, int reader)
 {
 	mux_result tmp;
 	uint64_t id;
@@ -129,7 +152,7 @@ on_response(mc_conn *c, dmx_rd *r, done_batch *b)
 	}
 
 	if (b->n == DONE_BATCH)
-		batch_flush(c, b);
+		batch_flush(c, b, reader);
 	b->item[b->n].id = (uint32_t)id;
 	b->item[b->n].rc = rc;
 	b->item[b->n].res = tmp;
@@ -178,7 +201,7 @@ on_notify(mc_conn *c, dmx_rd *r)
 }
 
 static int
-on_frame(mc_conn *c, const uint8_t *p, size_t n, done_batch *b)
+on_frame(mc_conn *c, const uint8_t *p, size_t n, done_batch *b, int reader)
 {
 	uint32_t cnt;
 	uint64_t type;
@@ -188,7 +211,7 @@ on_frame(mc_conn *c, const uint8_t *p, size_t n, done_batch *b)
 	if (dmx_rd_array(&r, &cnt) != 0 || dmx_rd_uint(&r, &type) != 0)
 		return -1;
 	if (type == DMX_MSG_RESPONSE && cnt == 4)
-		return on_response(c, &r, b);
+		return on_response(c, &r, b, reader);
 	if (type == DMX_MSG_NOTIFY && cnt == 3) {
 		on_notify(c, &r);
 		return 0;
@@ -227,7 +250,7 @@ expire(mc_conn *c)
 		pp = mc_table_find(c, p->msgid);
 		mc_table_remove(c, pp);	/* also pops the heap */
 		p->res->message = strdup(mux_strerror(MUX_ETIMEDOUT));
-		mc_finish(p, MUX_ETIMEDOUT, &list);
+		mc_finish(c, p, MUX_ETIMEDOUT, &list);
 	}
 	if (c->nheap > 0) {
 		wait = c->heap[0]->deadline_ns - now;
@@ -240,16 +263,156 @@ expire(mc_conn *c)
 	return ms;
 }
 
+/*
+ * Read what the transport has, frame it and complete what it answers; the
+ * caller holds the read token. Returns 1 if the read filled the buffer
+ * (more is likely waiting), 0 if not or if nothing was there, -1 once the
+ * connection is broken.
+ */
+static int
+read_some(mc_conn *c, done_batch *b, int reader)
+{
+	dmx_buf *rb = &c->rb;
+	dmx_scan *sc = &c->sc;
+	size_t off, flen, room;
+	ssize_t n;
+	int rc, full;
+
+	room = READ_CHUNK;
+	if (sc->pos + 1 > rb->len && sc->pos + 1 - rb->len > room)
+		room = sc->pos + 1 - rb->len;
+	if (dmx_buf_reserve(rb, room) != 0) {
+		reader_broken(c, "%s", "out of memory for a response");
+		return -1;
+	}
+	n = dmx_xport_read(c->xp, rb->data + rb->len, rb->cap - rb->len);
+	if (n < 0 && (errno == EINTR || errno == EAGAIN))
+		return 0;
+	if (n <= 0) {
+		/* an end of input without $/drain is a server that stopped
+		 * unannounced: killed, crashed, or a proxy */
+		reader_broken(c, "connection lost (%s)", n == 0 ?
+		    "the server closed it without a drain notice: killed or "
+		    "crashed? its log will say" : dmx_xport_why(c->xp, errno));
+		return -1;
+	}
+	full = (size_t)n == rb->cap - rb->len;
+	rb->len += (size_t)n;
+	off = 0;
+	rc = DMX_SCAN_MORE;
+	while (off < rb->len) {
+		rc = dmx_scan_frame(sc, (uint8_t *)rb->data + off,
+		    rb->len - off, atomic_load_explicit(&c->max_frame,
+		    memory_order_relaxed), &flen);
+		if (rc != DMX_SCAN_FRAME)
+			break;
+		if (on_frame(c, (uint8_t *)rb->data + off, flen, b, reader) !=
+		    0) {
+			rc = DMX_SCAN_INVALID;
+			break;
+		}
+		off += flen;
+	}
+	batch_flush(c, b, reader);
+	if (rc == DMX_SCAN_INVALID) {
+		reader_broken(c, "%s", "protocol error: the server sent a "
+		    "message that is not a valid response");
+		return -1;
+	}
+	if (rc == DMX_SCAN_TOOBIG) {
+		reader_broken(c, "%s", "a response is larger than the frame "
+		    "limit (mux_set_max_frame)");
+		return -1;
+	}
+	dmx_buf_consume(rb, off);
+	if (rb->len == 0 && rb->cap > 4 * READ_CHUNK)
+		dmx_buf_release(rb);
+	return full;
+}
+
+int
+mc_lead(mc_conn *c, mc_call *p, const struct timespec *dl)
+{
+	static __thread done_batch batch;
+	struct timespec now, rel;
+	struct pollfd pfd[2];
+	uint64_t v;
+	int readable, r;
+
+	/* what TLS read ahead is not on the descriptor: poll won't show it */
+	readable = dmx_xport_pending(c->xp);
+	for (;;) {
+		if (atomic_load_explicit(&p->done, memory_order_acquire) &
+		    MC_DONE)
+			return 0;
+		if (!readable) {
+			if (dl != NULL) {
+				clock_gettime(CLOCK_MONOTONIC, &now);
+				rel.tv_sec = dl->tv_sec - now.tv_sec;
+				rel.tv_nsec = dl->tv_nsec - now.tv_nsec;
+				if (rel.tv_nsec < 0) {
+					rel.tv_sec--;
+					rel.tv_nsec += 1000000000L;
+				}
+				if (rel.tv_sec < 0)
+					return 1;
+			}
+			pfd[0].fd = c->xp->rfd;
+			pfd[0].events = POLLIN;
+			pfd[1].fd = c->lwake;	/* a close, a break */
+			pfd[1].events = POLLIN;
+			pfd[0].revents = pfd[1].revents = 0;
+			if (ppoll(pfd, 2, dl != NULL ? &rel : NULL, NULL) < 0) {
+				if (errno != EINTR)
+					reader_broken(c, "poll: %s",
+					    strerror(errno));
+				continue;
+			}
+			if ((pfd[1].revents & POLLIN) &&
+			    read(c->lwake, &v, sizeof(v)) < 0) {
+				/* EAGAIN: another wake consumed it */
+			}
+			if (!(pfd[0].revents & (POLLIN | POLLHUP | POLLERR)))
+				continue;
+		}
+		r = read_some(c, &batch, 0);
+		readable = r > 0 || dmx_xport_pending(c->xp);
+	}
+}
+
+/* Run on_done for the async calls a leader read the answers of. */
+static void
+run_adone(mc_conn *c)
+{
+	mc_call *list;
+
+	/* a hint: a push after this look wakes us again */
+	if (atomic_load_explicit(&c->adone, memory_order_relaxed) == NULL)
+		return;
+	pthread_mutex_lock(&c->mu);
+	list = atomic_exchange(&c->adone, NULL);
+	pthread_mutex_unlock(&c->mu);
+	mc_run_done(list);
+}
+
+/* Finish a write the kernel had no room for (want_out), now that it has. */
+static void
+finish_write(mc_conn *c)
+{
+	pthread_mutex_lock(&c->wmu);
+	if (!c->writing && c->want_out) {
+		c->want_out = 0;
+		mc_flush_locked(c);
+	}
+	pthread_mutex_unlock(&c->wmu);
+}
+
 void *
 mc_reader_main(void *arg)
 {
 	mc_conn *c = arg;
-	dmx_buf rb = DMX_BUF_INIT;
-	dmx_scan sc = DMX_SCAN_INIT;
 	struct pollfd pfd[3];
-	size_t off, flen, room;
-	ssize_t n;
-	int np, want_out, rc, i, readable = 0, tmo;
+	int np, want_out, i, readable = 0, tmo, own = 0, e, r;
 	uint64_t v;
 	mc_call *dead;
 	mc_event_fn on_stop;
@@ -257,15 +420,53 @@ mc_reader_main(void *arg)
 	uint64_t dl;
 	static __thread done_batch batch;
 
-	/* what TLS read ahead with the handshake is not on the socket any
-	 * more: read it before the first poll */
-	readable = dmx_xport_pending(c->xp);
 	for (;;) {
 		if (atomic_load(&c->state) != MC_OPEN)
 			break;
+		run_adone(c);
 		pthread_mutex_lock(&c->wmu);
 		want_out = c->want_out && !c->writing;
 		pthread_mutex_unlock(&c->wmu);
+		if (!own) {
+			e = MC_RD_FREE;
+			own = atomic_compare_exchange_strong(&c->rd, &e,
+			    MC_RD_THREAD);
+			/* what TLS read ahead (with the handshake, or for
+			 * the last holder) is not on the descriptor: read it
+			 * before the first poll */
+			readable = own && dmx_xport_pending(c->xp);
+		}
+		if (!own) {
+			/* a caller reads: wait for a wake-up (an async call
+			 * started, the token put down for us, a close), an
+			 * async deadline, room to finish a write, or the
+			 * next idle look */
+			tmo = atomic_load_explicit(&c->next_dl,
+			    memory_order_relaxed) ? expire(c) : -1;
+			if (tmo < 0 || tmo > MC_IDLE_WATCH_MS)
+				tmo = MC_IDLE_WATCH_MS;
+			np = 0;
+			pfd[np].fd = c->wakefd;
+			pfd[np++].events = POLLIN;
+			if (want_out) {
+				pfd[np].fd = c->xp->wfd;
+				pfd[np++].events = POLLOUT;
+			}
+			for (i = 0; i < np; i++)
+				pfd[i].revents = 0;
+			if (poll(pfd, (nfds_t)np, tmo) < 0 && errno != EINTR) {
+				reader_broken(c, "poll: %s", strerror(errno));
+				break;
+			}
+			if ((pfd[0].revents & POLLIN) &&
+			    read(c->wakefd, &v, sizeof(v)) < 0) {
+				/* EAGAIN: another wake consumed it */
+			}
+			if (np == 2 && (pfd[1].revents & (POLLOUT | POLLERR |
+			    POLLHUP)))
+				finish_write(c);
+			continue;
+		}
 		/* after a read that returned data, read again before polling:
 		 * under load more has usually arrived meanwhile, and the read
 		 * that finds nothing is cheaper than a poll per batch. A
@@ -296,7 +497,13 @@ mc_reader_main(void *arg)
 		}
 		for (i = 0; i < np; i++)
 			pfd[i].revents = 0;
-		if (poll(pfd, (nfds_t)np, tmo) < 0) {
+		/* asleep in poll, a caller may take the token over */
+		atomic_store(&c->rd, MC_RD_POLL);
+		r = poll(pfd, (nfds_t)np, tmo);
+		e = MC_RD_POLL;
+		if (!atomic_compare_exchange_strong(&c->rd, &e, MC_RD_THREAD))
+			own = 0;	/* taken: it reads now, we must not */
+		if (r < 0) {
 			if (errno == EINTR)
 				continue;
 			reader_broken(c, "poll: %s", strerror(errno));
@@ -309,76 +516,24 @@ mc_reader_main(void *arg)
 		}
 		if ((pfd[1].revents & POLLOUT) ||
 		    (np == 3 && (pfd[2].revents & (POLLOUT | POLLERR |
-		    POLLHUP)))) {
-			pthread_mutex_lock(&c->wmu);
-			if (!c->writing && c->want_out) {
-				c->want_out = 0;
-				mc_flush_locked(c);
-			}
-			pthread_mutex_unlock(&c->wmu);
-		}
-		if (!(pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
+		    POLLHUP))))
+			finish_write(c);
+		if (!own || !(pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
 			continue;
 read:
-		/* read as much as there is, frame, dispatch */
-		room = READ_CHUNK;
-		if (sc.pos + 1 > rb.len && sc.pos + 1 - rb.len > room)
-			room = sc.pos + 1 - rb.len;
-		if (dmx_buf_reserve(&rb, room) != 0) {
-			reader_broken(c, "%s", "out of memory for a response");
+		r = read_some(c, &batch, 1);
+		if (r < 0)
 			break;
-		}
-		n = dmx_xport_read(c->xp, rb.data + rb.len, rb.cap - rb.len);
-		readable = n > 0 && (size_t)n == rb.cap - rb.len;
-		if (n < 0 && (errno == EINTR || errno == EAGAIN))
-			continue;
-		if (n <= 0) {
-			/* an end of input without $/drain is a server that
-			 * stopped unannounced: killed, crashed, or a proxy */
-			reader_broken(c, "connection lost (%s)", n == 0 ?
-			    "the server closed it without a drain notice: "
-			    "killed or crashed? its log will say" :
-			    dmx_xport_why(c->xp, errno));
-			break;
-		}
-		rb.len += (size_t)n;
-		off = 0;
-		rc = DMX_SCAN_MORE;
-		while (off < rb.len) {
-			rc = dmx_scan_frame(&sc, (uint8_t *)rb.data + off,
-			    rb.len - off, atomic_load_explicit(&c->max_frame,
-			    memory_order_relaxed), &flen);
-			if (rc != DMX_SCAN_FRAME)
-				break;
-			if (on_frame(c, (uint8_t *)rb.data + off, flen, &batch) !=
-			    0) {
-				rc = DMX_SCAN_INVALID;
-				break;
-			}
-			off += flen;
-		}
-		batch_flush(c, &batch);
-		if (rc == DMX_SCAN_INVALID) {
-			reader_broken(c, "%s", "protocol error: the server sent "
-			    "a message that is not a valid response");
-			break;
-		}
-		if (rc == DMX_SCAN_TOOBIG) {
-			reader_broken(c, "%s", "a response is larger than the "
-			    "frame limit (mux_set_max_frame)");
-			break;
-		}
-		dmx_buf_consume(&rb, off);
-		if (rb.len == 0 && rb.cap > 4 * READ_CHUNK)
-			dmx_buf_release(&rb);
+		readable = r > 0;
 	}
-	dmx_buf_release(&rb);
 	/* stopped: no call can be added any more; complete the async calls
-	 * that failed with the connection, then tell the owner */
+	 * that failed with the connection, and those a caller read the
+	 * answers of, then tell the owner */
 	pthread_mutex_lock(&c->mu);
 	dead = c->dead;
 	c->dead = NULL;
 	pthread_mutex_unlock(&c->mu);
+	run_adone(c);
 	mc_run_done(dead);
 	on_stop = c->on_stop;
 	on_stop_arg = c->arg;
