@@ -62,7 +62,7 @@ SERVER_SRC = src/server/main.c src/server/config.c src/server/config_access.c \
 	     src/server/access.c src/server/log.c \
 	     src/server/plugin_host.c src/server/plugin_deps.c \
 	     src/server/plugin_util.c \
-	     src/server/router.c src/server/pool.c \
+	     src/server/router.c src/server/pool.c src/server/inline.c \
 	     src/server/job.c src/server/gen.c src/server/timer.c \
 	     src/server/loop.c src/server/budget.c src/server/conn.c src/server/conn_in.c \
 	     src/server/conn_out.c src/server/conn_peer.c src/server/defer.c \
@@ -286,7 +286,7 @@ valgrind:
 	@$(SUBMAKE) all
 	BUILD=$(BUILD) DEMUX_VALGRIND=1 $(PROVE) $(PROVE_FLAGS) t/3*.t t/200-reload.t \
 	  t/185-isolation.t t/186-isolation-reload.t t/196-deadline-cancel.t \
-	  t/197-abandoned.t t/210-deferred.t t/400-python.t t/recipe-python.t
+	  t/197-abandoned.t t/198-inline.t t/210-deferred.t t/400-python.t t/recipe-python.t
 	@for t in $(VALGRIND_CLIENT); do \
 	  echo "valgrind: libmux in t/$$t"; \
 	  valgrind -q --leak-check=full --show-leak-kinds=definite,indirect \

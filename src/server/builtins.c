@@ -279,7 +279,7 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	pack_access(&pk, st);
 
 	dmx_pack_cstr(&pk, "server");
-	msgpack_pack_map(&pk, 12);
+	msgpack_pack_map(&pk, 14);
 	dmx_pack_cstr(&pk, "state");
 	dmx_pack_cstr(&pk, health_of(g, st));
 	pk_kv_u64(&pk, "uptime_s", (dmx_now_ns() - st->started_ns) /
@@ -294,6 +294,8 @@ pack_stats(const dmx_gen *g, dmx_server_stats *st, dmx_buf *b)
 	pk_kv_u64(&pk, "rss_kb", dmx_rss_kb(getpid()));
 	pk_kv_u64(&pk, "notifications", ld(&st->notes));
 	pk_kv_u64(&pk, "notifications_dropped", ld(&st->notes_dropped));
+	pk_kv_u64(&pk, "inline_runs", ld(&st->inline_runs));
+	pk_kv_u64(&pk, "inline_takeovers", ld(&st->inline_takeovers));
 
 	dmx_pack_cstr(&pk, "pool");
 	msgpack_pack_map(&pk, 9);

@@ -41,6 +41,8 @@ typedef struct dmx_conf_plugin {
 	size_t	nmethods;
 	/* isolation: process (see docs/configuration.md) */
 	int	process;	/* 0: thread (in demuxd), 1: process */
+	int	inline_never;	/* inline: never (default auto: measured
+				 * fast methods may run on the I/O thread) */
 	unsigned processes;	/* children; default 1 */
 	unsigned kill_after_ms;	/* past deadline + this: kill the child, or
 				 * (thread mode) write the worker off */

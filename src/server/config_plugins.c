@@ -150,6 +150,15 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 				return -1;
 			p->max_abandoned = (unsigned)u;
 			abandoned_key = k;
+		} else if (strcmp(key, "inline") == 0) {
+			if (s != NULL && strcmp(s, "auto") == 0)
+				p->inline_never = 0;
+			else if (s != NULL && strcmp(s, "never") == 0)
+				p->inline_never = 1;
+			else
+				return cfg_fail(c, v, "inline: expected auto or "
+				    "never, got %s%s%s", s ? "'" : "",
+				    s ? s : cfg_kind(v), s ? "'" : "");
 		} else if (strcmp(key, "kill_after_ms") == 0) {
 			/* both modes: the child is killed, or the worker
 			 * written off */
@@ -208,7 +217,7 @@ load_plugin(cfg_ctx *c, dmx_config *cfg, yaml_node_t *e)
 		} else {
 			return cfg_fail(c, k, "plugins: unknown key '%s' (expected "
 			    "name, path, workers, queue, timeout_ms, methods, "
-			    "config, isolation, processes, kill_after_ms, "
+			    "config, isolation, processes, kill_after_ms, inline, "
 			    "max_abandoned, "
 			    "max_requests, max_rss_mb, respawn_min_ms, "
 			    "respawn_max_ms, user or group)", key);

@@ -21,6 +21,12 @@
 
 /* ---- the set ---- */
 
+void
+dmx_conns_set_inline(dmx_conns *cs, struct dmx_inline *in)
+{
+	cs->inl = in;
+}
+
 dmx_conns *
 dmx_conns_new(dmx_loop *loop, dmx_gen_slot *gens, dmx_server_stats *stats)
 {

@@ -49,6 +49,9 @@ typedef struct dmx_conn dmx_conn;
  * the set. */
 dmx_conns *dmx_conns_new(dmx_loop *loop, dmx_gen_slot *gens,
     dmx_server_stats *stats);
+/* Measured fast requests may run inline (inline.h; not owned). */
+struct dmx_inline;
+void	 dmx_conns_set_inline(dmx_conns *cs, struct dmx_inline *in);
 /* Release every connection (one whose jobs still run is freed by the last
  * of them), then free the set. */
 void	 dmx_conns_free(dmx_conns *cs);

@@ -42,6 +42,7 @@ struct dmx_conns {
 	int		 trusted;	/* plugin-host mode: the one peer is
 					 * demuxd, and may say who calls ($/as) */
 	dmx_budget	 budget;	/* max_memory (atomics) */
+	struct dmx_inline *inl;		/* run to completion; NULL: never */
 	/* the set's own reference plus one per connection not yet freed: a
 	 * connection a plugin or a late job still holds after the set is
 	 * closed frees it last (conn_free) */

@@ -26,6 +26,7 @@
 #include "access.h"
 #include "builtins.h"
 #include "conn_impl.h"
+#include "inline.h"
 #include "log.h"
 
 #define READ_CHUNK	(256u << 10)	/* growth of a partial frame's buffer */
@@ -430,6 +431,11 @@ submit(dmx_conn *c, batch *bt)
 	bt->refs = 0;
 	bt->bytes = 0;
 	for (q = 0; q < bt->nq; q++) {
+		/* measured fast: run at the end of this pass, here */
+		if (dmx_inline_eligible(c->cs->inl, bt->q[q].head,
+		    bt->q[q].n) && dmx_inline_add(c->cs->inl, bt->q[q].head,
+		    bt->q[q].tail, bt->q[q].n))
+			continue;
 		dmx_exec_submit(bt->q[q].pool, bt->q[q].head, bt->q[q].tail,
 		    bt->q[q].n, &rej);
 		for (; rej != NULL; rej = next) {

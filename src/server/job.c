@@ -25,6 +25,7 @@
 #include "../common/wire.h"
 #include "fatal.h"
 #include "gen.h"
+#include "inline.h"
 #include "job.h"
 #include "log.h"
 #include "plugin_util.h"
@@ -183,6 +184,10 @@ note_run_time(const dmx_route *rt, uint64_t ns)
 
 	avg = avg == UINT32_MAX ? v : avg - avg / 8 + v / 8;
 	atomic_store_explicit(&rt->stats->avg_ns, avg, memory_order_relaxed);
+	if (ns > DMX_INLINE_MAX_NS &&
+	    !atomic_load_explicit(&rt->stats->slow, memory_order_relaxed))
+		atomic_store_explicit(&rt->stats->slow, 1,
+		    memory_order_relaxed);
 }
 
 void

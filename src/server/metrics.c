@@ -212,6 +212,16 @@ render(dmx_server *s, const dmx_gen *g, dmx_buf *b)
 	    "demux_notifications_dropped_total %llu\n",
 	    (unsigned long long)ld(&st->notes),
 	    (unsigned long long)ld(&st->notes_dropped));
+	out(b, "# HELP demux_inline_runs_total Requests run to completion "
+	    "where they were decoded (inline: auto).\n"
+	    "# TYPE demux_inline_runs_total counter\n"
+	    "demux_inline_runs_total %llu\n"
+	    "# HELP demux_inline_takeovers_total Inline runs that stalled "
+	    "the loop until the standby thread took it over.\n"
+	    "# TYPE demux_inline_takeovers_total counter\n"
+	    "demux_inline_takeovers_total %llu\n",
+	    (unsigned long long)ld(&st->inline_runs),
+	    (unsigned long long)ld(&st->inline_takeovers));
 	/* the name every Prometheus client library uses for it */
 	out(b, "# HELP process_resident_memory_bytes Resident memory of "
 	    "demuxd (its plugin children apart).\n"

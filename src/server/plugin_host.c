@@ -127,6 +127,10 @@ plugin_common(dmx_plugin *p, const dmx_conf_plugin *cp, const char *file,
 	p->workers = cp->workers;
 	p->queue = cp->queue;
 	p->process = cp->process;
+	/* a plugin with workers of its own is promised that bound on its
+	 * handlers' concurrency (workers: 1 serialises a plugin that is not
+	 * thread-safe): never run beside them */
+	p->inline_ok = !cp->process && !cp->inline_never && cp->workers == 0;
 	p->kill_after_ms = cp->kill_after_ms;
 	p->max_abandoned = cp->max_abandoned;
 	p->name = strdup(cp->name ? cp->name : name);
@@ -277,12 +281,12 @@ dmx_plugin_signature(const dmx_conf_plugin *cp, char *buf, size_t len)
 		h = (h ^ cp->methods[i].timeout_ms) * 1099511628211ull;
 	}
 	n = snprintf(buf, len, "%s|%s|%llu:%llu:%lld:%lld.%09ld|w%d q%u t%u "
-	    "h%016llx|i%d n%u k%u a%u r%llu m%llu b%u-%u u%s g%s",
+	    "h%016llx|i%d l%d n%u k%u a%u r%llu m%llu b%u-%u u%s g%s",
 	    cp->name ? cp->name : "", cp->path,
 	    (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
 	    (long long)st.st_size, (long long)st.st_mtim.tv_sec,
 	    st.st_mtim.tv_nsec, cp->workers, cp->queue, cp->timeout_ms,
-	    (unsigned long long)h, cp->process, cp->processes,
+	    (unsigned long long)h, cp->process, cp->inline_never, cp->processes,
 	    cp->kill_after_ms, cp->max_abandoned,
 	    (unsigned long long)cp->max_requests,
 	    (unsigned long long)cp->max_rss_mb, cp->respawn_min_ms,

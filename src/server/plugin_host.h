@@ -43,6 +43,9 @@ typedef struct dmx_plugin {
 	char		    sig[256];	/* what it was loaded from: a reload
 					 * keeps it only if this is unchanged */
 	int		    catchall;	/* index of its "*" method, or -1 */
+	int		    inline_ok;	/* measured fast methods may run on the
+					 * I/O thread (thread mode, inline:
+					 * auto) */
 	/* files a reload checks (demux_watch_file, or a child's report) */
 	struct dmx_watch   *watch;
 	size_t		    nwatch;

@@ -23,6 +23,8 @@
 typedef struct dmx_route_stats {
 	unsigned	 refs;		/* routers using it (I/O thread) */
 	_Atomic uint32_t avg_ns;	/* moving average of the run time */
+	_Atomic int	 slow;		/* a run once took over DMX_INLINE_MAX_NS:
+					 * never run inline again (inline.h) */
 	_Atomic uint64_t timeouts;	/* answered -32011 */
 	_Atomic long	 deferred_open;	/* deferred calls not yet finished */
 	_Atomic long	 deferred_overdue; /* ... of which past their deadline */

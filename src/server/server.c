@@ -30,6 +30,8 @@
 #include "../common/xport.h"
 #include "access.h"
 #include "conn.h"
+#include "fatal.h"
+#include "inline.h"
 #include "log.h"
 #include "loop.h"
 #include "pool.h"
@@ -149,10 +151,13 @@ dmx_server_new(dmx_config *cfg, char *err, size_t errlen)
 	dmx_gen_publish(&s->gen, g);
 	s->gens = g;
 	s->conns = dmx_conns_new(s->loop, &s->gen, &s->stats);
-	if (s->conns == NULL) {
+	s->inl = dmx_inline_new(&s->stats.inline_runs,
+	    &s->stats.inline_takeovers);
+	if (s->conns == NULL || s->inl == NULL) {
 		snprintf(err, errlen, "out of memory");
 		goto fail;
 	}
+	dmx_conns_set_inline(s->conns, s->inl);
 	dmx_conns_limits(s->conns, g->cfg);
 	if (g->cfg->has_tls &&
 	    (s->tls = dmx_tls_ctx_new(g->cfg, err, errlen)) == NULL)
@@ -365,8 +370,12 @@ sooner(int a, int b)
 	return a < 0 ? b : b < 0 ? a : a < b ? a : b;
 }
 
-int
-dmx_server_run(dmx_server *s)
+#define SERVE_LOST	1	/* serve(): the standby took the loop over */
+
+/* Run the loop until the server stops (0, or -1 on an error) or, having
+ * run requests inline that stalled, it lost the loop (SERVE_LOST). */
+static int
+serve(dmx_server *s)
 {
 	int timeout, idle;
 	uint64_t now;
@@ -414,11 +423,68 @@ dmx_server_run(dmx_server *s)
 		}
 		if (dmx_loop_poll(s->loop, timeout) < 0)
 			return -1;
+		/* the requests of this pass that run here, now that the
+		 * loop's state is consistent */
+		if (dmx_inline_pending(s->inl) &&
+		    dmx_inline_run(s->inl) == DMX_INLINE_LOST)
+			return SERVE_LOST;
 	}
 	if (s->stdio && !s->stopping)
 		dmx_info("stdio connection closed: stopping");
 	srv_close_listeners(s);
 	return 0;
+}
+
+/* Own the loop (as its first owner, or after taking it over) until the
+ * server stops; a thread that loses it waits as the standby. Returns the
+ * loop's result, whichever thread ended it. */
+static int
+own_loop(dmx_server *s)
+{
+	int rc;
+
+	for (;;) {
+		rc = serve(s);
+		if (rc != SERVE_LOST) {
+			s->run_rc = rc;
+			dmx_inline_stop(s->inl);	/* publishes run_rc */
+			return rc;
+		}
+		if (!dmx_inline_standby(s->inl))
+			return s->run_rc;
+	}
+}
+
+static void *
+standby_main(void *arg)
+{
+	dmx_server *s = arg;
+
+	dmx_fatal_thread_begin();	/* it may run plugins' code */
+	if (dmx_inline_standby(s->inl))
+		own_loop(s);
+	dmx_fatal_thread_end();
+	return NULL;
+}
+
+int
+dmx_server_run(dmx_server *s)
+{
+	int rc, e;
+
+	/* signals stay blocked in it, as in every thread (main.c) */
+	e = pthread_create(&s->standby, NULL, standby_main, s);
+	if (e != 0)
+		dmx_warn("no standby thread for the loop (%s): requests are "
+		    "not run inline", strerror(e));
+	s->have_standby = e == 0;
+	if (!s->have_standby)
+		dmx_conns_set_inline(s->conns, NULL);
+	rc = own_loop(s);
+	if (s->have_standby)
+		pthread_join(s->standby, NULL);
+	s->have_standby = 0;
+	return rc;
 }
 
 /* Deferred calls still open in any generation. */
@@ -506,6 +572,7 @@ dmx_server_free(dmx_server *s)
 		close(s->reserve_fd);
 	/* deadlines still pending hold their connections: let them go */
 	dmx_loop_free(s->loop);
+	dmx_inline_free(s->inl);
 	dmx_gen_slot_destroy(&s->gen);
 	pthread_mutex_destroy(&s->stats.refusals.mu);
 	pthread_mutex_destroy(&s->dead_mu);

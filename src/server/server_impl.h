@@ -39,6 +39,10 @@ struct dmx_server {
 	dmx_exec	*exec;		/* the shared pool */
 	dmx_loop	*loop;
 	dmx_conns	*conns;
+	struct dmx_inline *inl;		/* run to completion (inline.h) */
+	pthread_t	 standby;	/* takes the loop over from a stall */
+	int		 have_standby;
+	int		 run_rc;	/* the loop's result, whoever ran it */
 	dmx_io		 sig_io;
 	dmx_listener	*listeners;	/* list */
 	dmx_tls_ctx	*tls;		/* tls: listeners' context, or NULL */

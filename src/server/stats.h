@@ -113,6 +113,8 @@ typedef struct dmx_server_stats {
 	_Atomic uint64_t reload_failures;	/* SIGHUPs that changed nothing */
 	_Atomic uint64_t notes;		/* plugins' notifications queued */
 	_Atomic uint64_t notes_dropped;	/* ... dropped: over max_output */
+	_Atomic uint64_t inline_runs;	/* requests run inline (inline.h) */
+	_Atomic uint64_t inline_takeovers; /* stalls the standby ended */
 	dmx_refusals	 refusals;	/* initialised by the server */
 } dmx_server_stats;
 

@@ -1,0 +1,2 @@
+#!/bin/sh
+exec "${BUILD:-build}/t/198-inline"
