@@ -80,6 +80,11 @@ main(void)
 
 	plan(13);
 	t_watchdog(120);
+	/* what "fast" means, for code that runs many times slower */
+	if (getenv("DEMUX_VALGRIND") != NULL)
+		setenv("DEMUX_INLINE_SLOWDOWN", "100", 1);
+	else if (getenv("SAN_FLAGS") != NULL && *getenv("SAN_FLAGS") != '\0')
+		setenv("DEMUX_INLINE_SLOWDOWN", "20", 1);
 	if (t_server_start(&S, "workers: 4\nplugins:\n"
 	    "  - name: echo\n    path: @B@/plugins/echo.so\n"
 	    "  - name: sleep\n    path: @B@/plugins/sleep.so\n"

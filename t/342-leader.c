@@ -229,10 +229,11 @@ main(void)
 	for (i = 0; i < 4; i++)
 		pthread_create(&th[i], NULL, steady_caller, NULL);
 	t0 = t_now_ms();
-	for (i = 0, bad = 0; i < 20; i++)
+	for (i = 0, bad = 0; i < 20; i++) {
 		bad += mux_call(M, "sleep.sleep", "\x91\xcd\x01\x2c", 4, &r,
 		    20) != MUX_ETIMEDOUT;	/* [300] */
-	mux_result_free(&r);
+		mux_result_free(&r);
+	}
 	ms = t_now_ms() - t0;
 	base = atomic_load(&answered);
 	t_run_for(200);

@@ -55,7 +55,14 @@ struct dmx_inline {
 	/* one decoding zone per thread that owns the loop at some time */
 	msgpack_zone	 zone[2];
 	_Atomic uint64_t *runs, *takeovers;
+	/* the thresholds of inline.h times DEMUX_INLINE_SLOWDOWN */
+	uint32_t	 fast_ns;
+	uint64_t	 stall_ns;
 };
+
+/* The one run time over which a method is never inlined again (job.c
+ * reads it for every run): DMX_INLINE_MAX_NS, times the slowdown. */
+_Atomic uint64_t dmx_inline_max_ns = DMX_INLINE_MAX_NS;
 
 /* The epoch this thread owns the loop in, and its zone: the thread that
  * ran dmx_server_run first owns epoch 0 with zone 0; whoever takes the
@@ -68,6 +75,8 @@ dmx_inline_new(_Atomic uint64_t *runs, _Atomic uint64_t *takeovers)
 {
 	dmx_inline *in = calloc(1, sizeof(*in));
 	pthread_condattr_t ca;
+	const char *env;
+	unsigned long f;
 
 	if (in == NULL)
 		return NULL;
@@ -84,6 +93,17 @@ dmx_inline_new(_Atomic uint64_t *runs, _Atomic uint64_t *takeovers)
 	pthread_condattr_destroy(&ca);
 	in->runs = runs;
 	in->takeovers = takeovers;
+	in->fast_ns = DMX_INLINE_NS;
+	in->stall_ns = DMX_INLINE_STALL_NS;
+	/* code under a sanitizer or valgrind runs many times slower: scale
+	 * what "fast" and "stalled" mean, or nothing would qualify */
+	if ((env = getenv("DEMUX_INLINE_SLOWDOWN")) != NULL &&
+	    (f = strtoul(env, NULL, 10)) > 1 && f <= 1000) {
+		in->fast_ns *= (uint32_t)f;
+		in->stall_ns *= f;
+		atomic_store(&dmx_inline_max_ns, (uint64_t)DMX_INLINE_MAX_NS *
+		    f);
+	}
 	return in;
 }
 
@@ -116,7 +136,7 @@ dmx_inline_eligible(const dmx_inline *in, const dmx_job *head, unsigned n)
 		/* UINT32_MAX: never ran, not measured yet */
 		avg = atomic_load_explicit(&rt->stats->avg_ns,
 		    memory_order_relaxed);
-		if (avg >= DMX_INLINE_NS)
+		if (avg >= in->fast_ns)
 			return 0;
 	}
 	return 1;
@@ -214,8 +234,7 @@ dmx_inline_standby(dmx_inline *in)
 		seq = atomic_load(&in->seq);
 		since = atomic_load(&in->since);
 		now = dmx_now_ns();
-		if ((w & 1) && seq == seen && now - since >=
-		    DMX_INLINE_STALL_NS) {
+		if ((w & 1) && seq == seen && now - since >= in->stall_ns) {
 			/* the same batch for a whole period and more: take the
 			 * loop (fails if it just ended: look again) */
 			if (!atomic_compare_exchange_strong(&in->word, &w,
@@ -250,7 +269,7 @@ dmx_inline_standby(dmx_inline *in)
 			quiet = 0;
 			continue;
 		}
-		deadline_in(&ts, DMX_INLINE_STALL_NS / 2);
+		deadline_in(&ts, in->stall_ns / 2);
 		pthread_cond_timedwait(&in->cv, &in->mu, &ts);
 	}
 }

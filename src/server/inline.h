@@ -45,6 +45,11 @@
 #define DMX_INLINE_BATCH	4	/* jobs of one batch at most */
 #define DMX_INLINE_PASS		16	/* jobs per pass of the loop at most */
 
+/* DEMUX_INLINE_SLOWDOWN=N in demuxd's environment (1 to 1000) multiplies
+ * the three times above: for builds under a sanitizer or valgrind, whose
+ * code runs that many times slower. */
+extern _Atomic uint64_t dmx_inline_max_ns;	/* DMX_INLINE_MAX_NS, scaled */
+
 typedef struct dmx_inline dmx_inline;
 
 /* NULL without memory. `runs` and `takeovers` are counters it adds to

@@ -184,7 +184,8 @@ note_run_time(const dmx_route *rt, uint64_t ns)
 
 	avg = avg == UINT32_MAX ? v : avg - avg / 8 + v / 8;
 	atomic_store_explicit(&rt->stats->avg_ns, avg, memory_order_relaxed);
-	if (ns > DMX_INLINE_MAX_NS &&
+	if (ns > atomic_load_explicit(&dmx_inline_max_ns,
+	    memory_order_relaxed) &&
 	    !atomic_load_explicit(&rt->stats->slow, memory_order_relaxed))
 		atomic_store_explicit(&rt->stats->slow, 1,
 		    memory_order_relaxed);
