@@ -104,6 +104,36 @@ steady_caller(void *arg)
 	return NULL;
 }
 
+/* 20 echoes of 1 MiB of bytes particular to this thread and call */
+static void *
+big_caller(void *arg)
+{
+	size_t n = 1u << 20, i, k;
+	char *p = malloc(n + 8);
+	mux_result r;
+	int call;
+
+	for (call = 0; p != NULL && call < 20; call++) {
+		p[0] = (char)0x91;		/* [bin32 n] */
+		p[1] = (char)0xc6;
+		p[2] = (char)(n >> 24);
+		p[3] = (char)(n >> 16);
+		p[4] = (char)(n >> 8);
+		p[5] = (char)n;
+		for (i = 0; i < n; i++)
+			p[6 + i] = (char)(i * 7 + (size_t)(intptr_t)arg * 13 +
+			    (size_t)call);
+		k = 0;
+		if (mux_call(M, "echo.echo", p, n + 6, &r, 20000) == MUX_OK &&
+		    r.len == n + 6 && memcmp(r.data + 1, p + 1, n + 5) == 0)
+			k = 1;
+		mux_result_free(&r);
+		atomic_fetch_add(k ? &answered : &wrong, 1);
+	}
+	free(p);
+	return NULL;
+}
+
 static void
 async_cb(void *user, int rc, mux_result *res)
 {
@@ -158,7 +188,7 @@ main(void)
 	double t0, ms;
 	blocked b;
 
-	plan(10);
+	plan(11);
 	t_watchdog(120);
 	if (t_server_start(&s, "workers: 8\nplugins:\n"
 	    "  - name: echo\n    path: @B@/plugins/echo.so\n"
@@ -246,7 +276,21 @@ main(void)
 	    "4 callers kept being answered across the time-outs and after "
 	    "(%d, then %d more)", base, atomic_load(&answered) - base);
 
-	/* 5. mux_close reaches a caller that is reading */
+	/* 5. big params go out from the caller's buffer (written directly
+	 * when the socket is free; what the kernel does not take at once is
+	 * copied and sent after): 8 threads x 20 echoes of 1 MiB, each its
+	 * own bytes back */
+	atomic_store(&wrong, 0);
+	atomic_store(&answered, 0);
+	for (i = 0; i < 8; i++)
+		pthread_create(&th[i], NULL, big_caller, (void *)(intptr_t)i);
+	for (i = 0; i < 8; i++)
+		pthread_join(th[i], NULL);
+	ok(atomic_load(&wrong) == 0 && atomic_load(&answered) == 160,
+	    "8 callers x 20 echoes of 1 MiB: %d right, %d wrong",
+	    atomic_load(&answered), atomic_load(&wrong));
+
+	/* 6. mux_close reaches a caller that is reading */
 	b.m = mux_connect(s.uri, err, sizeof(err));
 	if (b.m == NULL)
 		bail_out("mux_connect: %s", err);
@@ -259,7 +303,7 @@ main(void)
 	    "caller returned MUX_ECLOSED after %.0f ms", b.ms);
 	mux_free(b.m);
 
-	/* 6. a dead server reaches a caller that is reading */
+	/* 7. a dead server reaches a caller that is reading */
 	b.m = mux_connect(s.uri, err, sizeof(err));
 	if (b.m == NULL)
 		bail_out("mux_connect: %s", err);

@@ -555,6 +555,90 @@ mc_flush_locked(mc_conn *c)
 	c->writing = 0;
 }
 
+/* Params at least this large, on a connection with nothing queued and
+ * nobody writing, are written from the caller's buffer: no copy. */
+#define DIRECT_MIN	(4u << 10)
+
+/*
+ * Write one request with writev from the caller's params, without copying
+ * them into the write buffer (wmu held, nobody writing, nothing queued).
+ * The header is packed into wcur, which is idle. What the kernel does not
+ * take at once is copied into wcur and left to the usual path, so the
+ * caller's buffer is never referenced after this returns.
+ */
+static void
+write_direct(mc_conn *c, mc_call *call, int type, const char *method,
+    size_t mlen, const void *params, size_t len)
+{
+	msgpack_packer pk;
+	struct iovec iov[2];
+	uint64_t pos = c->queued;
+	size_t hlen, total, n;
+	ssize_t w;
+	int e;
+
+	c->writing = 1;
+	c->wcur.len = c->wcur_off = 0;
+	c->wcur_start = pos;
+	msgpack_packer_init(&pk, &c->wcur, dmx_buf_pack_write);
+	if (type == DMX_MSG_REQUEST)
+		dmx_msg_request_head(&pk, call->msgid, method, mlen);
+	else
+		dmx_msg_notify_head(&pk, method, mlen);
+	hlen = c->wcur.len;
+	total = hlen + len;
+	if (call != NULL) {
+		atomic_store_explicit(&call->wpos, pos, memory_order_relaxed);
+		call->wlen = total;
+	}
+	c->queued += total;
+	/* publish, then check: see "Sent or not" above */
+	atomic_store(&c->attempted, pos + total);
+	if (atomic_load(&c->state) != MC_OPEN) {
+		c->wcur.len = 0;
+		c->writing = 0;
+		return;
+	}
+	iov[0].iov_base = c->wcur.data;
+	iov[0].iov_len = hlen;
+	iov[1].iov_base = (void *)params;
+	iov[1].iov_len = len;
+	pthread_mutex_unlock(&c->wmu);
+	do
+		w = dmx_xport_writev(c->xp, iov, 2);
+	while (w < 0 && errno == EINTR);
+	e = errno;
+	pthread_mutex_lock(&c->wmu);
+	if (w < 0 && e != EAGAIN && e != EWOULDBLOCK) {
+		atomic_store(&c->attempted, pos);	/* none taken */
+		c->wcur.len = 0;
+		c->writing = 0;
+		pthread_mutex_lock(&c->mu);
+		mc_set_broken(c, "connection lost (write: %s)", strerror(e));
+		pthread_mutex_unlock(&c->mu);
+		return;
+	}
+	n = w < 0 ? 0 : (size_t)w;
+	if (n < total) {
+		/* the rest, copied: the caller's buffer is its own again */
+		if (n >= hlen) {
+			c->wcur.len = 0;
+			c->wcur_start = pos + n;
+			dmx_buf_append(&c->wcur, (const char *)params +
+			    (n - hlen), total - n);
+		} else {
+			dmx_buf_append(&c->wcur, params, len);
+			c->wcur_off = n;
+		}
+	} else {
+		c->wcur.len = 0;
+	}
+	/* go on as the writer: the rest, and what others queued meanwhile */
+	c->writing = 0;
+	if (c->wcur_off < c->wcur.len || c->wbuf.len > 0)
+		mc_flush_locked(c);
+}
+
 /* Queue one message (header + params) and write if nobody else is. wmu
  * held. */
 static int
@@ -563,6 +647,13 @@ queue_msg(mc_conn *c, int type, mc_call *call, const char *method,
 {
 	msgpack_packer pk;
 	size_t mlen = strlen(method), before = c->wbuf.len;
+
+	if (len >= DIRECT_MIN && mlen <= UINT32_MAX && !c->writing &&
+	    !c->want_out && c->wbuf.len == 0 && c->wcur_off == c->wcur.len &&
+	    dmx_buf_reserve(&c->wcur, 16 + mlen + len) == 0) {
+		write_direct(c, call, type, method, mlen, params, len);
+		return MUX_OK;
+	}
 
 	/* reserve everything first: the packer ignores a failing sink */
 	if (mlen > UINT32_MAX || dmx_buf_reserve(&c->wbuf, 16 + mlen + len) != 0)
