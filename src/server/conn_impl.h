@@ -126,6 +126,8 @@ struct dmx_conn {
 	int		 closing;	/* reading has stopped: close when idle */
 	int		 released;	/* the I/O thread let go (see above) */
 	unsigned	 inflight;	/* jobs not yet recycled: claims */
+	int		 pipelined;	/* I/O: once had more requests in flight
+					 * than one read brought: never inline */
 	unsigned	 timers;	/* deadline entries here: claims */
 	unsigned	 peers;		/* plugins' references: claims */
 	uint64_t	 notes_dropped;	/* notifications over max_output */

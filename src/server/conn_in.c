@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,8 @@ typedef struct batch {
 	size_t	 bytes;		/* their request bytes (max_memory) */
 	dmx_job	*pending;	/* dispatched, not yet committed (id_next) */
 	unsigned claims;	/* timer claims of those */
+	unsigned inflight;	/* the connection's jobs not yet recycled, at
+				 * the last commit (these included) */
 } batch;
 
 /* Account the jobs dispatched since the last commit on the connection:
@@ -70,6 +73,7 @@ commit(dmx_conn *c, batch *bt)
 		if (!j->notify)
 			conn_id_insert_locked(c, j);
 	}
+	bt->inflight = c->inflight;
 	pthread_mutex_unlock(&c->mu);
 	bt->pending = NULL;
 	bt->claims = 0;
@@ -422,19 +426,30 @@ static void
 submit(dmx_conn *c, batch *bt)
 {
 	dmx_job *rej, *next;
-	unsigned q;
+	unsigned q, n = 0;
 
 	/* before any job can run and drop its reference and bytes */
+	bt->inflight = UINT_MAX;
 	commit(c, bt);
+	for (q = 0; q < bt->nq; q++)
+		n += bt->q[q].n;
+	/* one more may be the previous answer, sent and not yet recycled */
+	if (bt->inflight != UINT_MAX && bt->inflight > n + 1)
+		c->pipelined = 1;
 	dmx_gen_ref(bt->gen, bt->refs);
 	dmx_budget_add(&c->cs->budget, bt->bytes);
 	bt->refs = 0;
 	bt->bytes = 0;
 	for (q = 0; q < bt->nq; q++) {
-		/* measured fast: run at the end of this pass, here */
-		if (dmx_inline_eligible(c->cs->inl, bt->q[q].head,
-		    bt->q[q].n) && dmx_inline_add(c->cs->inl, bt->q[q].head,
-		    bt->q[q].tail, bt->q[q].n))
+		/* measured fast, on a connection that never had requests
+		 * in flight beyond the ones just read (a caller that waits
+		 * for each answer before it asks again): run at the end of
+		 * this pass, here. A pipelining connection (many threads, an
+		 * async client) gains more from the workers' batched replies
+		 * and keeps them. */
+		if (!c->pipelined && dmx_inline_eligible(c->cs->inl,
+		    bt->q[q].head, bt->q[q].n) && dmx_inline_add(c->cs->inl,
+		    bt->q[q].head, bt->q[q].tail, bt->q[q].n))
 			continue;
 		dmx_exec_submit(bt->q[q].pool, bt->q[q].head, bt->q[q].tail,
 		    bt->q[q].n, &rej);
