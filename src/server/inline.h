@@ -12,8 +12,11 @@
  * worker before (it is measured), whose average run time is under
  * DMX_INLINE_NS and that never took longer than DMX_INLINE_MAX_NS (the
  * `slow` mark, set by any run, on a worker or inline: a method that once
- * runs long is never inlined again). At most DMX_INLINE_PASS jobs run
- * inline per pass of the loop; the rest go to the workers as before.
+ * runs long is never inlined again), on a connection that never had more
+ * requests in flight than one read brought (conn_in.c: pipelines keep the
+ * workers, whose batched replies serve them better). At most
+ * DMX_INLINE_PASS jobs run inline per pass of the loop; the rest go to
+ * the workers as before.
  *
  * When: after the pass that decoded them (dmx_inline_run), so that the
  * loop's own state is consistent while a plugin runs.
