@@ -412,7 +412,7 @@ mc_reader_main(void *arg)
 {
 	mc_conn *c = arg;
 	struct pollfd pfd[3];
-	int np, want_out, i, readable = 0, tmo, own = 0, e, r;
+	int np, want_out, i, readable = 0, tmo, own = 0, e, r, hup_seen = 0;
 	uint64_t v;
 	mc_call *dead;
 	mc_event_fn on_stop;
@@ -437,10 +437,14 @@ mc_reader_main(void *arg)
 			readable = own && dmx_xport_pending(c->xp);
 		}
 		if (!own) {
-			/* a caller reads: wait for a wake-up (an async call
-			 * started, the token put down for us, a close), an
-			 * async deadline, room to finish a write, or the
-			 * next idle look */
+			/* a caller reads, or did: wait for a wake-up (an
+			 * async call started, the token put down for us, a
+			 * close), an async deadline, room to finish a write,
+			 * the next idle look, or the peer closing: POLLRDHUP
+			 * (and POLLHUP, always reported) but not POLLIN, so
+			 * that answers do not wake us, while a server that
+			 * goes away is seen at once even when the token lies
+			 * free, before the next call is sent to it */
 			tmo = atomic_load_explicit(&c->next_dl,
 			    memory_order_relaxed) ? expire(c) : -1;
 			if (tmo < 0 || tmo > MC_IDLE_WATCH_MS)
@@ -448,10 +452,18 @@ mc_reader_main(void *arg)
 			np = 0;
 			pfd[np].fd = c->wakefd;
 			pfd[np++].events = POLLIN;
+			pfd[np].fd = c->xp->rfd;
+			pfd[np++].events = hup_seen ? 0 : POLLRDHUP;
 			if (want_out) {
-				pfd[np].fd = c->xp->wfd;
-				pfd[np++].events = POLLOUT;
+				if (c->xp->wfd == c->xp->rfd) {
+					pfd[1].events |= POLLOUT;
+				} else {
+					pfd[np].fd = c->xp->wfd;
+					pfd[np++].events = POLLOUT;
+				}
 			}
+			if (pfd[1].events == 0)
+				pfd[1].fd = -1;	/* hup_seen: ignored */
 			for (i = 0; i < np; i++)
 				pfd[i].revents = 0;
 			if (poll(pfd, (nfds_t)np, tmo) < 0 && errno != EINTR) {
@@ -462,11 +474,19 @@ mc_reader_main(void *arg)
 			    read(c->wakefd, &v, sizeof(v)) < 0) {
 				/* EAGAIN: another wake consumed it */
 			}
-			if (np == 2 && (pfd[1].revents & (POLLOUT | POLLERR |
-			    POLLHUP)))
+			if ((want_out && c->xp->wfd == c->xp->rfd &&
+			    (pfd[1].revents & (POLLOUT | POLLERR))) ||
+			    (np == 3 && (pfd[2].revents & (POLLOUT | POLLERR |
+			    POLLHUP))))
 				finish_write(c);
+			/* the peer closed: the token's holder (or we, at the
+			 * top, if it lies free) reads the end of input; until
+			 * the token changes hands, do not look again */
+			if (pfd[1].revents & (POLLRDHUP | POLLHUP | POLLERR))
+				hup_seen = 1;
 			continue;
 		}
+		hup_seen = 0;
 		/* after a read that returned data, read again before polling:
 		 * under load more has usually arrived meanwhile, and the read
 		 * that finds nothing is cheaper than a poll per batch. A
