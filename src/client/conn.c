@@ -35,8 +35,13 @@
  * a leader reads is passed to it (c->adone). The reader thread reads the
  * idle connection, so that an end of input or a $/drain is seen before the
  * next call is sent; a caller takes the token from it only while it sleeps
- * in poll (MC_RD_POLL), and while a caller holds it the reader thread looks
- * again every MC_IDLE_WATCH_MS whether it was put down. The token becomes
+ * in poll (MC_RD_POLL). While a caller holds the token (or has put it down
+ * since), the reader thread polls for the peer's close only (POLLRDHUP, not
+ * POLLIN: answers do not wake it), so a server gone away is still seen at
+ * once, and looks every MC_IDLE_WATCH_MS whether the token lies free; a
+ * $/drain that arrives meanwhile is read by the next caller or that look
+ * (the server answers a request sent after its $/drain -32012, not
+ * executed, which the handle sends elsewhere). The token becomes
  * free only under mu, and a caller becomes a follower only under mu while
  * it is taken, so no follower can sleep while nobody reads.
  *
