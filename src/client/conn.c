@@ -46,13 +46,17 @@
  * it is taken, so no follower can sleep while nobody reads.
  *
  * Sync calls: each follower sleeps on its own call's `done` word with a
- * futex, so a completion costs one FUTEX_WAKE of exactly that thread. The
- * call lives on the waiter's stack and may vanish the moment the waiter sees
- * MC_DONE; a wake that arrives after that hits memory that is still mapped
- * and at worst causes a spurious wake-up, which every waiter tolerates (the
- * pattern of glibc's own semaphores). Bits are set in the word only under mu
- * and only for a call still in the table or on the followers list, neither
- * of which its waiter can leave without mu.
+ * futex, so a completion costs one FUTEX_WAKE of exactly that thread, and
+ * none when the caller has not gone to sleep (MC_SLEEP, set before it
+ * does). The wake is made after mu is released, but the call lives on the
+ * waiter's stack, which the waiter may leave the moment it sees MC_DONE: so
+ * whoever will wake it counts itself in the word (MC_WAKER) in the same
+ * atomic step that sets the bit, and counts itself out after the
+ * FUTEX_WAKE, and the waiter does not return while the count is not zero
+ * (mc_wait's last step). A wake never touches a frame that is gone. Bits
+ * are set in the word only under mu and only for a call still in the
+ * table or on the followers list, neither of which its waiter can leave
+ * without mu.
  *
  * Async calls: completed on the reader thread by calling on_done after the
  * lock is released (never under it: on_done may start another call). Their
@@ -80,6 +84,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -148,12 +153,48 @@ futex_wake_one(_Atomic uint32_t *w)
 	syscall(SYS_futex, w, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
 }
 
-/* Sleep while *w == 0, at most *rel (NULL: no limit). Spurious returns are
- * fine: callers loop. */
+/* Sleep until MC_DONE or MC_LEAD is set in *w, at most *rel (NULL: no
+ * limit); MC_SLEEP tells whoever sets them that a FUTEX_WAKE is needed.
+ * Spurious returns are fine: callers loop. */
 static void
-futex_wait_zero(_Atomic uint32_t *w, const struct timespec *rel)
+futex_sleep(_Atomic uint32_t *w, const struct timespec *rel)
 {
-	syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, 0, rel, NULL, 0);
+	uint32_t v = atomic_fetch_or(w, MC_SLEEP) | MC_SLEEP;
+
+	if (v == MC_SLEEP)
+		syscall(SYS_futex, w, FUTEX_WAIT_PRIVATE, v, rel, NULL, 0);
+}
+
+/* Set bit in a sync call's word (mu held). Returns the word to pass to
+ * mc_futex_wake once mu is released, or NULL if its caller is not asleep
+ * (it will see the bit before it sleeps). */
+static _Atomic uint32_t *
+signal_call(mc_call *p, uint32_t bit)
+{
+	uint32_t old = atomic_load_explicit(&p->done, memory_order_relaxed);
+	uint32_t new;
+
+	do {
+		new = old | bit;
+		if (old & MC_SLEEP)
+			new += MC_WAKER;
+	} while (!atomic_compare_exchange_weak_explicit(&p->done, &old, new,
+	    memory_order_release, memory_order_relaxed));
+	return (old & MC_SLEEP) ? &p->done : NULL;
+}
+
+/* The caller's last step before it returns: wait for every waker counted
+ * in its word to be done with it. The window is one FUTEX_WAKE. */
+static void
+wakers_gone(mc_call *p)
+{
+	unsigned spins = 0;
+
+	while (atomic_load_explicit(&p->done, memory_order_acquire) >=
+	    MC_WAKER) {
+		if (++spins > 64)
+			sched_yield();
+	}
 }
 
 /* ---- the deadline heap of async calls (mu held) ---- */
@@ -392,15 +433,21 @@ mc_finish_sync(mc_conn *c, mc_call *p)
 {
 	if (p->following)
 		follower_unlink(c, p);
-	atomic_fetch_or_explicit(&p->done, MC_DONE, memory_order_release);
-	return p != mc_self ? &p->done : NULL;
+	if (p == mc_self) {
+		atomic_fetch_or_explicit(&p->done, MC_DONE,
+		    memory_order_release);
+		return NULL;
+	}
+	return signal_call(p, MC_DONE);
 }
 
 void
 mc_futex_wake(_Atomic uint32_t *w)
 {
-	if (w != NULL)
+	if (w != NULL) {
 		futex_wake_one(w);
+		atomic_fetch_sub_explicit(w, MC_WAKER, memory_order_release);
+	}
 }
 
 /* Run on_done for every call on a list (no lock held). */
@@ -787,9 +834,7 @@ lead_handoff(mc_conn *c)
 	if (atomic_load(&c->state) == MC_OPEN && f != NULL &&
 	    atomic_load(&c->nasync) == 0 && !atomic_load(&c->keep_reader)) {
 		follower_unlink(c, f);
-		atomic_fetch_or_explicit(&f->done, MC_LEAD,
-		    memory_order_release);
-		return &f->done;
+		return signal_call(f, MC_LEAD);
 	}
 	atomic_store(&c->rd, MC_RD_FREE);
 	if (f != NULL || atomic_load(&c->adone) != NULL || atomic_load(&c->nasync) != 0 ||
@@ -823,7 +868,8 @@ follow(mc_conn *c, mc_call *p, const struct timespec *dl)
 	struct timespec now, rel;
 
 	pthread_mutex_lock(&c->mu);
-	if (atomic_load_explicit(&p->done, memory_order_acquire) != 0 ||
+	if ((atomic_load_explicit(&p->done, memory_order_acquire) &
+	    (MC_DONE | MC_LEAD)) != 0 ||
 	    (atomic_load(&c->rd) == MC_RD_FREE &&
 	    atomic_load(&c->nasync) == 0 && !atomic_load(&c->keep_reader))) {
 		/* done, or the token was put down meanwhile and this caller
@@ -835,10 +881,11 @@ follow(mc_conn *c, mc_call *p, const struct timespec *dl)
 	follower_link(c, p);
 	pthread_mutex_unlock(&c->mu);
 	for (;;) {
-		if (atomic_load_explicit(&p->done, memory_order_acquire) != 0)
+		if ((atomic_load_explicit(&p->done, memory_order_acquire) &
+		    (MC_DONE | MC_LEAD)) != 0)
 			return 0;
 		if (dl == NULL) {
-			futex_wait_zero(&p->done, NULL);
+			futex_sleep(&p->done, NULL);
 			continue;
 		}
 		clock_gettime(CLOCK_MONOTONIC, &now);
@@ -850,7 +897,7 @@ follow(mc_conn *c, mc_call *p, const struct timespec *dl)
 		}
 		if (rel.tv_sec < 0)
 			return 1;
-		futex_wait_zero(&p->done, &rel);
+		futex_sleep(&p->done, &rel);
 	}
 }
 
@@ -911,6 +958,7 @@ mc_wait(mc_conn *c, mc_call *p, const struct timespec *dl)
 	}
 	if (timed_out)
 		mc_withdraw_or_cancel(c, p);
+	wakers_gone(p);
 	return p->rc;
 }
 

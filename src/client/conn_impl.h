@@ -29,9 +29,12 @@ enum mc_rd { MC_RD_FREE, MC_RD_POLL, MC_RD_THREAD, MC_RD_CALLER };
  * whether nobody does any more and it should watch the idle connection. */
 #define MC_IDLE_WATCH_MS 10
 
-/* mc_call.done bits */
-#define MC_DONE	1u		/* answered, failed or timed out */
-#define MC_LEAD	2u		/* the read token was handed to this caller */
+/* mc_call.done: bits, and above them a count of wakers in flight */
+#define MC_DONE	 1u		/* answered, failed or timed out */
+#define MC_LEAD	 2u		/* the read token was handed to this caller */
+#define MC_SLEEP 4u		/* the caller has slept on the word */
+#define MC_WAKER 256u		/* one thread set DONE or LEAD and has yet
+				 * to finish its FUTEX_WAKE */
 
 struct mc_conn {
 	dmx_xport	*xp;		/* owns the descriptors */
