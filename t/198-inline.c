@@ -26,6 +26,31 @@ inline_runs(void)
 	return t_stat(S.uri, "server", "inline_runs");
 }
 
+/* The rule is "a method with one run over 1 ms is never inlined again",
+ * and on a loaded machine a fast method's run can be preempted that long.
+ * So a check that a method is still inlined accepts its having lost the
+ * right only when the server says so and the method's own slowest call
+ * took that long: a mark without cause still fails. */
+static int slowdown = 1;
+
+static int
+lost_inline(const char *method)
+{
+	char path[128];
+	long in, max_us;
+
+	snprintf(path, sizeof(path), "methods/%s/inline", method);
+	in = t_stat_path(S.uri, path);
+	snprintf(path, sizeof(path), "methods/%s/latency_us/max", method);
+	max_us = t_stat_path(S.uri, path);
+	if (in == 0 && max_us >= 1000L * slowdown) {
+		diag("%s lost inline to a call of %ld us (preempted?)",
+		    method, max_us);
+		return 1;
+	}
+	return 0;
+}
+
 /* n calls one after the other; returns how many answered right */
 static int
 calls(mux_t *m, const char *method, const char *params, size_t len, int n)
@@ -82,9 +107,15 @@ main(void)
 	t_watchdog(120);
 	/* what "fast" means, for code that runs many times slower */
 	if (getenv("DEMUX_VALGRIND") != NULL)
-		setenv("DEMUX_INLINE_SLOWDOWN", "100", 1);
+		slowdown = 100;
 	else if (getenv("SAN_FLAGS") != NULL && *getenv("SAN_FLAGS") != '\0')
-		setenv("DEMUX_INLINE_SLOWDOWN", "20", 1);
+		slowdown = 20;
+	if (slowdown > 1) {
+		char v[16];
+
+		snprintf(v, sizeof(v), "%d", slowdown);
+		setenv("DEMUX_INLINE_SLOWDOWN", v, 1);
+	}
 	if (t_server_start(&S, "workers: 4\nplugins:\n"
 	    "  - name: echo\n    path: @B@/plugins/echo.so\n"
 	    "  - name: sleep\n    path: @B@/plugins/sleep.so\n"
@@ -101,7 +132,8 @@ main(void)
 	good = calls(m, "echo.echo", "\x91\x01", 2, 500);
 	after = inline_runs();
 	ok(good == 500, "500 echoes answered");
-	ok(before == 0 && after - before >= 400, "echo.echo ran inline once "
+	ok(before == 0 && (after - before >= 400 || lost_inline("echo.echo")),
+	    "echo.echo ran inline once "
 	    "measured: %ld of 500", after - before);
 	echo_calls = t_stat_path(S.uri, "methods/echo.echo/calls");
 	ok(echo_calls == 500, "the method's own figures count them (calls "
@@ -112,14 +144,17 @@ main(void)
 	good = calls(m, "kv.set", "\x92\xa1k\x01", 4, 300);
 	good += calls(m, "kv.get", "\x91\xa1k", 3, 300);
 	after = inline_runs();
-	ok(good == 600 && after == before, "kv (inline: never): 600 calls, "
+	ok(good == 600 && after == before &&
+	    t_stat_path(S.uri, "methods/kv.get/inline") == 0,
+	    "kv (inline: never, $/stats says inline 0): 600 calls, "
 	    "none inline (%ld)", after - before);
 
 	/* 3. sleep.sleep [0] is fast: inline */
 	before = inline_runs();
 	good = calls(m, "sleep.sleep", "\x91\x00", 2, 300);
 	after = inline_runs();
-	ok(good == 300 && after - before >= 250, "sleep.sleep [0] inline: "
+	ok(good == 300 && (after - before >= 250 ||
+	    lost_inline("sleep.sleep")), "sleep.sleep [0] inline: "
 	    "%ld of 300", after - before);
 
 	/* 4. ... until it blocks: the standby takes the loop over */
@@ -155,12 +190,15 @@ main(void)
 	before = inline_runs();
 	good = calls(m, "sleep.sleep", "\x91\x00", 2, 100);
 	after = inline_runs();
-	ok(good == 100 && after == before, "sleep.sleep is not inlined any "
-	    "more (%ld of 100)", after - before);
+	ok(good == 100 && after == before &&
+	    t_stat_path(S.uri, "methods/sleep.sleep/inline") == 0,
+	    "sleep.sleep is not inlined any more (%ld of 100; $/stats says "
+	    "inline 0)", after - before);
 	before = inline_runs();
 	good = calls(o, "echo.echo", "\x91\x03", 2, 100);
 	after = inline_runs();
-	ok(good == 100 && after - before >= 80, "echo.echo still is (%ld of "
+	ok(good == 100 && (after - before >= 80 || lost_inline("echo.echo")),
+	    "echo.echo still is (%ld of "
 	    "100)", after - before);
 
 	/* 6. the loop goes on after the take-over: a second connection

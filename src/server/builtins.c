@@ -58,8 +58,12 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 
 	dmx_method_errors(ms, &es);
 	dmx_pack_cstr(pk, rt->name);
-	msgpack_pack_map(pk, 10);
+	msgpack_pack_map(pk, 11);
 	pk_kv_u64(pk, "calls", calls);
+	/* may run on the loop's thread (inline: auto, its plugin eligible,
+	 * and no run of it has taken over DMX_INLINE_MAX_NS) */
+	pk_kv_u64(pk, "inline", rt->plugin->inline_ok &&
+	    !atomic_load_explicit(&rt->stats->slow, memory_order_relaxed));
 	pk_kv_u64(pk, "errors_total", es.total);
 	dmx_pack_cstr(pk, "errors");
 	msgpack_pack_map(pk, es.n + (es.other ? 1 : 0));
