@@ -280,7 +280,7 @@ tsan:
 # demuxd under valgrind in the end-to-end tests, then libmux itself: the
 # client tests run under valgrind against a plain demuxd (not t/302-e2e:
 # valgrind runs posix_spawn as a fork, so a failed exec cannot be reported)
-VALGRIND_CLIENT = 340-async 350-reconnect 355-health 360-failover
+VALGRIND_CLIENT = 340-async 344-in-place 350-reconnect 355-health 360-failover
 valgrind:
 	@$(SUBMAKE) deps
 	@$(SUBMAKE) all

@@ -17,6 +17,8 @@
  *   -A        async: ONE thread keeps T calls in flight with
  *             mux_call_async, driven by poll() on mux_completion_fd;
  *             the callbacks run on that thread (no -n)
+ *   -Z        results_in_place: large results are not copied out of
+ *             the read buffer (released with mux_result_free, as here)
  *
  * Every echo is checked (length and content); a failed or wrong answer
  * counts as an error.
@@ -39,7 +41,7 @@
 
 typedef struct opts {
 	const char *uri, *label;
-	int threads, ncalls, srv_pid, async;
+	int threads, ncalls, srv_pid, async, in_place;
 	size_t size;
 	double duration, warmup;
 	long sleep_us;
@@ -265,7 +267,7 @@ parse(int argc, char **argv)
 	O.duration = 5;
 	O.warmup = 1;
 	O.label = "-";
-	while ((c = getopt(argc, argv, "u:T:s:d:w:n:S:P:L:W:A")) != -1) {
+	while ((c = getopt(argc, argv, "u:T:s:d:w:n:S:P:L:W:AZ")) != -1) {
 		switch (c) {
 		case 'u': O.uri = optarg; break;
 		case 'T': O.threads = atoi(optarg); break;
@@ -278,10 +280,11 @@ parse(int argc, char **argv)
 		case 'L': O.label = optarg; break;
 		case 'W': break;	/* a server flag; accepted for symmetry */
 		case 'A': O.async = 1; break;
+		case 'Z': O.in_place = 1; break;
 		default:
 			fprintf(stderr, "usage: mux_load -u URI [-T n] [-s bytes] "
 			    "[-d s] [-w s] [-n calls] [-S usec] [-P pid] "
-			    "[-L label] [-A]\n");
+			    "[-L label] [-A] [-Z]\n");
 			exit(2);
 		}
 	}
@@ -371,6 +374,7 @@ main(int argc, char **argv)
 		mo.reconnect = 0;
 		mo.health_interval_ms = 0;
 		mo.completion_fd = O.async;
+		mo.results_in_place = O.in_place;
 		/* tls: endpoints: the CA of the bench's certificates */
 		mo.tls_ca = getenv("MUX_TLS_CA");
 		M = mux_open(O.uri, &mo, err, sizeof(err));

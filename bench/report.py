@@ -129,6 +129,15 @@ def targets(R, out):
                  f"{fmt(b_mb, 1)} ({b_l}); raw {fmt(raw_mb, 1)}",
                  f"{r1:.2f}x peer, {r2:.2f}x raw", ">= 1.5x peer, >= 0.5x raw",
                  verdict(r1 >= 1.5 and r2 >= 0.5 if r1 == r1 and r2 == r2 else None)))
+    # W2 with the results_in_place option (large results not copied)
+    d = w("demux,unix,W2-inplace")
+    if d:
+        d_mb = cell(d, "MBps")
+        r1, r2 = ratio(d_mb, b_mb), ratio(d_mb, raw_mb)
+        rows.append(("W2 MB/s, results_in_place", fmt(d_mb, 1),
+                     f"{fmt(b_mb, 1)} ({b_l}); raw {fmt(raw_mb, 1)}",
+                     f"{r1:.2f}x peer, {r2:.2f}x raw", ">= 1.5x peer, >= 0.5x raw",
+                     verdict(r1 >= 1.5 and r2 >= 0.5 if r1 == r1 and r2 == r2 else None)))
     # W3
     for phase in ("cold", "warm"):
         d = w(f"demux,unix,W3-{phase}")

@@ -126,6 +126,13 @@ typedef struct mux_options {
 	const char *tls_cert;
 	const char *tls_key;
 	const char *tls_server_name;
+	/* 1: a result of 16 KiB or more is handed over in the buffer it was
+	 * read into, with no copy; res->data then points inside that
+	 * buffer, so it must be released with mux_result_free only, never
+	 * free()d (to keep one from an async callback take the whole struct:
+	 * `*mine = *res; memset(res, 0, sizeof(*res));`). 0 (default): every
+	 * res->data is a block of its own that free() also takes. */
+	int	results_in_place;
 } mux_options;
 
 MUX_API void mux_options_init(mux_options *o);
@@ -148,7 +155,8 @@ MUX_API mux_t *mux_open(const char *endpoints, const mux_options *o,
     char *err, size_t errlen);
 
 /* A call's outcome. Fill with nothing; read after mux_call; release with
- * mux_result_free. */
+ * mux_result_free, leaving data and len as libmux set them (it finds the
+ * result's memory from them; see results_in_place). */
 typedef struct mux_result {
 	char	*data;		/* success: the result as msgpack bytes */
 	size_t	 len;

@@ -700,7 +700,12 @@ queue_msg(mc_conn *c, int type, mc_call *call, const char *method,
 	msgpack_packer pk;
 	size_t mlen = strlen(method), before = c->wbuf.len;
 
+	/* not for an async call: its params live in the call, which its
+	 * completion frees on another thread, ordered after this write only
+	 * through the server (safe, but no happens-before a race detector
+	 * can see); and they are a copy libmux made already */
 	if (len >= DIRECT_MIN && mlen <= UINT32_MAX && !c->writing &&
+	    (call == NULL || call->on_done == NULL) &&
 	    !c->want_out && c->wbuf.len == 0 && c->wcur_off == c->wcur.len &&
 	    dmx_buf_reserve(&c->wcur, 16 + mlen + len) == 0) {
 		write_direct(c, call, type, method, mlen, params, len);
@@ -1213,6 +1218,12 @@ uint64_t
 mc_late(mc_conn *c)
 {
 	return atomic_load_explicit(&c->late, memory_order_relaxed);
+}
+
+void
+mc_set_in_place(mc_conn *c, int on)
+{
+	atomic_store(&c->in_place, on != 0);
 }
 
 void

@@ -123,6 +123,9 @@ int	 mc_is_draining(mc_conn *c);	/* the server sent $/drain */
 unsigned mc_inflight(mc_conn *c);	/* calls awaiting an answer */
 uint64_t mc_late(mc_conn *c);		/* answers nobody waited for */
 void	 mc_set_max_frame(mc_conn *c, size_t bytes);
+/* Hand large results over in the buffer they were read into (the
+ * results_in_place option; result.h). */
+void	 mc_set_in_place(mc_conn *c, int on);
 /* Why it broke ("" while open); copies at most n bytes. */
 void	 mc_why(mc_conn *c, char *buf, size_t n);
 

@@ -81,6 +81,9 @@ struct mc_conn {
 	mc_call *_Atomic adone;		/* mu: async calls a caller read the
 					 * answer of, for the reader thread */
 	dmx_buf		 rb;		/* the token holder's: bytes read */
+	unsigned	 rb_gen;	/* the token holder's: rb handed over */
+	int		 rb_sized;	/* ... and rb sized for one frame */
+	_Atomic int	 in_place;	/* results_in_place */
 	dmx_scan	 sc;		/* the token holder's: framing state */
 };
 

@@ -21,6 +21,7 @@
 #include "../common/text.h"
 #include "../common/wire.h"
 #include "conn_impl.h"
+#include "result.h"
 
 /* ---- reading ---- */
 
@@ -88,6 +89,45 @@ batch_flush(mc_conn *c, done_batch *b, int reader)
 }
 
 /*
+ * Results in place (the results_in_place option): a result of MC_ZC_MIN
+ * bytes or more is not copied. The read buffer it arrived in becomes its
+ * block (result.h), cut back to end with the result's tag, and reading
+ * goes on in a new buffer that starts with what was read after it. Below
+ * that size a copy costs less than a new read buffer.
+ *
+ * The new buffer is sized for one more frame as large (the next answer is
+ * likely to be like this one), and reads fill only it (c->rb_sized) until
+ * a frame needs more: a READ_CHUNK buffer per result would be above
+ * malloc's mmap threshold, and cost an mmap and page faults each time,
+ * more than the copy it saves. Returns the result's bytes, or NULL (no
+ * memory, or no room for the tag: copy it instead).
+ */
+#define MC_ZC_MIN (16u << 10)
+
+static char *
+rb_hand_over(mc_conn *c, const uint8_t *p, size_t len)
+{
+	dmx_buf *rb = &c->rb, nb = DMX_BUF_INIT;
+	size_t off = (size_t)((const char *)p - rb->data);
+	size_t tail = rb->len - off - len;
+	char *base;
+
+	if (rb->cap - off - len < MH_DATA_TAIL ||
+	    dmx_buf_reserve(&nb, tail + off + len + MH_DATA_TAIL) != 0)
+		return NULL;
+	c->rb_sized = 1;
+	(void)dmx_buf_append(&nb, p + len, tail);	/* reserved: cannot fail */
+	base = realloc(rb->data, off + len + MH_DATA_TAIL); /* in place, or
+							     * moved */
+	if (base == NULL)
+		base = rb->data;
+	*rb = nb;
+	c->rb_gen++;
+	mh_data_adopt(base, base + off, len);
+	return base + off;
+}
+
+/*
  * Decode one response into a detached result and add it to the batch.
  * Returns -1 if the frame is not a valid message (protocol error).
  */
@@ -107,12 +147,15 @@ on_response(mc_conn *c, dmx_rd *r, done_batch *b, int reader)
 		tmp.len = dmx_rd_left(r);
 		if (tmp.len == 0 || dmx_wire_one_object(r->p, tmp.len) == 0)
 			return -1;
-		tmp.data = malloc(tmp.len);
+		if (tmp.len >= MC_ZC_MIN && atomic_load_explicit(&c->in_place,
+		    memory_order_relaxed))
+			tmp.data = rb_hand_over(c, r->p, tmp.len);
+		if (tmp.data == NULL && (tmp.data = mh_data_new(tmp.len)) !=
+		    NULL)
+			memcpy(tmp.data, r->p, tmp.len);
 		if (tmp.data == NULL) {
 			tmp.len = 0;
 			rc = MUX_ENOMEM;
-		} else {
-			memcpy(tmp.data, r->p, tmp.len);
 		}
 	} else {
 		uint32_t n, sl;
@@ -140,7 +183,7 @@ on_response(mc_conn *c, dmx_rd *r, done_batch *b, int reader)
 				r->p = err_start;
 				if (dmx_rd_skip(r) == 0) {
 					tmp.len = (size_t)(r->p - err_start);
-					tmp.data = malloc(tmp.len);
+					tmp.data = mh_data_new(tmp.len);
 					if (tmp.data)
 						memcpy(tmp.data, err_start,
 						    tmp.len);
@@ -279,8 +322,14 @@ read_some(mc_conn *c, done_batch *b, int reader)
 	int rc, full;
 
 	room = READ_CHUNK;
-	if (sc->pos + 1 > rb->len && sc->pos + 1 - rb->len > room)
-		room = sc->pos + 1 - rb->len;
+	if (c->rb_sized && rb->cap > rb->len &&
+	    dmx_scan_need(sc) <= rb->cap)
+		room = rb->cap - rb->len;	/* rb_hand_over's */
+	else
+		c->rb_sized = 0;
+	if (dmx_scan_need(sc) > rb->len &&
+	    dmx_scan_need(sc) - rb->len > room)
+		room = dmx_scan_need(sc) - rb->len;
 	if (dmx_buf_reserve(rb, room) != 0) {
 		reader_broken(c, "%s", "out of memory for a response");
 		return -1;
@@ -301,6 +350,8 @@ read_some(mc_conn *c, done_batch *b, int reader)
 	off = 0;
 	rc = DMX_SCAN_MORE;
 	while (off < rb->len) {
+		unsigned gen = c->rb_gen;
+
 		rc = dmx_scan_frame(sc, (uint8_t *)rb->data + off,
 		    rb->len - off, atomic_load_explicit(&c->max_frame,
 		    memory_order_relaxed), &flen);
@@ -311,7 +362,10 @@ read_some(mc_conn *c, done_batch *b, int reader)
 			rc = DMX_SCAN_INVALID;
 			break;
 		}
-		off += flen;
+		/* handed over with its result (a response ends with its
+		 * result): what followed the frame is at the start of a new
+		 * buffer */
+		off = c->rb_gen == gen ? off + flen : 0;
 	}
 	batch_flush(c, b, reader);
 	if (rc == DMX_SCAN_INVALID) {

@@ -137,6 +137,7 @@ conn_start(mux_t *m, mh_ep *ep, dmx_xport *x, int rfd, int wfd, pid_t child,
 		return NULL;
 	}
 	mc_set_notify(c, mh_on_notify, m);
+	mc_set_in_place(c, m->opt.results_in_place);
 	/* a handle that wants notifications has them read as they come */
 	mc_keep_reader(c, atomic_load(&m->notify_fn) != NULL);
 	if (m->auth_name != NULL && authenticate(m, ep, c, err, errlen) != 0) {

@@ -60,10 +60,6 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 	dmx_pack_cstr(pk, rt->name);
 	msgpack_pack_map(pk, 11);
 	pk_kv_u64(pk, "calls", calls);
-	/* may run on the loop's thread (inline: auto, its plugin eligible,
-	 * and no run of it has taken over DMX_INLINE_MAX_NS) */
-	pk_kv_u64(pk, "inline", rt->plugin->inline_ok &&
-	    !atomic_load_explicit(&rt->stats->slow, memory_order_relaxed));
 	pk_kv_u64(pk, "errors_total", es.total);
 	dmx_pack_cstr(pk, "errors");
 	msgpack_pack_map(pk, es.n + (es.other ? 1 : 0));
@@ -102,6 +98,11 @@ pack_method(msgpack_packer *pk, const dmx_route *rt)
 			msgpack_pack_uint64(pk, cnt[k]);
 		}
 	}
+	/* may run on the loop's thread (inline: auto, its plugin eligible,
+	 * and no run of it has taken over DMX_INLINE_MAX_NS); last, so that
+	 * the fields before keep their order */
+	pk_kv_u64(pk, "inline", rt->plugin->inline_ok &&
+	    !atomic_load_explicit(&rt->stats->slow, memory_order_relaxed));
 }
 
 /* A pool that had to write off more than max_abandoned workers could not
