@@ -865,12 +865,27 @@ try_lead(mc_conn *c)
 	return atomic_compare_exchange_strong(&c->rd, &e, MC_RD_CALLER);
 }
 
+int
+mc_time_left(const struct timespec *dl, struct timespec *rel)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	rel->tv_sec = dl->tv_sec - now.tv_sec;
+	rel->tv_nsec = dl->tv_nsec - now.tv_nsec;
+	if (rel->tv_nsec < 0) {
+		rel->tv_sec--;
+		rel->tv_nsec += 1000000000L;
+	}
+	return rel->tv_sec < 0 ? -1 : 0;
+}
+
 /* Sleep as a follower until p is done, handed the token or *dl passes.
  * Returns 1 on the deadline. */
 static int
 follow(mc_conn *c, mc_call *p, const struct timespec *dl)
 {
-	struct timespec now, rel;
+	struct timespec rel;
 
 	pthread_mutex_lock(&c->mu);
 	if ((atomic_load_explicit(&p->done, memory_order_acquire) &
@@ -893,14 +908,7 @@ follow(mc_conn *c, mc_call *p, const struct timespec *dl)
 			futex_sleep(&p->done, NULL);
 			continue;
 		}
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		rel.tv_sec = dl->tv_sec - now.tv_sec;
-		rel.tv_nsec = dl->tv_nsec - now.tv_nsec;
-		if (rel.tv_nsec < 0) {
-			rel.tv_sec--;
-			rel.tv_nsec += 1000000000L;
-		}
-		if (rel.tv_sec < 0)
+		if (mc_time_left(dl, &rel) != 0)
 			return 1;
 		futex_sleep(&p->done, &rel);
 	}

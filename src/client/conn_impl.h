@@ -102,6 +102,9 @@ void	 mc_finish(mc_conn *c, mc_call *p, int rc, mc_call **list);
  * call that has returned by then: a spurious wake at worst. */
 _Atomic uint32_t *mc_finish_sync(mc_conn *c, mc_call *p);
 void	 mc_futex_wake(_Atomic uint32_t *w);
+/* The time left until the CLOCK_MONOTONIC deadline *dl, in *rel: 0, or -1
+ * once it has passed. */
+int	 mc_time_left(const struct timespec *dl, struct timespec *rel);
 /* on_done for every call on a list (no lock held). */
 void	 mc_run_done(mc_call *list);
 /* The connection is unusable: fail every call in flight. */

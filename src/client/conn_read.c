@@ -388,7 +388,7 @@ int
 mc_lead(mc_conn *c, mc_call *p, const struct timespec *dl)
 {
 	static __thread done_batch batch;
-	struct timespec now, rel;
+	struct timespec rel;
 	struct pollfd pfd[2];
 	uint64_t v;
 	int readable, r;
@@ -400,17 +400,8 @@ mc_lead(mc_conn *c, mc_call *p, const struct timespec *dl)
 		    MC_DONE)
 			return 0;
 		if (!readable) {
-			if (dl != NULL) {
-				clock_gettime(CLOCK_MONOTONIC, &now);
-				rel.tv_sec = dl->tv_sec - now.tv_sec;
-				rel.tv_nsec = dl->tv_nsec - now.tv_nsec;
-				if (rel.tv_nsec < 0) {
-					rel.tv_sec--;
-					rel.tv_nsec += 1000000000L;
-				}
-				if (rel.tv_sec < 0)
-					return 1;
-			}
+			if (dl != NULL && mc_time_left(dl, &rel) != 0)
+				return 1;
 			pfd[0].fd = c->xp->rfd;
 			pfd[0].events = POLLIN;
 			pfd[1].fd = c->lwake;	/* a close, a break */
