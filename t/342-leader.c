@@ -108,21 +108,14 @@ steady_caller(void *arg)
 static void *
 big_caller(void *arg)
 {
-	size_t n = 1u << 20, i, k;
+	size_t n = 1u << 20, k;
 	char *p = malloc(n + 8);
 	mux_result r;
 	int call;
 
 	for (call = 0; p != NULL && call < 20; call++) {
-		p[0] = (char)0x91;		/* [bin32 n] */
-		p[1] = (char)0xc6;
-		p[2] = (char)(n >> 24);
-		p[3] = (char)(n >> 16);
-		p[4] = (char)(n >> 8);
-		p[5] = (char)n;
-		for (i = 0; i < n; i++)
-			p[6 + i] = (char)(i * 7 + (size_t)(intptr_t)arg * 13 +
-			    (size_t)call);
+		t_bin_params(p, n, (unsigned)(intptr_t)arg * 13 +
+		    (unsigned)call);
 		k = 0;
 		if (mux_call(M, "echo.echo", p, n + 6, &r, 20000) == MUX_OK &&
 		    r.len == n + 6 && memcmp(r.data + 1, p + 1, n + 5) == 0)

@@ -36,17 +36,7 @@ static const size_t sizes[] = {
 static size_t
 make_params(char *p, size_t n, unsigned who, unsigned call)
 {
-	size_t i;
-
-	p[0] = (char)0x91;
-	p[1] = (char)0xc6;
-	p[2] = (char)(n >> 24);
-	p[3] = (char)(n >> 16);
-	p[4] = (char)(n >> 8);
-	p[5] = (char)n;
-	for (i = 0; i < n; i++)
-		p[6 + i] = (char)(i * 131 + who * 7919 + call * 31);
-	return n + 6;
+	return t_bin_params(p, n, who * 7919 + call * 31);
 }
 
 static int

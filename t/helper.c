@@ -80,6 +80,22 @@ t_watchdog(unsigned seconds)
 	atexit(kill_all);
 }
 
+size_t
+t_bin_params(char *p, size_t n, unsigned seed)
+{
+	size_t i;
+
+	p[0] = (char)0x91;
+	p[1] = (char)0xc6;
+	p[2] = (char)(n >> 24);
+	p[3] = (char)(n >> 16);
+	p[4] = (char)(n >> 8);
+	p[5] = (char)n;
+	for (i = 0; i < n; i++)
+		p[6 + i] = (char)(i * 131 + seed);
+	return n + 6;
+}
+
 double
 t_now_ms(void)
 {

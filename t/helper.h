@@ -87,4 +87,9 @@ void t_run_for(int ms);
 /* Monotonic milliseconds. */
 double t_now_ms(void);
 
+/* Write [bin32 n] into p (n + 6 bytes) whose bytes follow from seed, so
+ * that each caller and call can send bytes of its own and check its echo.
+ * Returns n + 6. */
+size_t t_bin_params(char *p, size_t n, unsigned seed);
+
 #endif
